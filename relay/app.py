@@ -1,0 +1,129 @@
+"""The app factory. Nothing happens at import time: ``create_app`` builds, the lifespan opens
+(engine, HTTP client, pruner) and closes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx2
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from relay.config import Config
+from relay.cookies import CookiePolicy
+from relay.crypto import Sealer
+from relay.endpoints import Context
+from relay.errors import RelayError
+from relay.flows import Flows
+from relay.forwarded import TrustedProxies
+from relay.metrics import Metrics
+from relay.middleware import RequestContext
+from relay.oidc.discovery import Discovery
+from relay.oidc.jwks import JwksCache
+from relay.pages import error_response
+from relay.pruner import run_pruner
+from relay.routes import routes
+from relay.store.database import current_revision, head_revision, make_engine, migrate
+from relay.store.pending import PendingLogins
+from relay.store.sessions import Lifetimes, Sessions
+
+log = structlog.get_logger("relay.app")
+
+
+class SchemaBehind(Exception):
+    """The database is not at the migrations' head; ``relay migrate`` fixes it."""
+
+
+def create_app(
+    config: Config,
+    *,
+    transport: httpx2.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
+    run_pruner_task: bool = True,
+) -> Starlette:
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = make_engine(config.database.url)
+        try:
+            await ensure_schema(engine, config)
+        except BaseException:
+            await engine.dispose()
+            raise
+        http = httpx2.AsyncClient(
+            transport=transport,
+            timeout=config.provider.timeout,
+            follow_redirects=False,
+            headers={"User-Agent": "oidc-relay"},
+        )
+        session = config.session
+        sealer = Sealer(
+            session.secret.get_secret_value(),
+            [s.get_secret_value() for s in session.previous_secrets],
+        )
+        lifetimes = Lifetimes(
+            session.absolute_lifetime, session.idle_timeout, session.touch_interval
+        )
+        flows = Flows(
+            config=config,
+            http=http,
+            discovery=Discovery(http, config.provider.issuer, config.provider.metadata_ttl, clock),
+            jwks=JwksCache(http, config.provider.jwks_refresh_cooldown, clock),
+            pending=PendingLogins(engine, sealer),
+            sessions=Sessions(engine, sealer, lifetimes),
+            metrics=metrics,
+            clock=clock,
+        )
+        app.state.engine = engine
+        app.state.metrics = metrics
+        app.state.relay = Context(
+            flows=flows,
+            cookies=CookiePolicy.from_config(session),
+            proxies=TrustedProxies.parse(config.server.trusted_proxies),
+        )
+        pruner = None
+        if run_pruner_task:
+            pruner = asyncio.create_task(
+                run_pruner(engine, session.prune_interval, session.prune_batch_size, clock, metrics)
+            )
+        log.info("relay.started", public_url=config.server.public_url)
+        try:
+            yield
+        finally:
+            if pruner is not None:
+                pruner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pruner
+            await http.aclose()
+            await engine.dispose()
+            log.info("relay.stopped")
+
+    return Starlette(
+        routes=routes(config.server.path_prefix),
+        middleware=[
+            Middleware(RequestContext, metrics=metrics, access_lines=config.logging.access_log)
+        ],
+        exception_handlers={RelayError: error_response, Exception: error_response},
+        lifespan=lifespan,
+    )
+
+
+async def ensure_schema(engine: AsyncEngine, config: Config) -> None:
+    """At head, or made so on SQLite (the embedded default migrates itself); else refuse."""
+    current, head = await current_revision(engine), head_revision()
+    if current == head:
+        return
+    if config.database.is_sqlite:
+        before, after = await migrate(engine)
+        log.info("database.migrated", before=before, after=after)
+        return
+    raise SchemaBehind(
+        f"database schema is at {current or 'nothing'}, this relay needs {head}: "
+        "run `relay migrate --config PATH` first"
+    )

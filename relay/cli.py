@@ -1,0 +1,118 @@
+"""The ``relay`` command: load config → configure logging → dispatch.
+
+relay serve --config PATH          serve until SIGTERM/SIGINT
+relay migrate --config PATH        bring the schema to head
+relay prune --config PATH          one prune pass; prints how many rows it removed
+relay check-config --config PATH   validate; print the resolved config, secrets masked
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from relay.config import Config, ConfigError, load_config, masked
+from relay.logs import configure_logging
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relay", description="OpenID Connect login relay")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("serve", "serve until SIGTERM/SIGINT"),
+        ("migrate", "bring the database schema to head"),
+        ("prune", "delete expired sessions once and print how many"),
+        ("check-config", "validate the config and print it, secrets masked"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", required=True, metavar="PATH", help="the TOML config file")
+    args = parser.parse_args(argv)
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"relay: config error: {line}", file=sys.stderr)
+        return 2
+
+    if args.command == "check-config":
+        print(json.dumps(masked(config), indent=2))
+        return 0
+    # One-shot commands keep stdout for their answer; the server logs to stdout.
+    stream = sys.stdout if args.command == "serve" else sys.stderr
+    configure_logging(config.logging.level, config.logging.format, stream=stream)
+    if args.command == "serve":
+        return _serve(config)
+    if args.command == "migrate":
+        return asyncio.run(_migrate(config))
+    return asyncio.run(_prune(config))
+
+
+def _serve(config: Config) -> int:
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    from relay.app import SchemaBehind, create_app  # noqa: PLC0415
+
+    try:
+        asyncio.run(_check_schema(config))
+    except SchemaBehind as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
+    uvicorn.run(
+        create_app(config),
+        host=config.server.host,
+        port=config.server.port,
+        log_config=None,  # our pipeline, configured above
+        access_log=False,  # replaced by our own http.request line
+        proxy_headers=False,  # X-Forwarded-* are judged by [server].trusted_proxies
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+async def _check_schema(config: Config) -> None:
+    from relay.app import ensure_schema  # noqa: PLC0415
+    from relay.store.database import make_engine  # noqa: PLC0415
+
+    engine = make_engine(config.database.url)
+    try:
+        await ensure_schema(engine, config)
+    finally:
+        await engine.dispose()
+
+
+async def _migrate(config: Config) -> int:
+    from relay.store.database import make_engine, migrate  # noqa: PLC0415
+
+    engine = make_engine(config.database.url)
+    try:
+        before, after = await migrate(engine)
+    finally:
+        await engine.dispose()
+    print(f"schema: {before or 'empty'} -> {after}")
+    return 0
+
+
+async def _prune(config: Config) -> int:
+    from relay.pruner import prune_once  # noqa: PLC0415
+    from relay.store.database import make_engine  # noqa: PLC0415
+
+    engine = make_engine(config.database.url)
+    try:
+        result = await prune_once(engine, int(time.time()), config.session.prune_batch_size)
+    finally:
+        await engine.dispose()
+    if result.skipped:
+        print("skipped: another relay is pruning this database")
+    else:
+        print(f"removed {result.removed} expired rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""The relay's configuration: one typed section per TOML table.
+
+A config is read from one TOML file; any key can be overridden by an environment variable
+``RELAY_<SECTION>__<KEY>`` (case-insensitive; lists as JSON). Everything is validated in one
+pass, so an operator sees every mistake at once, one line per key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_ENV_PREFIX = "RELAY_"
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``lines`` holds one message per bad key."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _parse_duration(value: object) -> object:
+    """Accept "90s", "15m", "8h", "7d" or whole seconds; return seconds."""
+    if isinstance(value, bool):
+        return value  # let the int validator reject it
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError('must be a duration like "90s", "15m", "8h", "7d" or whole seconds')
+        return int(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+Duration = Annotated[int, BeforeValidator(_parse_duration), Field(ge=1)]
+
+
+def is_loopback_host(host: str | None) -> bool:
+    return host is not None and host.lower() in _LOOPBACK_HOSTS
+
+
+def _https_unless_loopback(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
+        raise ValueError("must use https (plain http is allowed only on localhost)")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    return url.rstrip("/")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=4180, ge=1, le=65535)
+    public_url: str
+    # Peers whose X-Forwarded-* headers are believed (addresses or CIDR ranges).
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+
+    _check_public_url = field_validator("public_url")(_https_unless_loopback)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR range") from exc
+        return value
+
+    @property
+    def path_prefix(self) -> str:
+        """The path under which the relay's routes live ("" at the root)."""
+        return urlsplit(self.public_url).path.rstrip("/")
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.public_url + "/callback"
+
+
+class ProviderConfig(_Section):
+    issuer: str
+    client_id: str = Field(min_length=1)
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "none"] = (
+        "client_secret_basic"
+    )
+    client_secret: SecretStr | None = Field(default=None, validate_default=True)
+    # Signing algorithms accepted for ID tokens; the provider's advertised list is intersected.
+    allowed_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"]
+    )
+    clock_skew: Duration = 60
+    timeout: Duration = 10
+    metadata_ttl: Duration = 3600
+    jwks_refresh_cooldown: Duration = 60
+    post_logout_redirect_url: str | None = None
+
+    _check_issuer = field_validator("issuer")(_https_unless_loopback)
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid_scope(cls, value: list[str]) -> list[str]:
+        if "openid" not in value:
+            raise ValueError('must include "openid"')
+        return value
+
+    @field_validator("allowed_algorithms")
+    @classmethod
+    def _no_weak_algorithms(cls, value: list[str]) -> list[str]:
+        bad = [alg for alg in value if alg == "none" or alg.startswith("HS")]
+        if bad:
+            raise ValueError(f"{bad} not allowed: only asymmetric signatures are accepted")
+        if not value:
+            raise ValueError("must name at least one algorithm")
+        return value
+
+    @field_validator("client_secret")
+    @classmethod
+    def _secret_for_confidential_clients(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        method = info.data.get("token_endpoint_auth_method")
+        if method != "none" and value is None:
+            raise ValueError(f'is required with token_endpoint_auth_method = "{method}"')
+        return value
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite+aiosqlite:///relay.db"
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+psycopg://")):
+            raise ValueError('must start with "sqlite+aiosqlite://" or "postgresql+psycopg://"')
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+
+class SessionConfig(_Section):
+    secret: SecretStr
+    # Older secrets, still accepted to decrypt tokens written before a rotation.
+    previous_secrets: list[SecretStr] = Field(default_factory=list)
+    cookie_name: str = Field(default="relay_session", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    cookie_secure: bool = True
+    cookie_domain: str | None = None
+    absolute_lifetime: Duration = 7 * 86400
+    idle_timeout: Duration = 86400
+    touch_interval: Duration = 60
+    pending_lifetime: Duration = 600
+    prune_interval: Duration = 300
+    prune_batch_size: int = Field(default=500, ge=1, le=100_000)
+    max_pending_per_browser: int = Field(default=10, ge=1, le=1000)
+
+    @field_validator("secret", "previous_secrets")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | list[SecretStr]) -> SecretStr | list[SecretStr]:
+        for secret in value if isinstance(value, list) else [value]:
+            if len(secret.get_secret_value()) < 32:
+                raise ValueError("must be at least 32 characters")
+        return value
+
+
+class RedirectsConfig(_Section):
+    # Hosts rd may point to, besides the relay's own: "app.example.com", "app.example.com:8443",
+    # "*.example.com" (subdomains only).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Where to send a user whose rd is missing or not allowed; default: the relay's own page.
+    default_url: str | None = None
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: list[str]) -> list[str]:
+        pattern = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.\-]*[a-z0-9])?(:\d{1,5})?$")
+        for entry in value:
+            if not pattern.match(entry):
+                raise ValueError(f"{entry!r} is not a host, host:port or *.domain (lowercase)")
+        return [entry.lower() for entry in value]
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+    access_log: bool = True
+
+
+class Config(_Section):
+    """The whole configuration; build it with :func:`load_config`."""
+
+    server: ServerConfig
+    provider: ProviderConfig
+    database: DatabaseConfig = DatabaseConfig()
+    session: SessionConfig
+    redirects: RedirectsConfig = RedirectsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _lifetimes(self) -> Config:
+        if self.session.idle_timeout > self.session.absolute_lifetime:
+            raise ValueError("session.idle_timeout: must not exceed session.absolute_lifetime")
+        public = urlsplit(self.server.public_url)
+        if self.session.cookie_secure and public.scheme != "https":
+            raise ValueError(
+                "session.cookie_secure: browsers drop Secure cookies on an http public_url; "
+                "set it to false for local development"
+            )
+        return self
+
+    @property
+    def default_redirect(self) -> str:
+        return self.redirects.default_url or self.server.public_url + "/"
+
+
+def _format_errors(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if not key:  # a rule across sections names its key itself
+            lines.append(message)
+            continue
+        if item["type"] == "missing":
+            message = "is required"
+        elif item["type"] == "extra_forbidden":
+            message = "is not a known key"
+        lines.append(f"{key}: {message}")
+    return lines
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, merge and validate a config file; raise ConfigError listing every problem."""
+    try:
+        with open(path, "rb") as handle:
+            data: dict[str, Any] = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"config: file not found: {path}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config: {path} is not valid TOML: {exc}"]) from None
+    return config_from_mapping(data, os.environ if env is None else env)
+
+
+def config_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Config:
+    """Validate an already-parsed config with the environment's overrides applied."""
+    try:
+        merged = _apply_environment(data, env)
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def _apply_environment(data: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay RELAY_<SECTION>__<KEY> variables; values that parse as JSON lists are lists."""
+    merged: dict[str, Any] = {
+        key: dict(value) if isinstance(value, dict) else value for key, value in data.items()
+    }
+    for name, raw in env.items():
+        if not name.upper().startswith(_ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(_ENV_PREFIX) :].lower().partition("__")
+        value: Any = raw
+        if raw.lstrip().startswith("["):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                raise ConfigError([f"{section}.{key}: {name} is not a JSON list"]) from None
+        target = merged.setdefault(section, {})
+        if isinstance(target, dict):
+            target[key] = value
+    return merged
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data, secrets replaced by "**********"."""
+    return config.model_dump(mode="json")

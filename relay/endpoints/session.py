@@ -1,0 +1,141 @@
+"""GET /auth (forward-auth), GET /userinfo, GET+POST /logout, and the relay's own home page."""
+
+from __future__ import annotations
+
+import html
+from urllib.parse import urlencode, urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from relay.endpoints import Context, context
+from relay.errors import Forbidden, RelayError, Unauthorized
+from relay.forwarded import original_method, original_url
+from relay.pages import page
+from relay.store.sessions import ActiveSession
+
+_CONTROL = dict.fromkeys(range(32)) | {127: None}
+
+
+async def auth(request: Request) -> Response:
+    """nginx auth_request flavour: 2xx with identity headers, or 401."""
+    session = await context(request).flows.authenticate(
+        context(request).cookies.session_id(request)
+    )
+    return _identity_response(session)
+
+
+async def auth_redirect(request: Request) -> Response:
+    """Traefik/Caddy flavour: like /auth, but a browser navigation without a session is sent
+    to /login with the original URL as rd; API and XHR requests still get 401."""
+    ctx = context(request)
+    try:
+        session = await ctx.flows.authenticate(ctx.cookies.session_id(request))
+    except Unauthorized:
+        if not _is_navigation(request, ctx):
+            raise
+        login = ctx.flows.config.server.public_url + "/login"
+        rd = original_url(request, ctx.proxies)
+        if rd is not None:
+            login += "?" + urlencode({"rd": rd})
+        return RedirectResponse(login, status_code=302)
+    return _identity_response(session)
+
+
+def _is_navigation(request: Request, ctx: Context) -> bool:
+    headers = request.headers
+    if original_method(request, ctx.proxies) not in ("GET", "HEAD"):
+        return False
+    if "x-requested-with" in headers:
+        return False
+    if headers.get("sec-fetch-mode", "navigate") != "navigate":
+        return False
+    accept = headers.get("accept", "")
+    return not ("application/json" in accept and "text/html" not in accept)
+
+
+def _identity_response(session: ActiveSession) -> Response:
+    claims = session.claims
+    user = claims.get("preferred_username") or claims.get("email") or session.subject
+    headers = {
+        "X-Auth-Request-Subject": session.subject,
+        "X-Auth-Request-User": str(user),
+    }
+    if isinstance(claims.get("email"), str):
+        headers["X-Auth-Request-Email"] = claims["email"]
+    if claims.get("groups"):
+        headers["X-Auth-Request-Groups"] = ",".join(claims["groups"])
+    response = PlainTextResponse("", status_code=200)
+    for name, value in headers.items():
+        # Claims are the provider's text: no control characters may reach a header. Non-ASCII
+        # values go out as UTF-8 bytes, as the provider sent them.
+        response.raw_headers.append(
+            (name.lower().encode(), value.translate(_CONTROL).encode("utf-8"))
+        )
+    return response
+
+
+async def userinfo(request: Request) -> Response:
+    ctx = context(request)
+    session = await ctx.flows.authenticate(ctx.cookies.session_id(request))
+    return JSONResponse(session.claims | {"sub": session.subject})
+
+
+async def logout_page(request: Request) -> Response:
+    action = html.escape(context(request).flows.config.server.public_url + "/logout")
+    return page(
+        "Sign out",
+        f'<form method=post action="{action}"><p>Sign out of all apps behind this relay?</p>'
+        "<button type=submit>Sign out</button></form>",
+        form_targets=await _logout_targets(context(request)),
+    )
+
+
+async def logout(request: Request) -> Response:
+    ctx = context(request)
+    if not _same_origin(request, ctx.flows.config.server.origin):
+        raise Forbidden("logout.cross_origin")
+    after = await ctx.flows.logout(ctx.cookies.session_id(request))
+    response = RedirectResponse(after, status_code=303)
+    ctx.cookies.clear_session(response)
+    return response
+
+
+def _same_origin(request: Request, origin: str) -> bool:
+    # A browser sends Origin with every POST; Sec-Fetch-Site covers the rare one that does not.
+    sent = request.headers.get("origin")
+    if sent is not None:
+        return sent == origin
+    return request.headers.get("sec-fetch-site") in ("same-origin", "none")
+
+
+async def _logout_targets(ctx: Context) -> list[str]:
+    # CSP form-action also governs the redirects after the POST: allow the provider's logout.
+    try:
+        metadata = await ctx.flows.discovery.get()
+    except RelayError:
+        return []
+    if metadata.end_session_endpoint is None:
+        return []
+    parts = urlsplit(metadata.end_session_endpoint)
+    targets = [f"{parts.scheme}://{parts.netloc}"]
+    after = ctx.flows.config.provider.post_logout_redirect_url
+    if after:
+        parts = urlsplit(after)
+        targets.append(f"{parts.scheme}://{parts.netloc}")
+    return targets
+
+
+async def home(request: Request) -> Response:
+    ctx = context(request)
+    prefix = html.escape(ctx.flows.config.server.public_url)
+    try:
+        session = await ctx.flows.authenticate(ctx.cookies.session_id(request))
+    except Unauthorized:
+        return page("Not signed in", f'<p><a href="{prefix}/login">Sign in</a></p>')
+    name = session.claims.get("email") or session.subject
+    return page(
+        "Signed in",
+        f"<p>You are signed in as <strong>{html.escape(str(name))}</strong>.</p>"
+        f'<p><a href="{prefix}/logout">Sign out</a></p>',
+    )

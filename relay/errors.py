@@ -1,0 +1,68 @@
+"""The relay's exceptions, all rendered by one handler (``relay.pages.error_response``).
+
+    RelayError                    status, a fixed public message, a log reason
+    ├── BadRequest          400   the browser sent something we refuse (bad state, bad code...)
+    ├── Unauthorized        401   no valid session
+    ├── Forbidden           403   a cross-origin logout and the like
+    ├── TooManyRequests     429   a browser with too many logins in flight
+    └── ProviderError             the identity provider failed us
+        ├── ProviderUnavailable  503   discovery or a connection failed
+        ├── ProviderTimeout      504   the provider did not answer in time
+        └── ProviderBadResponse  502   the provider answered 5xx or nonsense
+
+The public message never contains provider text or exception details; ``reason`` is a short
+machine-readable slug for the log, ``detail`` free text for the log only.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    status = 500
+    public_message = "Something went wrong."
+
+    def __init__(self, reason: str, detail: str = "", *, public_message: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+        if public_message is not None:
+            self.public_message = public_message
+
+
+class BadRequest(RelayError):
+    status = 400
+    public_message = "The sign-in could not be completed. Please start again."
+
+
+class Unauthorized(RelayError):
+    status = 401
+    public_message = "You are not signed in."
+
+
+class Forbidden(RelayError):
+    status = 403
+    public_message = "This request is not allowed."
+
+
+class TooManyRequests(RelayError):
+    status = 429
+    public_message = "Too many sign-ins are in progress. Please finish or wait a few minutes."
+
+
+class ProviderError(RelayError):
+    status = 502
+    public_message = "The identity provider did not answer properly. Please try again later."
+
+
+class ProviderUnavailable(ProviderError):
+    status = 503
+    public_message = "The identity provider is unavailable. Please try again later."
+
+
+class ProviderTimeout(ProviderError):
+    status = 504
+    public_message = "The identity provider took too long to answer. Please try again later."
+
+
+class ProviderBadResponse(ProviderError):
+    status = 502

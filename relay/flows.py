@@ -1,0 +1,234 @@
+"""What the relay does, without HTTP: start a login, finish it, check a session, log out.
+
+Endpoints turn requests into these calls and results into responses; everything that talks to
+the database or the provider is reached from here.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx2
+import structlog
+
+from relay.config import Config
+from relay.crypto import hash_id, new_id, short_hash
+from relay.errors import BadRequest, RelayError, TooManyRequests, Unauthorized
+from relay.metrics import Metrics
+from relay.oidc.client import authorization_url, exchange_code
+from relay.oidc.discovery import Discovery
+from relay.oidc.jwks import JwksCache
+from relay.oidc.tokens import Expectations, validate_id_token
+from relay.redirects import safe_redirect
+from relay.store.pending import PendingLogin, PendingLogins
+from relay.store.sessions import ActiveSession, Sessions, Tokens
+
+log = structlog.get_logger("relay.flows")
+
+# The claims kept with a session: what the identity headers and /userinfo hand out.
+IDENTITY_CLAIMS = ("sub", "email", "email_verified", "preferred_username", "name", "groups")
+_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class LoginStarted:
+    provider_url: str
+    login_id: str  # the browser's login cookie, new or the one it had
+
+
+@dataclass(frozen=True)
+class LoginFinished:
+    session_id: str
+    return_to: str
+    max_age: int
+
+
+class Flows:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        http: httpx2.AsyncClient,
+        discovery: Discovery,
+        jwks: JwksCache,
+        pending: PendingLogins,
+        sessions: Sessions,
+        metrics: Metrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self._http = http
+        self.discovery = discovery
+        self._jwks = jwks
+        self._pending = pending
+        self.sessions = sessions
+        self._metrics = metrics
+        self._clock = clock
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    def return_url(self, rd: str | None) -> str:
+        return safe_redirect(
+            rd,
+            self.config.redirects.allowed_hosts,
+            self.config.server.origin,
+            self.config.default_redirect,
+        )
+
+    async def start_login(self, rd: str | None, login_id: str | None) -> LoginStarted:
+        return_to = self.return_url(rd)
+        metadata = await self.discovery.get()
+        now = self.now()
+        login_id = login_id or new_id()
+        binding_hash = hash_id(login_id)
+        session = self.config.session
+        if (
+            await self._pending.count_for_browser(binding_hash, now)
+            >= session.max_pending_per_browser
+        ):
+            log.warning(
+                "login.refused", reason="too_many_pending", browser=short_hash(binding_hash)
+            )
+            raise TooManyRequests("login.too_many_pending")
+        state, nonce = new_id(), new_id()
+        verifier = secrets.token_urlsafe(48)  # RFC 7636 §4.1: 43-128 unreserved characters
+        state_hash = hash_id(state)
+        login = PendingLogin(nonce, verifier, return_to, now, now + session.pending_lifetime)
+        await self._pending.add(state_hash, binding_hash, login)
+        log.info("login.started", login=short_hash(state_hash), return_to=return_to)
+        url = authorization_url(
+            metadata,
+            provider=self.config.provider,
+            redirect_uri=self.config.server.redirect_uri,
+            state=state,
+            nonce=nonce,
+            code_verifier=verifier,
+        )
+        return LoginStarted(provider_url=url, login_id=login_id)
+
+    async def finish_login(self, params: Mapping[str, str], login_id: str | None) -> LoginFinished:
+        try:
+            done = await self._finish_login(params, login_id)
+        except RelayError as exc:
+            self._metrics.logins.labels(result="failed").inc()
+            log.warning("login.failed", reason=exc.reason, detail=exc.detail or None)
+            raise
+        self._metrics.logins.labels(result="succeeded").inc()
+        return done
+
+    async def _finish_login(self, params: Mapping[str, str], login_id: str | None) -> LoginFinished:
+        state = params.get("state")
+        # Taken before anything else is checked: whatever happens next, this state is spent.
+        pending = None
+        if state and login_id:
+            pending = await self._pending.take(hash_id(state), hash_id(login_id), self.now())
+        if "error" in params:
+            raise _provider_error(params["error"])
+        if not state:
+            raise BadRequest("callback.missing_state")
+        if login_id is None:
+            raise BadRequest("callback.missing_login_cookie")
+        if pending is None:
+            raise BadRequest("callback.unknown_state")
+        metadata = await self.discovery.get()
+        # RFC 9207 §2.4: an iss parameter, when present, must be our issuer exactly.
+        if "iss" in params and params["iss"] != metadata.issuer:
+            raise BadRequest("callback.iss_mismatch")
+        code = params.get("code")
+        if not code:
+            raise BadRequest("callback.missing_code")
+        tokens = await exchange_code(
+            self._http,
+            metadata=metadata,
+            provider=self.config.provider,
+            redirect_uri=self.config.server.redirect_uri,
+            code=code,
+            code_verifier=pending.code_verifier,
+        )
+        algorithms = [
+            alg
+            for alg in metadata.signing_algorithms
+            if alg in self.config.provider.allowed_algorithms
+        ]
+        expect = Expectations(
+            issuer=metadata.issuer,
+            client_id=self.config.provider.client_id,
+            nonce=pending.nonce,
+            algorithms=algorithms,
+            jwks_uri=metadata.jwks_uri,
+            now=self.now(),
+            skew=self.config.provider.clock_skew,
+        )
+        claims = await validate_id_token(tokens.id_token, self._jwks, expect)
+        session_id = new_id()
+        session = await self.sessions.create(
+            hash_id(session_id),
+            claims["sub"],
+            identity(claims),
+            Tokens(tokens.id_token, tokens.access_token, tokens.refresh_token),
+            self.now(),
+        )
+        log.info("login.succeeded", session=short_hash(session.id_hash), subject=session.subject)
+        return LoginFinished(
+            session_id=session_id,
+            return_to=self.return_url(pending.return_to),
+            max_age=session.expires_at - session.created_at,
+        )
+
+    async def authenticate(self, session_id: str | None) -> ActiveSession:
+        if session_id is None:
+            raise Unauthorized("session.missing")
+        session = await self.sessions.get(hash_id(session_id), self.now())
+        if session is None:
+            raise Unauthorized("session.unknown_or_expired")
+        structlog.contextvars.bind_contextvars(session=short_hash(session.id_hash))
+        return session
+
+    async def logout(self, session_id: str | None) -> str:
+        """End the session, if any; return where to send the browser next."""
+        id_token = None
+        if session_id is not None:
+            id_hash = hash_id(session_id)
+            id_token = await self.sessions.delete(id_hash)
+            log.info("logout", session=short_hash(id_hash), found=id_token is not None)
+        after = self.config.provider.post_logout_redirect_url or self.config.default_redirect
+        try:
+            metadata = await self.discovery.get()
+        except RelayError:
+            return after  # the local session is gone; the provider's can wait
+        if metadata.end_session_endpoint is None:
+            return after
+        # RP-Initiated Logout 1.0 §2.
+        query: dict[str, str] = {"client_id": self.config.provider.client_id}
+        if id_token:
+            query["id_token_hint"] = id_token
+        query["post_logout_redirect_uri"] = after
+        separator = "&" if "?" in metadata.end_session_endpoint else "?"
+        return metadata.end_session_endpoint + separator + urlencode(query)
+
+
+def identity(claims: Mapping[str, Any]) -> dict[str, Any]:
+    kept = {name: claims[name] for name in IDENTITY_CLAIMS if name in claims}
+    groups = kept.get("groups")
+    if groups is not None and not (
+        isinstance(groups, list) and all(isinstance(g, str) for g in groups)
+    ):
+        del kept["groups"]
+    return kept
+
+
+def _provider_error(code: str) -> BadRequest:
+    # OIDC Core §3.1.2.6: the provider said no. Show the code when it is a plain token;
+    # error_description is the provider's free text and is never echoed.
+    shown = code if _ERROR_CODE.match(code) else "unknown_error"
+    return BadRequest(
+        "callback.provider_error",
+        shown,
+        public_message=f"The identity provider refused the sign-in ({shown}).",
+    )

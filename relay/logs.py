@@ -1,0 +1,76 @@
+"""Logging, configured once: structlog's pipeline for our events and for uvicorn's.
+
+Every line is one JSON object with "event", "level", "timestamp" and whatever the request's
+context holds (request_id, session). A redaction processor is the last line of defence: keys
+that name a secret are masked whatever code logged them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+# Keys that must never carry a value into a log line.
+SECRET_KEYS = frozenset(
+    {
+        "code", "code_verifier", "verifier", "token", "id_token", "access_token",
+        "refresh_token", "client_secret", "secret", "cookie", "cookies", "authorization",
+        "password", "state",
+    }
+)  # fmt: skip
+REDACTED = "[redacted]"
+
+
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in SECRET_KEYS.intersection(event):
+        event[key] = REDACTED
+    return event
+
+
+def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    renderer: Any
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's loggers propagate to ours; its access log is replaced by our own line.
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").handlers[:] = []
+    logging.getLogger("uvicorn.access").propagate = False
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # its info lines carry full URLs

@@ -1,0 +1,110 @@
+"""The two things a relying party says to the provider: "authorize" and "token"."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx2
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+from relay.config import ProviderConfig
+from relay.errors import BadRequest, ProviderBadResponse
+from relay.oidc.discovery import ProviderMetadata
+from relay.oidc.http import json_object, send
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    id_token: str
+    access_token: str | None
+    refresh_token: str | None
+
+
+def authorization_url(
+    metadata: ProviderMetadata,
+    *,
+    provider: ProviderConfig,
+    redirect_uri: str,
+    state: str,
+    nonce: str,
+    code_verifier: str,
+) -> str:
+    # RFC 7636 §4.2-4.3: only S256; "plain" would hand the verifier to anyone who sees the URL.
+    params = {
+        "response_type": "code",
+        "client_id": provider.client_id,
+        "redirect_uri": redirect_uri,
+        "scope": " ".join(provider.scopes),
+        "state": state,
+        "nonce": nonce,
+        "code_challenge": create_s256_code_challenge(code_verifier),
+        "code_challenge_method": "S256",
+    }
+    separator = "&" if "?" in metadata.authorization_endpoint else "?"
+    return metadata.authorization_endpoint + separator + urlencode(params, quote_via=quote)
+
+
+async def exchange_code(
+    client: httpx2.AsyncClient,
+    *,
+    metadata: ProviderMetadata,
+    provider: ProviderConfig,
+    redirect_uri: str,
+    code: str,
+    code_verifier: str,
+) -> TokenResponse:
+    """RFC 6749 §4.1.3 with RFC 7636 §4.5: trade the code and verifier for tokens."""
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": redirect_uri,
+        "code_verifier": code_verifier,
+    }
+    headers = {"Accept": "application/json"}
+    secret = provider.client_secret.get_secret_value() if provider.client_secret else ""
+    if provider.token_endpoint_auth_method == "client_secret_basic":
+        # RFC 6749 §2.3.1: both parts are form-urlencoded before the Basic encoding.
+        pair = f"{quote(provider.client_id, safe='')}:{quote(secret, safe='')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    else:
+        form["client_id"] = provider.client_id
+        if provider.token_endpoint_auth_method == "client_secret_post":
+            form["client_secret"] = secret
+    request = client.build_request("POST", metadata.token_endpoint, data=form, headers=headers)
+    response = await send(client, request, "token")
+    if response.status_code in (400, 401):
+        # RFC 6749 §5.2: invalid_grant and friends. The code was bad or used: the user retries.
+        error = _error_code(response)
+        raise BadRequest("token.rejected", error)
+    if response.status_code != 200:
+        raise ProviderBadResponse(f"token.status_{response.status_code}")
+    return _parse_token_response(json_object(response, "token"))
+
+
+def _error_code(response: httpx2.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return "unparseable"
+    error = body.get("error") if isinstance(body, dict) else None
+    return error[:64] if isinstance(error, str) else "unknown"
+
+
+def _parse_token_response(body: dict[str, Any]) -> TokenResponse:
+    token_type = body.get("token_type")
+    # OIDC Core §3.1.3.3: token_type must be Bearer (case-insensitive).
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise ProviderBadResponse("token.bad_token_type")
+    id_token = body.get("id_token")
+    if not isinstance(id_token, str) or not id_token:
+        raise ProviderBadResponse("token.missing_id_token")
+    access = body.get("access_token")
+    refresh = body.get("refresh_token")
+    return TokenResponse(
+        id_token=id_token,
+        access_token=access if isinstance(access, str) else None,
+        refresh_token=refresh if isinstance(refresh, str) else None,
+    )

@@ -1,0 +1,106 @@
+"""Provider metadata (OpenID Connect Discovery 1.0), fetched once and cached with a TTL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+
+from relay.config import is_loopback_host
+from relay.errors import ProviderBadResponse, ProviderError
+from relay.oidc.http import get_json
+
+
+@dataclass(frozen=True)
+class ProviderMetadata:
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str
+    signing_algorithms: tuple[str, ...]
+    end_session_endpoint: str | None = None
+    userinfo_endpoint: str | None = None
+    iss_parameter_supported: bool = False
+
+
+def parse_metadata(doc: dict[str, Any], expected_issuer: str) -> ProviderMetadata:
+    # Discovery §4.3: the issuer in the document MUST be identical to the one we asked.
+    if doc.get("issuer") != expected_issuer:
+        raise ProviderBadResponse("discovery.issuer_mismatch", str(doc.get("issuer"))[:200])
+    endpoints = {}
+    for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+        endpoints[name] = _endpoint(doc, name, required=True)
+    algorithms = doc.get("id_token_signing_alg_values_supported")
+    if not isinstance(algorithms, list) or not all(isinstance(a, str) for a in algorithms):
+        raise ProviderBadResponse("discovery.missing_id_token_signing_alg_values_supported")
+    return ProviderMetadata(
+        issuer=expected_issuer,
+        authorization_endpoint=endpoints["authorization_endpoint"],
+        token_endpoint=endpoints["token_endpoint"],
+        jwks_uri=endpoints["jwks_uri"],
+        signing_algorithms=tuple(algorithms),
+        end_session_endpoint=_endpoint(doc, "end_session_endpoint", required=False),
+        userinfo_endpoint=_endpoint(doc, "userinfo_endpoint", required=False),
+        iss_parameter_supported=doc.get("authorization_response_iss_parameter_supported") is True,
+    )
+
+
+def _endpoint(doc: dict[str, Any], name: str, *, required: bool) -> Any:
+    value = doc.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise ProviderBadResponse(f"discovery.missing_{name}")
+    parts = urlsplit(value)
+    secure = parts.scheme == "https" or (
+        parts.scheme == "http" and is_loopback_host(parts.hostname)
+    )
+    if not secure or not parts.hostname:
+        raise ProviderBadResponse(f"discovery.insecure_{name}")
+    return value
+
+
+class Discovery:
+    """The provider's metadata, refetched after ``ttl`` seconds by one caller at a time.
+
+    When a refresh fails, the last good document keeps serving: a provider blip must not log
+    anyone out or stop logins that could otherwise complete.
+    """
+
+    def __init__(
+        self, client: httpx2.AsyncClient, issuer: str, ttl: int, clock: Callable[[], float]
+    ) -> None:
+        self._client = client
+        self._issuer = issuer
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._metadata: ProviderMetadata | None = None
+        self._fetched_at = 0.0
+
+    @property
+    def url(self) -> str:
+        return self._issuer + "/.well-known/openid-configuration"
+
+    async def get(self) -> ProviderMetadata:
+        if self._metadata is not None and not self._stale():
+            return self._metadata
+        async with self._lock:
+            if self._metadata is not None and not self._stale():
+                return self._metadata  # someone refreshed while we waited
+            try:
+                doc = await get_json(self._client, self.url, "discovery")
+                self._metadata = parse_metadata(doc, self._issuer)
+                self._fetched_at = self._clock()
+            except ProviderError:
+                if self._metadata is None:
+                    raise
+                self._fetched_at = self._clock()  # retry after another ttl, not every request
+            return self._metadata
+
+    def _stale(self) -> bool:
+        return self._clock() - self._fetched_at >= self._ttl

@@ -1,0 +1,46 @@
+"""Every request to the provider goes through here: one place that maps failures.
+
+Timeouts → ProviderTimeout (504); connection failures → ProviderUnavailable (503); a 5xx or a
+body that is not a JSON object → ProviderBadResponse (502). Callers decide what a 4xx means.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+
+from relay.errors import ProviderBadResponse, ProviderTimeout, ProviderUnavailable
+
+MAX_BODY = 512 * 1024  # a provider document larger than this is not one we want to parse
+
+
+async def send(client: httpx2.AsyncClient, request: httpx2.Request, what: str) -> httpx2.Response:
+    try:
+        response = await client.send(request)
+    except httpx2.TimeoutException as exc:
+        raise ProviderTimeout(f"{what}.timeout", type(exc).__name__) from exc
+    except httpx2.TransportError as exc:
+        raise ProviderUnavailable(f"{what}.unreachable", type(exc).__name__) from exc
+    if response.status_code >= 500:
+        raise ProviderBadResponse(f"{what}.status_{response.status_code}")
+    return response
+
+
+def json_object(response: httpx2.Response, what: str) -> dict[str, Any]:
+    if len(response.content) > MAX_BODY:
+        raise ProviderBadResponse(f"{what}.too_large")
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise ProviderBadResponse(f"{what}.not_json") from exc
+    if not isinstance(body, dict):
+        raise ProviderBadResponse(f"{what}.not_an_object")
+    return body
+
+
+async def get_json(client: httpx2.AsyncClient, url: str, what: str) -> dict[str, Any]:
+    response = await send(client, client.build_request("GET", url), what)
+    if response.status_code != 200:
+        raise ProviderBadResponse(f"{what}.status_{response.status_code}")
+    return json_object(response, what)

@@ -1,0 +1,71 @@
+"""The few pages a person sees, and the one place errors become responses.
+
+Pages are plain HTML with every dynamic value escaped; a request that asks for JSON
+(``Accept: application/json``) gets ``{"error": ..., "message": ..., "request_id": ...}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+from collections.abc import Iterable
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from relay.errors import RelayError
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;"
+    "color:#222}h1{font-size:1.4rem}button{font-size:1rem;padding:.5rem 1rem}"
+    ".muted{color:#666;font-size:.85rem}"
+)
+_STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
+
+
+def wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def page(
+    title: str, body_html: str, status: int = 200, form_targets: Iterable[str] = ()
+) -> HTMLResponse:
+    """A small page; ``body_html`` must already be escaped by the caller."""
+    document = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width,initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{body_html}</body></html>"
+    )
+    targets = " ".join(["'self'", *form_targets])
+    csp = (
+        f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action {targets}; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+    return HTMLResponse(document, status_code=status, headers={"content-security-policy": csp})
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    """The one exception handler: a fixed public message and the request id; details go to
+    the log (the reason is bound to the request's access line)."""
+    if not isinstance(exc, RelayError):
+        structlog.get_logger("relay").exception("request.crashed")
+        exc = RelayError("internal_error")
+    structlog.contextvars.bind_contextvars(reason=exc.reason)
+    request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+    headers = {"www-authenticate": "Cookie"} if exc.status == 401 else None
+    if wants_json(request):
+        body = {"error": exc.reason, "message": exc.public_message, "request_id": request_id}
+        return JSONResponse(body, status_code=exc.status, headers=headers)
+    response = page(
+        "Sign-in problem" if exc.status < 500 else "Service problem",
+        f"<p>{html.escape(exc.public_message)}</p>"
+        f"<p class=muted>Request id: {html.escape(request_id)}</p>",
+        status=exc.status,
+    )
+    if headers:
+        response.headers.update(headers)
+    return response

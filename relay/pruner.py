@@ -1,0 +1,45 @@
+"""The background loop that runs a prune pass every prune_interval."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relay.metrics import Metrics
+from relay.store.prune import PruneResult, prune
+
+log = structlog.get_logger("relay.pruner")
+
+
+async def prune_once(
+    engine: AsyncEngine, now: int, batch_size: int, metrics: Metrics | None = None
+) -> PruneResult:
+    result = await prune(engine, now, batch_size)
+    if result.skipped:
+        log.info("prune.skipped", reason="another process holds the prune lock")
+    else:
+        log.info("prune.completed", removed=result.removed, batches=result.batches)
+        if metrics is not None:
+            metrics.pruned.inc(result.removed)
+    return result
+
+
+async def run_pruner(
+    engine: AsyncEngine,
+    interval: int,
+    batch_size: int,
+    clock: Callable[[], float],
+    metrics: Metrics,
+) -> None:
+    """Prune now, then every ``interval`` seconds, until cancelled. A failed pass is logged and
+    retried next time: the pruner reclaims space, it never decides whether a session is valid."""
+    while True:
+        try:
+            await prune_once(engine, int(clock()), batch_size, metrics)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("prune.failed", error=type(exc).__name__)
+        await asyncio.sleep(interval)

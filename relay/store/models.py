@@ -1,0 +1,36 @@
+"""The schema, as SQLAlchemy Core tables (the migrations in migrations/ are the source of truth).
+
+One table holds every login from start to end. A row is ``pending`` from /login until /callback
+consumes it, and an ``active`` session after. Rows are keyed by the SHA-256 of a random value
+the browser holds (the state for a pending login, the cookie for a session), never the value.
+Timestamps are whole seconds since the epoch, the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),  # "pending" | "active"
+    # Pending rows: which browser started the login (hash of the binding cookie) and what it needs.
+    Column("binding_hash", String(64), nullable=True),
+    Column("nonce", String(128), nullable=True),
+    Column("code_verifier", Text, nullable=True),  # sealed
+    Column("return_to", Text, nullable=True),
+    # Active rows: who signed in, and the provider's tokens (sealed).
+    Column("subject", String(255), nullable=True),
+    Column("claims", Text, nullable=True),  # JSON: the identity the headers and /userinfo need
+    Column("id_token", Text, nullable=True),
+    Column("access_token", Text, nullable=True),
+    Column("refresh_token", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_accessed_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("ix_sessions_expires_at", "expires_at"),
+    Index("ix_sessions_binding_hash", "binding_hash"),
+)

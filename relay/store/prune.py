@@ -1,0 +1,55 @@
+"""One prune pass: delete expired rows in bounded batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from relay.store.models import sessions
+
+# pg_try_advisory_lock key shared by every relay on a database: "relay" + "prune" in ASCII.
+ADVISORY_LOCK_KEY = 0x72656C6179_7072
+_TRY_LOCK = text("SELECT pg_try_advisory_lock(:key)")
+_UNLOCK = text("SELECT pg_advisory_unlock(:key)")
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    removed: int
+    batches: int
+    skipped: bool = False  # another process held the lock
+
+
+async def prune(engine: AsyncEngine, now: int, batch_size: int) -> PruneResult:
+    """Delete rows with expires_at <= now, batch_size at a time, each batch committed alone.
+
+    On PostgreSQL the pass runs under an advisory lock; a process that cannot take it skips
+    the pass, so two relays on one database never prune at the same time.
+    """
+    async with engine.connect() as conn:
+        postgres = conn.dialect.name == "postgresql"
+        if postgres:
+            locked = (await conn.execute(_TRY_LOCK, {"key": ADVISORY_LOCK_KEY})).scalar_one()
+            await conn.commit()
+            if not locked:
+                return PruneResult(removed=0, batches=0, skipped=True)
+        try:
+            return await _delete_in_batches(conn, now, batch_size)
+        finally:
+            if postgres:
+                await conn.execute(_UNLOCK, {"key": ADVISORY_LOCK_KEY})
+                await conn.commit()
+
+
+async def _delete_in_batches(conn: AsyncConnection, now: int, batch_size: int) -> PruneResult:
+    expired = select(sessions.c.id_hash).where(sessions.c.expires_at <= now).limit(batch_size)
+    removed = batches = 0
+    while True:
+        result = await conn.execute(delete(sessions).where(sessions.c.id_hash.in_(expired)))
+        await conn.commit()
+        batches += 1
+        removed += result.rowcount
+        if result.rowcount < batch_size:
+            return PruneResult(removed=removed, batches=batches)

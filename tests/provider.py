@@ -1,0 +1,184 @@
+"""An in-process OpenID provider for tests: a tiny Starlette app the relay reaches through
+httpx's ASGI transport. It follows the specs by default and can be told to misbehave.
+
+It is a test double for the relay's unit tests, not a provider: it has one client, signs in
+whoever the test names, and keeps its state in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlencode
+
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from joserfc import jwt
+from joserfc.jwk import ECKey, Key, RSAKey
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+ISSUER = "https://idp.test"
+CLIENT_ID = "relay-client"
+CLIENT_SECRET = "provider-client-secret-0123456789"
+
+
+@dataclass
+class Grant:
+    client_id: str
+    redirect_uri: str
+    code_challenge: str
+    code_challenge_method: str
+    nonce: str | None
+    subject: str
+    used: bool = False
+
+
+@dataclass
+class Behaviour:
+    """Knobs a test turns to make the provider misbehave."""
+
+    id_token_claims: dict[str, Any] = field(default_factory=dict)  # merged over the defaults
+    drop_claims: list[str] = field(default_factory=list)
+    id_token_header: dict[str, Any] = field(default_factory=dict)
+    signing_key: Key | None = None  # sign with this key instead of the published one
+    alg: str = "RS256"
+    token_status: int = 200
+    token_body: dict[str, Any] | None = None
+    discovery_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+class TestProvider:
+    __test__ = False  # not a pytest class
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.rsa_key = RSAKey.generate_key(2048, parameters={"kid": "rsa-1", "use": "sig"})
+        self.ec_key = ECKey.generate_key("P-256", parameters={"kid": "ec-1", "use": "sig"})
+        self.published: list[Key] = [self.rsa_key, self.ec_key]
+        self.behaviour = Behaviour()
+        self.grants: dict[str, Grant] = {}
+        self.subject = "user-1"
+        self.profile: dict[str, Any] = {
+            "email": "alice@example.com",
+            "email_verified": True,
+            "preferred_username": "alice",
+            "name": "Alice Example",
+            "groups": ["admins", "staff"],
+        }
+        self.token_requests: list[dict[str, Any]] = []
+        self.calls: dict[str, int] = {"discovery": 0, "jwks": 0, "token": 0}
+        self.app = Starlette(
+            routes=[
+                Route("/.well-known/openid-configuration", self.discovery),
+                Route("/jwks", self.jwks),
+                Route("/authorize", self.authorize),
+                Route("/token", self.token, methods=["POST"]),
+                Route("/end_session", self.end_session),
+            ]
+        )
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def discovery(self, request: Request) -> Response:
+        self.calls["discovery"] += 1
+        doc = {
+            "issuer": ISSUER,
+            "authorization_endpoint": ISSUER + "/authorize",
+            "token_endpoint": ISSUER + "/token",
+            "jwks_uri": ISSUER + "/jwks",
+            "end_session_endpoint": ISSUER + "/end_session",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
+        }
+        doc.update(self.behaviour.discovery_overrides)
+        return JSONResponse(doc)
+
+    async def jwks(self, request: Request) -> Response:
+        self.calls["jwks"] += 1
+        return JSONResponse({"keys": [k.as_dict(private=False) for k in self.published]})
+
+    async def authorize(self, request: Request) -> Response:
+        """Signs in ``self.subject`` at once and sends the browser back with a code."""
+        q = request.query_params
+        if q.get("client_id") != CLIENT_ID or q.get("response_type") != "code":
+            return JSONResponse({"error": "invalid_request"}, status_code=400)
+        code = secrets.token_urlsafe(24)
+        self.grants[code] = Grant(
+            client_id=q["client_id"],
+            redirect_uri=q["redirect_uri"],
+            code_challenge=q.get("code_challenge", ""),
+            code_challenge_method=q.get("code_challenge_method", ""),
+            nonce=q.get("nonce"),
+            subject=self.subject,
+        )
+        params = {"code": code, "state": q.get("state", ""), "iss": ISSUER}
+        return RedirectResponse(q["redirect_uri"] + "?" + urlencode(params), status_code=302)
+
+    async def token(self, request: Request) -> Response:
+        self.calls["token"] += 1
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        self.token_requests.append({"form": form, "headers": dict(request.headers)})
+        b = self.behaviour
+        if b.token_status != 200 or b.token_body is not None:
+            return JSONResponse(b.token_body or {"error": "server_error"}, status_code=b.token_status)
+        if not self._client_authenticated(request):
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
+        grant = self.grants.get(form.get("code", ""))
+        if grant is None or grant.used or form.get("redirect_uri") != grant.redirect_uri:
+            return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        grant.used = True
+        # RFC 7636 §4.6: the verifier must hash to the challenge.
+        verifier = form.get("code_verifier", "")
+        if grant.code_challenge_method != "S256" or (
+            create_s256_code_challenge(verifier) != grant.code_challenge
+        ):
+            return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        return JSONResponse(
+            {
+                "access_token": "at-" + secrets.token_urlsafe(16),
+                "refresh_token": "rt-" + secrets.token_urlsafe(16),
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "id_token": self.id_token(grant.nonce, grant.subject),
+            }
+        )
+
+    async def end_session(self, request: Request) -> Response:
+        return JSONResponse({"ended": True})
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _client_authenticated(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        if not header.startswith("Basic "):
+            return False
+        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        return (unquote(user), unquote(password)) == (CLIENT_ID, CLIENT_SECRET)
+
+    def id_token(self, nonce: str | None, subject: str) -> str:
+        now = int(self.clock())
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "sub": subject,
+            "aud": CLIENT_ID,
+            "exp": now + 300,
+            "iat": now,
+            "nonce": nonce,
+            **self.profile,
+        }
+        b = self.behaviour
+        claims.update(b.id_token_claims)
+        for name in b.drop_claims:
+            claims.pop(name, None)
+        key = b.signing_key or (self.ec_key if b.alg.startswith("ES") else self.rsa_key)
+        header = {"alg": b.alg, "kid": key.kid, **b.id_token_header}
+        header = {k: v for k, v in header.items() if v is not None}
+        return jwt.encode(header, claims, key, algorithms=[b.alg])
