@@ -87,11 +87,12 @@ def create_app(
             cookies=CookiePolicy.from_config(session),
             proxies=TrustedProxies.parse(config.server.trusted_proxies),
         )
-        pruner = None
+        app.state.pruner = pruner = None
         if run_pruner_task:
             pruner = asyncio.create_task(
                 run_pruner(engine, session.prune_interval, session.prune_batch_size, clock, metrics)
             )
+            app.state.pruner = pruner
         log.info("relay.started", public_url=config.server.public_url)
         try:
             yield

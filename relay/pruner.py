@@ -34,12 +34,16 @@ async def run_pruner(
     batch_size: int,
     clock: Callable[[], float],
     metrics: Metrics,
+    on_pass: Callable[[PruneResult], None] | None = None,
 ) -> None:
     """Prune now, then every ``interval`` seconds, until cancelled. A failed pass is logged and
     retried next time: the pruner reclaims space, it never decides whether a session is valid."""
     while True:
         try:
-            await prune_once(engine, int(clock()), batch_size, metrics)
+            result = await prune_once(engine, int(clock()), batch_size, metrics)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("prune.failed", error=type(exc).__name__)
+        else:
+            if on_pass is not None:
+                on_pass(result)
         await asyncio.sleep(interval)

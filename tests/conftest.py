@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from relay.app import create_app
 from relay.config import Config, config_from_mapping
 from relay.store.database import make_engine, migrate
-from tests.provider import CLIENT_ID, CLIENT_SECRET, ISSUER, TestProvider
+from tests.provider import CLIENT_ID, CLIENT_SECRET, ISSUER, ProviderTransport, TestProvider
 
 PUBLIC_URL = "https://relay.test"
 SECRET = "test-session-secret-0123456789-abcdef"
@@ -118,15 +118,16 @@ def make_relay(
     """Start a relay (a TestClient with its lifespan running); use as a context manager."""
 
     @contextmanager
-    def start(**sections: dict[str, Any]) -> Iterator[TestClient]:
+    def start(
+        peer: str = "198.51.100.7", **sections: dict[str, Any]
+    ) -> Iterator[TestClient]:
         config = base_config(database_url, **sections)
         app = create_app(
-            config,
-            transport=httpx2.ASGITransport(app=provider.app),
-            clock=clock,
-            run_pruner_task=False,
+            config, transport=ProviderTransport(provider), clock=clock, run_pruner_task=False
         )
-        with TestClient(app, base_url=PUBLIC_URL, follow_redirects=False) as client:
+        with TestClient(
+            app, base_url=PUBLIC_URL, follow_redirects=False, client=(peer, 40000)
+        ) as client:
             yield client
 
     return start

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode
 
+import httpx2
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, RSAKey
@@ -50,6 +51,24 @@ class Behaviour:
     token_status: int = 200
     token_body: dict[str, Any] | None = None
     discovery_overrides: dict[str, Any] = field(default_factory=dict)
+    # path -> "timeout" | "connect": the transport fails instead of reaching the endpoint
+    network_failures: dict[str, str] = field(default_factory=dict)
+
+
+class ProviderTransport(httpx2.AsyncBaseTransport):
+    """How the relay reaches the test provider: in process, with failures on demand."""
+
+    def __init__(self, provider: TestProvider) -> None:
+        self._provider = provider
+        self._asgi = httpx2.ASGITransport(app=provider.app)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        failure = self._provider.behaviour.network_failures.get(request.url.path)
+        if failure == "timeout":
+            raise httpx2.ReadTimeout("provider did not answer", request=request)
+        if failure == "connect":
+            raise httpx2.ConnectError("connection refused", request=request)
+        return await self._asgi.handle_async_request(request)
 
 
 class TestProvider:

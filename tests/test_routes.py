@@ -1,0 +1,335 @@
+"""Every route's refusals: 401s, 4xx pages, provider failures as 502/503/504."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from sqlalchemy import Engine, text
+from starlette.testclient import TestClient
+
+from relay.crypto import new_id
+from tests.conftest import PUBLIC_URL, callback_path, provider_redirect, query, sign_in
+from tests.provider import TestProvider
+
+SESSION_COOKIE = "__Host-relay_session"
+LOGIN_COOKIE = "__Host-relay_session_login"
+
+
+def session_count(db: Engine) -> int:
+    with db.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM sessions WHERE status='active'")).scalar_one())
+
+
+# -- /auth, /userinfo -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [None, "", "garbage", "x" * 43, new_id(), new_id()[:-1], new_id() + "A", "a" * 5000],
+    ids=["none", "empty", "garbage", "wrong-alphabet-shape", "unknown", "truncated", "long", "huge"],
+)
+@pytest.mark.parametrize("path", ["/auth", "/auth/redirect", "/userinfo"])
+def test_no_valid_session_is_401(relay: TestClient, path: str, cookie: str | None) -> None:
+    """Missing, malformed or unknown session cookies are a plain 401, never a 5xx."""
+    if cookie is not None:
+        relay.cookies.set(SESSION_COOKIE, cookie, domain="relay.test")
+    response = relay.get(path, headers={"Accept": "application/json"})
+    assert response.status_code == 401
+    assert response.json()["error"].startswith("session.")
+
+
+def test_tampered_cookie_is_401(relay: TestClient, provider: TestProvider) -> None:
+    """Changing one character of a real session cookie gives 401."""
+    sign_in(relay, provider)
+    cookie = relay.cookies[SESSION_COOKIE]
+    flipped = ("B" if cookie[10] == "A" else "A").join([cookie[:10], cookie[11:]])
+    relay.cookies.set(SESSION_COOKIE, flipped, domain="relay.test")
+    assert relay.get("/auth").status_code == 401
+
+
+def test_auth_redirect_sends_browser_to_login_with_original_url(
+    make_relay: Callable[..., Any],
+) -> None:
+    """A trusted proxy's X-Forwarded-* become rd for a browser navigation without a session."""
+    with make_relay(peer="127.0.0.1") as relay:
+        response = relay.get(
+            "/auth/redirect",
+            headers={
+                "Accept": "text/html",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "app.test",
+                "X-Forwarded-Uri": "/reports?q=1",
+            },
+        )
+    assert response.status_code == 302
+    location = response.headers["location"]
+    assert location.startswith(PUBLIC_URL + "/login?")
+    assert query(location)["rd"] == "https://app.test/reports?q=1"
+
+
+def test_auth_redirect_ignores_forwarded_headers_from_untrusted_peer(relay: TestClient) -> None:
+    """A spoofed X-Forwarded-Uri from a peer that is not a trusted proxy steers nothing."""
+    response = relay.get(
+        "/auth/redirect",
+        headers={
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "evil.example",
+            "X-Forwarded-Uri": "/phish",
+        },
+    )
+    assert response.status_code == 302
+    assert response.headers["location"] == PUBLIC_URL + "/login"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Accept": "application/json"},
+        {"X-Requested-With": "XMLHttpRequest"},
+        {"Sec-Fetch-Mode": "cors"},
+        {"X-Forwarded-Method": "POST"},
+    ],
+    ids=["json", "xhr", "fetch", "post"],
+)
+def test_auth_redirect_gives_api_requests_401(
+    make_relay: Callable[..., Any], headers: dict[str, str]
+) -> None:
+    """API, XHR and non-GET requests get 401 from the redirect flavour, not a login page."""
+    with make_relay(peer="127.0.0.1") as relay:
+        response = relay.get("/auth/redirect", headers=headers)
+    assert response.status_code == 401
+
+
+def test_auth_headers_strip_control_characters(relay: TestClient, provider: TestProvider) -> None:
+    """A claim with CR/LF cannot split the identity headers."""
+    provider.profile["preferred_username"] = "alice\r\nX-Injected: 1"
+    sign_in(relay, provider)
+    response = relay.get("/auth")
+    assert response.status_code == 200
+    assert response.headers["x-auth-request-user"] == "aliceX-Injected: 1"
+    assert "x-injected" not in response.headers
+
+
+# -- /callback ------------------------------------------------------------------------------
+
+
+def start_login(relay: TestClient, provider: TestProvider) -> dict[str, str]:
+    """/login then the provider; return the callback's query parameters."""
+    start = relay.get("/login")
+    return query(provider_redirect(provider, start.headers["location"]))
+
+
+def test_callback_without_state_is_400(relay: TestClient, provider: TestProvider) -> None:
+    """A callback with no state is refused with a page, not a session."""
+    params = start_login(relay, provider)
+    del params["state"]
+    response = relay.get("/callback?" + urlencode(params))
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("text/html")
+    assert SESSION_COOKIE not in relay.cookies
+
+
+def test_callback_with_unknown_state_is_400(relay: TestClient, provider: TestProvider) -> None:
+    """A state /login never issued is refused."""
+    params = start_login(relay, provider)
+    params["state"] = new_id()
+    assert relay.get("/callback?" + urlencode(params)).status_code == 400
+    assert SESSION_COOKIE not in relay.cookies
+
+
+def test_callback_without_login_cookie_is_400(
+    relay: TestClient, provider: TestProvider, db: Engine
+) -> None:
+    """Login CSRF: a callback from a browser that did not start the login is refused."""
+    params = start_login(relay, provider)
+    relay.cookies.delete(LOGIN_COOKIE)
+    assert relay.get("/callback?" + urlencode(params)).status_code == 400
+    assert session_count(db) == 0
+
+
+def test_callback_with_other_browsers_login_cookie_is_400(
+    make_relay: Callable[..., Any], provider: TestProvider, db: Engine
+) -> None:
+    """A state bound to one browser's login cookie is refused with another's."""
+    with make_relay() as victim, make_relay() as attacker:
+        params = start_login(attacker, provider)
+        victim.get("/login")  # the victim has a login cookie of its own
+        assert victim.get("/callback?" + urlencode(params)).status_code == 400
+    assert session_count(db) == 0
+
+
+def test_callback_with_expired_pending_login_is_400(
+    relay: TestClient, provider: TestProvider, clock: Any
+) -> None:
+    """A pending login older than pending_lifetime cannot complete."""
+    params = start_login(relay, provider)
+    clock.advance(601)
+    assert relay.get("/callback?" + urlencode(params)).status_code == 400
+
+
+def test_callback_provider_error_shows_code_only(relay: TestClient) -> None:
+    """error=access_denied gives a 4xx page naming the code, never the provider's text."""
+    relay.get("/login")
+    response = relay.get(
+        "/callback",
+        params={"error": "access_denied", "error_description": "<script>alert(1)</script>"},
+    )
+    assert response.status_code == 400
+    assert "access_denied" in response.text
+    assert "<script>" not in response.text and "alert(1)" not in response.text
+
+
+def test_callback_with_wrong_iss_is_400(relay: TestClient, provider: TestProvider) -> None:
+    """RFC 9207: an iss parameter naming another issuer is refused."""
+    params = start_login(relay, provider)
+    params["iss"] = "https://evil.example"
+    assert relay.get("/callback?" + urlencode(params)).status_code == 400
+    assert provider.calls["token"] == 0
+
+
+def test_callback_without_code_is_400(relay: TestClient, provider: TestProvider) -> None:
+    """A callback with state but no code is refused."""
+    params = start_login(relay, provider)
+    del params["code"]
+    assert relay.get("/callback?" + urlencode(params)).status_code == 400
+
+
+def test_callback_with_rejected_code_is_400(relay: TestClient, provider: TestProvider) -> None:
+    """The token endpoint's invalid_grant becomes a 400 page."""
+    params = start_login(relay, provider)
+    params["code"] = "not-a-code"
+    assert relay.get("/callback?" + urlencode(params)).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"), [("connect", 503), ("timeout", 504)], ids=["refused", "timeout"]
+)
+def test_callback_token_endpoint_down(
+    relay: TestClient, provider: TestProvider, failure: str, status: int, db: Engine
+) -> None:
+    """An unreachable or silent token endpoint is a 503/504 page and no session."""
+    params = start_login(relay, provider)
+    provider.behaviour.network_failures["/token"] = failure
+    response = relay.get("/callback?" + urlencode(params))
+    assert response.status_code == status
+    assert session_count(db) == 0
+
+
+def test_callback_token_endpoint_500_is_502(
+    relay: TestClient, provider: TestProvider, db: Engine
+) -> None:
+    """A 5xx from the token endpoint is a 502 page."""
+    params = start_login(relay, provider)
+    provider.behaviour.token_status = 500
+    assert relay.get("/callback?" + urlencode(params)).status_code == 502
+    assert session_count(db) == 0
+
+
+def test_callback_with_bad_id_token_is_400(
+    relay: TestClient, provider: TestProvider, db: Engine
+) -> None:
+    """An ID token that fails validation (here: wrong nonce) makes no session."""
+    params = start_login(relay, provider)
+    provider.behaviour.id_token_claims["nonce"] = "another-nonce"
+    response = relay.get("/callback?" + urlencode(params), headers={"Accept": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "id_token.nonce_mismatch"
+    assert session_count(db) == 0
+
+
+# -- /login ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("failure", "status"), [("connect", 503), ("timeout", 504)])
+def test_login_with_discovery_down(
+    relay: TestClient, provider: TestProvider, failure: str, status: int, db: Engine
+) -> None:
+    """/login answers 503/504 while the provider's metadata cannot be had, storing nothing."""
+    provider.behaviour.network_failures["/.well-known/openid-configuration"] = failure
+    assert relay.get("/login").status_code == status
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sessions")).scalar_one() == 0
+
+
+def test_login_rd_off_allowed_hosts_falls_back(relay: TestClient, provider: TestProvider) -> None:
+    """An rd to a host not allowed is replaced by the default before anything is stored."""
+    done = sign_in(relay, provider, rd="https://evil.example/")
+    assert done.headers["location"] == PUBLIC_URL + "/"
+
+
+def test_login_caps_pending_logins_per_browser(relay: TestClient) -> None:
+    """A browser with max_pending_per_browser logins in flight gets 429, and one cookie."""
+    for _ in range(10):
+        assert relay.get("/login").status_code == 302
+    assert relay.get("/login").status_code == 429
+    assert [c.name for c in relay.cookies.jar].count(LOGIN_COOKIE) == 1
+
+
+def test_parallel_logins_in_one_browser_all_complete(
+    relay: TestClient, provider: TestProvider
+) -> None:
+    """Several tabs start a login at once; each completes with the one login cookie."""
+    starts = [relay.get("/login", params={"rd": f"/tab{i}"}) for i in range(3)]
+    callbacks = [provider_redirect(provider, s.headers["location"]) for s in starts]
+    for i, url in enumerate(reversed(callbacks)):
+        response = relay.get(callback_path(url))
+        assert response.status_code == 302
+        assert response.headers["location"] == f"/tab{2 - i}"
+
+
+# -- /logout --------------------------------------------------------------------------------
+
+
+def test_logout_page_has_a_form(relay: TestClient) -> None:
+    """GET /logout only shows a confirmation page; it ends nothing."""
+    response = relay.get("/logout")
+    assert response.status_code == 200
+    assert 'method=post action="https://relay.test/logout"' in response.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {}, {"Origin": "null"}],
+    ids=["other-origin", "cross-site-no-origin", "no-headers", "null-origin"],
+)
+def test_cross_origin_logout_is_403(
+    relay: TestClient, provider: TestProvider, headers: dict[str, str], db: Engine
+) -> None:
+    """A POST /logout that is not from the relay's own origin is refused; the session stays."""
+    sign_in(relay, provider)
+    assert relay.post("/logout", headers=headers).status_code == 403
+    assert session_count(db) == 1
+    assert relay.get("/auth").status_code == 200
+
+
+def test_logout_without_session_still_redirects(relay: TestClient) -> None:
+    """Logging out with no session is not an error: there is nothing to end locally."""
+    response = relay.post("/logout", headers={"Origin": PUBLIC_URL})
+    assert response.status_code == 303
+
+
+# -- probes and pages -----------------------------------------------------------------------
+
+
+def test_probes(relay: TestClient) -> None:
+    """/healthz and /readyz answer 200 while the database answers."""
+    assert relay.get("/healthz").json() == {"status": "ok"}
+    assert relay.get("/readyz").json()["database"] == "ok"
+
+
+def test_relay_pages_carry_security_headers(relay: TestClient) -> None:
+    """Every relay response: no-store, no-referrer, no framing."""
+    for path in ("/", "/login", "/auth", "/logout", "/callback"):
+        headers = relay.get(path).headers
+        assert headers["cache-control"] == "no-store", path
+        assert headers["referrer-policy"] == "no-referrer", path
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+        assert headers["x-request-id"], path
+
+
+def test_unknown_route_is_404(relay: TestClient) -> None:
+    """Paths the relay does not serve are a 404."""
+    assert relay.get("/nope").status_code == 404
