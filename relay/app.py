@@ -90,7 +90,13 @@ def create_app(
         app.state.pruner = pruner = None
         if run_pruner_task:
             pruner = asyncio.create_task(
-                run_pruner(engine, session.prune_interval, session.prune_batch_size, clock, metrics)
+                run_pruner(
+                    engine,
+                    interval=session.prune_interval,
+                    batch_size=session.prune_batch_size,
+                    clock=clock,
+                    metrics=metrics,
+                )
             )
             app.state.pruner = pruner
         log.info("relay.started", public_url=config.server.public_url)

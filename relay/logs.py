@@ -73,4 +73,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").handlers[:] = []
     logging.getLogger("uvicorn.access").propagate = False
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # its info lines carry full URLs
+    # httpx2 logs full URLs at info; httpcore2 logs request headers (Authorization) at debug.
+    for name in ("httpx2", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # we log database.migrated ourselves

@@ -30,6 +30,7 @@ async def prune_once(
 
 async def run_pruner(
     engine: AsyncEngine,
+    *,
     interval: int,
     batch_size: int,
     clock: Callable[[], float],

@@ -58,7 +58,11 @@ def postgres_database() -> Iterator[str]:
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + name
+        yield (
+            PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+            + "/"
+            + name
+        )
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -112,15 +116,11 @@ def base_config(database_url: str, **sections: dict[str, Any]) -> Config:
 
 
 @pytest.fixture
-def make_relay(
-    database_url: str, provider: TestProvider, clock: FakeClock
-) -> Callable[..., Any]:
+def make_relay(database_url: str, provider: TestProvider, clock: FakeClock) -> Callable[..., Any]:
     """Start a relay (a TestClient with its lifespan running); use as a context manager."""
 
     @contextmanager
-    def start(
-        peer: str = "198.51.100.7", **sections: dict[str, Any]
-    ) -> Iterator[TestClient]:
+    def start(peer: str = "198.51.100.7", **sections: dict[str, Any]) -> Iterator[TestClient]:
         config = base_config(database_url, **sections)
         app = create_app(
             config, transport=ProviderTransport(provider), clock=clock, run_pruner_task=False

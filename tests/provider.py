@@ -147,7 +147,9 @@ class TestProvider:
         self.token_requests.append({"form": form, "headers": dict(request.headers)})
         b = self.behaviour
         if b.token_status != 200 or b.token_body is not None:
-            return JSONResponse(b.token_body or {"error": "server_error"}, status_code=b.token_status)
+            return JSONResponse(
+                b.token_body or {"error": "server_error"}, status_code=b.token_status
+            )
         if not self._client_authenticated(request):
             return JSONResponse({"error": "invalid_client"}, status_code=401)
         grant = self.grants.get(form.get("code", ""))

@@ -142,7 +142,7 @@ def test_confidential_client_needs_a_secret() -> None:
 
 
 def test_weak_algorithms_cannot_be_allowed() -> None:
-    """"none" and HMAC algorithms are refused for ID tokens."""
+    """ "none" and HMAC algorithms are refused for ID tokens."""
     [line] = errors(with_("provider", allowed_algorithms=["RS256", "HS256", "none"]))
     assert line.startswith("provider.allowed_algorithms: ")
 
@@ -179,7 +179,10 @@ def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixtur
 @pytest.mark.parametrize(
     ("edit", "key"),
     [
-        (('secret = "0123456789abcdef0123456789abcdef-x"', 'secret = "too-short"'), "session.secret"),
+        (
+            ('secret = "0123456789abcdef0123456789abcdef-x"', 'secret = "too-short"'),
+            "session.secret",
+        ),
         (('issuer = "https://idp.example.com"', ""), "provider.issuer"),
         (("https://auth.example.com", "http://auth.example.com"), "server.public_url"),
         (("https://idp.example.com", "http://idp.example.com"), "provider.issuer"),

@@ -122,9 +122,7 @@ def test_session_id_is_new_not_the_pending_one(
     assert rows(db, f"id_hash = '{hash_id(state)}'") == []
 
 
-def test_session_survives_restart(
-    make_relay: Callable[..., Any], provider: TestProvider
-) -> None:
+def test_session_survives_restart(make_relay: Callable[..., Any], provider: TestProvider) -> None:
     """A new relay process on the same database honours the cookie the old one set."""
     with make_relay() as first:
         sign_in(first, provider)

@@ -118,7 +118,14 @@ def test_background_pruner_runs_passes(database_url: str, db: Engine) -> None:
                 done.set()
 
         task = asyncio.create_task(
-            run_pruner(engine, 1, 100, lambda: NOW + 1000 * len(passes), Metrics(), on_pass)
+            run_pruner(
+                engine,
+                interval=1,
+                batch_size=100,
+                clock=lambda: NOW + 1000 * len(passes),
+                metrics=Metrics(),
+                on_pass=on_pass,
+            )
         )
         try:
             await asyncio.wait_for(done.wait(), timeout=10)
@@ -160,7 +167,7 @@ client_secret = "s"
 [database]
 url = "{url}"
 [session]
-secret = "{'x' * 40}"
+secret = "{"x" * 40}"
 """
     )
     result = subprocess.run(

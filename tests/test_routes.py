@@ -20,7 +20,9 @@ LOGIN_COOKIE = "__Host-relay_session_login"
 
 def session_count(db: Engine) -> int:
     with db.connect() as conn:
-        return int(conn.execute(text("SELECT count(*) FROM sessions WHERE status='active'")).scalar_one())
+        return int(
+            conn.execute(text("SELECT count(*) FROM sessions WHERE status='active'")).scalar_one()
+        )
 
 
 # -- /auth, /userinfo -----------------------------------------------------------------------
@@ -29,7 +31,16 @@ def session_count(db: Engine) -> int:
 @pytest.mark.parametrize(
     "cookie",
     [None, "", "garbage", "x" * 43, new_id(), new_id()[:-1], new_id() + "A", "a" * 5000],
-    ids=["none", "empty", "garbage", "wrong-alphabet-shape", "unknown", "truncated", "long", "huge"],
+    ids=[
+        "none",
+        "empty",
+        "garbage",
+        "wrong-alphabet-shape",
+        "unknown",
+        "truncated",
+        "long",
+        "huge",
+    ],
 )
 @pytest.mark.parametrize("path", ["/auth", "/auth/redirect", "/userinfo"])
 def test_no_valid_session_is_401(relay: TestClient, path: str, cookie: str | None) -> None:

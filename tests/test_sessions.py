@@ -60,9 +60,7 @@ def test_idle_timeout_slides_but_absolute_lifetime_caps(
         assert relay.get("/auth").status_code == 401
 
 
-def test_idle_session_expires(
-    make_relay: Any, provider: TestProvider, clock: Any
-) -> None:
+def test_idle_session_expires(make_relay: Any, provider: TestProvider, clock: Any) -> None:
     """A session untouched for longer than idle_timeout is refused."""
     with make_relay(session={"idle_timeout": "30m"}) as relay:
         sign_in(relay, provider)
