@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from relay.cli import main
-from relay.config import ConfigError, config_from_mapping
+from relay.config import Config, ConfigError, config_from_mapping, load_config
 
 GOOD: dict[str, Any] = {
     "server": {"public_url": "https://auth.example.com"},
@@ -214,3 +216,23 @@ def test_unreadable_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["check-config", "--config", str(write(tmp_path, "[server"))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("relay: config error: ") for line in err)
+
+
+EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
+
+
+def test_example_config_is_valid() -> None:
+    """config.example.toml loads as it is shipped."""
+    config = load_config(EXAMPLE, env={})
+    assert config.server.public_url == "https://auth.example.com"
+
+
+def test_example_config_documents_every_key() -> None:
+    """Every key the relay reads appears in config.example.toml (set or commented out)."""
+    text = EXAMPLE.read_text()
+    for section_name, field in Config.model_fields.items():
+        assert f"[{section_name}]" in text
+        section = field.annotation
+        assert isinstance(section, type) and issubclass(section, BaseModel)
+        for key in section.model_fields:
+            assert re.search(rf"^#? ?{key} = ", text, re.MULTILINE), f"{section_name}.{key}"

@@ -344,3 +344,51 @@ def test_relay_pages_carry_security_headers(relay: TestClient) -> None:
 def test_unknown_route_is_404(relay: TestClient) -> None:
     """Paths the relay does not serve are a 404."""
     assert relay.get("/nope").status_code == 404
+
+
+def test_login_takes_return_url_from_trusted_proxy(
+    make_relay: Callable[..., Any], provider: TestProvider
+) -> None:
+    """nginx's error_page hands /login the original request in X-Forwarded-*: it becomes rd,
+    query string and all; from an untrusted peer the same headers are ignored."""
+    forwarded = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "app.test",
+        "X-Forwarded-Uri": "/reports?a=1&b=2",
+    }
+    with make_relay(peer="127.0.0.1") as relay:
+        start = relay.get("/login", headers=forwarded)
+        done = relay.get(callback_path(provider_redirect(provider, start.headers["location"])))
+        assert done.headers["location"] == "https://app.test/reports?a=1&b=2"
+    with make_relay() as relay:
+        start = relay.get("/login", headers=forwarded)
+        done = relay.get(callback_path(provider_redirect(provider, start.headers["location"])))
+        assert done.headers["location"] == PUBLIC_URL + "/"
+
+
+def test_forwarded_return_url_never_points_into_the_relay(
+    make_relay: Callable[..., Any], provider: TestProvider
+) -> None:
+    """A proxied request for the relay's own /login does not make /login the return URL."""
+    forwarded = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "relay.test",
+        "X-Forwarded-Uri": "/login",
+    }
+    with make_relay(peer="127.0.0.1") as relay:
+        start = relay.get("/login", headers=forwarded)
+        done = relay.get(callback_path(provider_redirect(provider, start.headers["location"])))
+    assert done.headers["location"] == PUBLIC_URL + "/"
+
+
+def test_auth_always_sends_every_identity_header(
+    relay: TestClient, provider: TestProvider
+) -> None:
+    """With no email or groups from the provider, those headers are sent empty, so a proxy
+    copying them replaces any value the client forged."""
+    del provider.profile["email"], provider.profile["groups"]
+    sign_in(relay, provider)
+    response = relay.get("/auth")
+    assert response.headers["x-auth-request-email"] == ""
+    assert response.headers["x-auth-request-groups"] == ""
+    assert response.headers["x-auth-request-user"] == "alice"

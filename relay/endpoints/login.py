@@ -5,17 +5,28 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from relay.endpoints import context
+from relay.endpoints import Context, context
+from relay.forwarded import original_url
 
 
 async def login(request: Request) -> Response:
     ctx = context(request)
-    started = await ctx.flows.start_login(
-        request.query_params.get("rd"), ctx.cookies.login_id(request)
-    )
+    rd = request.query_params.get("rd") or _forwarded_return_url(request, ctx)
+    started = await ctx.flows.start_login(rd, ctx.cookies.login_id(request))
     response = RedirectResponse(started.provider_url, status_code=302)
     ctx.cookies.set_login(response, started.login_id, ctx.flows.config.session.pending_lifetime)
     return response
+
+
+def _forwarded_return_url(request: Request, ctx: Context) -> str | None:
+    """Without rd, a trusted proxy's X-Forwarded-* name the page to return to: nginx's
+    error_page hands /login the original request this way, with its query string intact.
+    A URL inside the relay itself is never a return target (it would loop back to /login)."""
+    url = original_url(request, ctx.proxies)
+    public_url = ctx.flows.config.server.public_url
+    if url is None or url == public_url or url.startswith(public_url + "/"):
+        return None
+    return url
 
 
 async def callback(request: Request) -> Response:

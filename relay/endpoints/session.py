@@ -57,21 +57,20 @@ def _is_navigation(request: Request, ctx: Context) -> bool:
 def _identity_response(session: ActiveSession) -> Response:
     claims = session.claims
     user = claims.get("preferred_username") or claims.get("email") or session.subject
+    email = claims.get("email")
+    # All four, always, empty when unknown: a proxy that copies them onto the upstream request
+    # then replaces a header the client forged instead of letting it through.
     headers = {
-        "X-Auth-Request-Subject": session.subject,
-        "X-Auth-Request-User": str(user),
+        "x-auth-request-subject": session.subject,
+        "x-auth-request-user": str(user),
+        "x-auth-request-email": email if isinstance(email, str) else "",
+        "x-auth-request-groups": ",".join(claims.get("groups") or []),
     }
-    if isinstance(claims.get("email"), str):
-        headers["X-Auth-Request-Email"] = claims["email"]
-    if claims.get("groups"):
-        headers["X-Auth-Request-Groups"] = ",".join(claims["groups"])
     response = PlainTextResponse("", status_code=200)
     for name, value in headers.items():
         # Claims are the provider's text: no control characters may reach a header. Non-ASCII
         # values go out as UTF-8 bytes, as the provider sent them.
-        response.raw_headers.append(
-            (name.lower().encode(), value.translate(_CONTROL).encode("utf-8"))
-        )
+        response.raw_headers.append((name.encode(), value.translate(_CONTROL).encode("utf-8")))
     return response
 
 
