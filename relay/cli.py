@@ -30,7 +30,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", required=True, metavar="PATH", help="the TOML config file")
+    demo = commands.add_parser("demo", help="try the relay: everything on 127.0.0.1")
+    demo.add_argument("--relay-port", type=int, default=4180)
+    demo.add_argument("--provider-port", type=int, default=9000)
+    demo.add_argument("--app-port", type=int, default=8080)
+    demo.add_argument("--database", default="sqlite+aiosqlite:///relay.db", metavar="URL")
     args = parser.parse_args(argv)
+
+    if args.command == "demo":
+        from relay.demo.run import run_demo  # noqa: PLC0415
+
+        return run_demo(args.relay_port, args.provider_port, args.app_port, args.database)
 
     try:
         config = load_config(args.config)

@@ -35,7 +35,6 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
-        structlog.stdlib.ExtraAdder(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
     ]

@@ -155,3 +155,28 @@ def test_expired_session_is_refused_before_pruning(
     clock.advance(86400 + 1)  # idle_timeout default 24h
     assert relay.get("/auth").status_code == 401
     assert len(rows(db)) == 1  # still there: the pruner reclaims it, the read refused it
+
+
+def test_secret_rotation_keeps_tokens_readable(
+    make_relay: Callable[..., Any], provider: TestProvider
+) -> None:
+    """With the old secret in previous_secrets, tokens sealed before a rotation still open
+    (the logout's id_token_hint); without it, logout still ends the session."""
+    old, new = "old-secret-" + "o" * 32, "new-secret-" + "n" * 32
+    with make_relay(session={"secret": old}) as relay:
+        sign_in(relay, provider)
+        cookie = relay.cookies[SESSION_COOKIE]
+    with make_relay(session={"secret": new, "previous_secrets": [old]}) as relay:
+        relay.cookies.set(SESSION_COOKIE, cookie, domain="relay.test")
+        assert relay.get("/auth").status_code == 200
+        response = relay.post("/logout", headers={"Origin": PUBLIC_URL})
+        assert query(response.headers["location"])["id_token_hint"].startswith("eyJ")
+    with make_relay(session={"secret": old}) as relay:
+        sign_in(relay, provider)
+        cookie = relay.cookies[SESSION_COOKIE]
+    with make_relay(session={"secret": new}) as relay:
+        relay.cookies.set(SESSION_COOKIE, cookie, domain="relay.test")
+        response = relay.post("/logout", headers={"Origin": PUBLIC_URL})
+        assert response.status_code == 303
+        assert "id_token_hint" not in query(response.headers["location"])
+        assert relay.get("/auth").status_code == 401

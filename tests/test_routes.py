@@ -381,9 +381,7 @@ def test_forwarded_return_url_never_points_into_the_relay(
     assert done.headers["location"] == PUBLIC_URL + "/"
 
 
-def test_auth_always_sends_every_identity_header(
-    relay: TestClient, provider: TestProvider
-) -> None:
+def test_auth_always_sends_every_identity_header(relay: TestClient, provider: TestProvider) -> None:
     """With no email or groups from the provider, those headers are sent empty, so a proxy
     copying them replaces any value the client forged."""
     del provider.profile["email"], provider.profile["groups"]

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.crypto import Sealer
+from relay.crypto import Sealer, SealError
 from relay.store.models import sessions
 
 ACTIVE = "active"
@@ -119,4 +119,9 @@ class Sessions:
             row = (await conn.execute(statement)).first()
         if row is None:
             return None
-        return self._sealer.open(row.id_token)
+        try:
+            return self._sealer.open(row.id_token)
+        except SealError:
+            # Sealed under a secret no longer configured: the session still ends, just
+            # without an id_token_hint for the provider.
+            return None

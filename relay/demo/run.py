@@ -1,0 +1,89 @@
+"""Start the relay, the development provider and the sample app on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+
+import uvicorn
+
+from relay.app import create_app
+from relay.config import config_from_mapping
+from relay.demo.provider import ACCOUNTS, BANNER, DevProvider
+from relay.demo.sample_app import sample_app
+from relay.logs import configure_logging
+
+HOST = "127.0.0.1"
+CLIENT_ID = "oidc-relay-demo"
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def run_demo(relay_port: int, provider_port: int, app_port: int, database_url: str) -> int:
+    busy = [p for p in (relay_port, provider_port, app_port) if not port_free(p)]
+    if busy:
+        print(f"relay demo: port {busy[0]} on {HOST} is in use; pick others with --*-port")
+        return 1
+    relay_url = f"http://{HOST}:{relay_port}"
+    issuer = f"http://{HOST}:{provider_port}"
+    app_url = f"http://{HOST}:{app_port}/"
+    client_secret = secrets.token_urlsafe(32)
+    provider = DevProvider(
+        issuer,
+        CLIENT_ID,
+        client_secret,
+        redirect_uris=[relay_url + "/callback"],
+        post_logout_redirect_uris=[app_url],
+    )
+    config = config_from_mapping(
+        {
+            "server": {"host": HOST, "port": relay_port, "public_url": relay_url},
+            "provider": {
+                "issuer": issuer,
+                "client_id": CLIENT_ID,
+                "client_secret": client_secret,
+                "post_logout_redirect_url": app_url,
+            },
+            "database": {"url": database_url},
+            # A new secret each run: tokens sealed by an earlier run stay sealed (sessions
+            # themselves still work; they need no secret to be found).
+            "session": {"secret": secrets.token_urlsafe(48), "cookie_secure": False},
+            "redirects": {"allowed_hosts": [f"{HOST}:{app_port}"], "default_url": app_url},
+            "logging": {"format": "console"},
+        },
+        env={},
+    )
+    configure_logging("info", "console")
+    account = next(iter(ACCOUNTS.values()))
+    print(
+        f"\n  oidc-relay demo\n"
+        f"  open        {app_url}\n"
+        f"  sign in as  {account.username} / {account.password}\n"
+        f"  relay       {relay_url}   (SQLite: {database_url})\n"
+        f"  provider    {issuer}   ({BANNER})\n"
+        f"  stop with   Ctrl+C\n",
+        flush=True,
+    )
+    servers = [
+        uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, log_config=None,
+                                      access_log=False, proxy_headers=False))
+        for app, port in (
+            (provider.app, provider_port),
+            (create_app(config), relay_port),
+            (sample_app(relay_url), app_port),
+        )
+    ]  # fmt: skip
+    asyncio.run(_serve_all(servers))
+    return 0
+
+
+async def _serve_all(servers: list[uvicorn.Server]) -> None:
+    await asyncio.gather(*(server.serve() for server in servers))

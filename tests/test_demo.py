@@ -1,0 +1,105 @@
+"""`relay demo`, the README's first command: a whole login through its three servers."""
+
+from __future__ import annotations
+
+import html
+import re
+import subprocess
+from pathlib import Path
+
+import httpx2
+import pytest
+from starlette.testclient import TestClient
+
+from relay.demo.provider import DevProvider
+from tests.process import RELAY, free_port
+
+
+def hidden_fields(page: str) -> dict[str, str]:
+    return {
+        name: html.unescape(value)
+        for name, value in re.findall(r'<input type=hidden name="(\w+)" value="([^"]*)">', page)
+    }
+
+
+def test_demo_signs_a_user_in_and_out(tmp_path: Path) -> None:
+    """Open the sample app, get sent to the provider's form, sign in as alice, land back on the
+    app greeted by email; sign out through the relay and the provider."""
+    ports = {"relay": free_port(), "provider": free_port(), "app": free_port()}
+    proc = subprocess.Popen(
+        [
+            RELAY, "demo",
+            "--relay-port", str(ports["relay"]),
+            "--provider-port", str(ports["provider"]),
+            "--app-port", str(ports["app"]),
+            "--database", f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # wait until all three servers listen
+            seen.append(line)
+            if sum("Uvicorn running on" in s for s in seen) == 3:
+                break
+        banner = "".join(seen)
+        assert f"open        http://127.0.0.1:{ports['app']}/" in banner
+        assert "sign in as  alice / alice-demo-password" in banner
+
+        app = f"http://127.0.0.1:{ports['app']}/"
+        with httpx2.Client(follow_redirects=True, timeout=10) as browser:
+            form = browser.get(app)
+            assert form.url.port == ports["provider"]
+            assert "Development provider" in form.text
+            fields = hidden_fields(form.text) | {
+                "username": "alice",
+                "password": "alice-demo-password",
+            }
+            landed = browser.post(f"http://127.0.0.1:{ports['provider']}/authorize", data=fields)
+            assert str(landed.url) == app
+            assert "<strong id=email>alice@example.com</strong>" in landed.text
+
+            relay = f"http://127.0.0.1:{ports['relay']}"
+            signed_out = browser.post(relay + "/logout", headers={"Origin": relay})
+            assert str(signed_out.url).startswith(f"http://127.0.0.1:{ports['provider']}/")
+            assert browser.get(relay + "/auth").status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        if proc.stdout is not None:
+            proc.stdout.read()
+            proc.stdout.close()
+
+
+def test_demo_wrong_password_is_refused() -> None:
+    """The development provider's form refuses a wrong password and issues no code."""
+    provider = DevProvider(
+        "http://127.0.0.1:9000",
+        "client",
+        "secret",
+        redirect_uris=["http://127.0.0.1:4180/callback"],
+        post_logout_redirect_uris=[],
+    )
+    params = {
+        "client_id": "client",
+        "redirect_uri": "http://127.0.0.1:4180/callback",
+        "response_type": "code",
+        "scope": "openid",
+        "state": "s",
+        "code_challenge": "x" * 43,
+        "code_challenge_method": "S256",
+    }
+    with TestClient(provider.app, base_url="http://127.0.0.1:9000") as client:
+        refused = client.post("/authorize", data=params | {"username": "alice", "password": "no"})
+        assert refused.status_code == 401 and "wrong password" in refused.text
+        plain = client.get("/authorize", params=params | {"code_challenge_method": "plain"})
+        assert plain.status_code == 400
+
+
+def test_development_provider_refuses_other_addresses() -> None:
+    """The development provider serves loopback only."""
+    with pytest.raises(ValueError, match="loopback"):
+        DevProvider("http://0.0.0.0:9000", "c", "s", redirect_uris=[], post_logout_redirect_uris=[])
