@@ -6,13 +6,25 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
+from relay.app import create_app
 from relay.crypto import new_id
-from tests.conftest import PUBLIC_URL, callback_path, provider_redirect, query, sign_in
-from tests.provider import TestProvider
+from tests.conftest import (
+    PG_ADMIN,
+    PUBLIC_URL,
+    base_config,
+    callback_path,
+    postgres_database,
+    provider_redirect,
+    query,
+    run_migrations,
+    sign_in,
+)
+from tests.provider import ProviderTransport, TestProvider
 
 SESSION_COOKIE = "__Host-relay_session"
 LOGIN_COOKIE = "__Host-relay_session_login"
@@ -390,3 +402,38 @@ def test_auth_always_sends_every_identity_header(relay: TestClient, provider: Te
     assert response.headers["x-auth-request-email"] == ""
     assert response.headers["x-auth-request-groups"] == ""
     assert response.headers["x-auth-request-user"] == "alice"
+
+
+def test_auth_makes_no_provider_call(relay: TestClient, provider: TestProvider) -> None:
+    """Discovery and JWKS are fetched once and cached: /auth and later logins reuse them."""
+    sign_in(relay, provider)
+    calls = dict(provider.calls)
+    assert calls["discovery"] == 1 and calls["jwks"] == 1
+    for _ in range(10):
+        assert relay.get("/auth").status_code == 200
+    sign_in(relay, provider)
+    assert provider.calls["discovery"] == 1
+    assert provider.calls["jwks"] == 1
+    assert provider.calls["token"] == 2
+
+
+@pytest.mark.postgres
+def test_readyz_is_503_when_the_database_is_gone(provider: TestProvider, clock: Any) -> None:
+    """/readyz says 503 once the database stops answering, and the process keeps serving."""
+    with postgres_database() as url:
+        run_migrations(url)
+        app = create_app(
+            base_config(url),
+            transport=ProviderTransport(provider),
+            clock=clock,
+            run_pruner_task=False,
+        )
+        with TestClient(app, base_url=PUBLIC_URL) as relay:
+            assert relay.get("/readyz").status_code == 200
+            name = url.rsplit("/", 1)[1]
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            response = relay.get("/readyz")
+            assert response.status_code == 503
+            assert response.json() == {"status": "unavailable", "database": "unreachable"}
+            assert relay.get("/healthz").status_code == 200
