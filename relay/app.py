@@ -70,10 +70,11 @@ def create_app(
         lifetimes = Lifetimes(
             session.absolute_lifetime, session.idle_timeout, session.touch_interval
         )
+        discovery = Discovery(http, config.provider.issuer, config.provider.metadata_ttl, clock)
         flows = Flows(
             config=config,
             http=http,
-            discovery=Discovery(http, config.provider.issuer, config.provider.metadata_ttl, clock),
+            discovery=discovery,
             jwks=JwksCache(http, config.provider.jwks_refresh_cooldown, clock),
             pending=PendingLogins(engine, sealer),
             sessions=Sessions(engine, sealer, lifetimes),
@@ -87,9 +88,11 @@ def create_app(
             cookies=CookiePolicy.from_config(session),
             proxies=TrustedProxies.parse(config.server.trusted_proxies),
         )
-        app.state.pruner = pruner = None
+        # The relay starts whether or not the provider answers; /readyz tells which.
+        tasks = [asyncio.create_task(discovery.warm_up())]
+        app.state.pruner = None
         if run_pruner_task:
-            pruner = asyncio.create_task(
+            app.state.pruner = asyncio.create_task(
                 run_pruner(
                     engine,
                     interval=session.prune_interval,
@@ -98,15 +101,14 @@ def create_app(
                     metrics=metrics,
                 )
             )
-            app.state.pruner = pruner
+            tasks.append(app.state.pruner)
         log.info("relay.started", public_url=config.server.public_url)
         try:
             yield
         finally:
-            if pruner is not None:
-                pruner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pruner
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await http.aclose()
             await engine.dispose()
             log.info("relay.stopped")

@@ -125,6 +125,14 @@ class ProviderConfig(_Section):
     allowed_algorithms: list[str] = Field(
         default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"]
     )
+    # Audiences besides client_id that an ID token may also name (OIDC Core 3.1.3.7 (3)).
+    trusted_audiences: list[str] = Field(default_factory=list)
+    # RFC 9207: when the provider advertises authorization_response_iss_parameter_supported,
+    # refuse authorization responses that lack the iss parameter.
+    require_iss_parameter: bool = True
+    # Fetch the provider's userinfo after login (when it has one) for claims the ID token
+    # lacks; its sub must equal the ID token's (OIDC Core 5.3.2).
+    fetch_userinfo: bool = True
     clock_skew: Duration = 60
     timeout: Duration = 10
     metadata_ttl: Duration = 3600

@@ -20,7 +20,7 @@ from relay.config import Config
 from relay.crypto import hash_id, new_id, short_hash
 from relay.errors import BadRequest, RelayError, TooManyRequests, Unauthorized
 from relay.metrics import Metrics
-from relay.oidc.client import authorization_url, exchange_code
+from relay.oidc.client import authorization_url, exchange_code, fetch_userinfo
 from relay.oidc.discovery import Discovery
 from relay.oidc.jwks import JwksCache
 from relay.oidc.tokens import Expectations, validate_id_token
@@ -137,9 +137,13 @@ class Flows:
         if pending is None:
             raise BadRequest("callback.unknown_state")
         metadata = await self.discovery.get()
-        # RFC 9207 §2.4: an iss parameter, when present, must be our issuer exactly.
-        if "iss" in params and params["iss"] != metadata.issuer:
-            raise BadRequest("callback.iss_mismatch")
+        # RFC 9207 §2.4: an iss parameter, when present, must be our issuer exactly; when the
+        # provider says it always sends one, a response without it is refused.
+        if "iss" in params:
+            if params["iss"] != metadata.issuer:
+                raise BadRequest("callback.iss_mismatch")
+        elif metadata.iss_parameter_supported and self.config.provider.require_iss_parameter:
+            raise BadRequest("callback.iss_missing")
         code = params.get("code")
         if not code:
             raise BadRequest("callback.missing_code")
@@ -159,6 +163,7 @@ class Flows:
         expect = Expectations(
             issuer=metadata.issuer,
             client_id=self.config.provider.client_id,
+            trusted_audiences=self.config.provider.trusted_audiences,
             nonce=pending.nonce,
             algorithms=algorithms,
             jwks_uri=metadata.jwks_uri,
@@ -166,6 +171,17 @@ class Flows:
             skew=self.config.provider.clock_skew,
         )
         claims = await validate_id_token(tokens.id_token, self._jwks, expect)
+        if (
+            self.config.provider.fetch_userinfo
+            and metadata.userinfo_endpoint
+            and tokens.access_token
+        ):
+            info = await fetch_userinfo(self._http, metadata.userinfo_endpoint, tokens.access_token)
+            # OIDC Core §5.3.2: a userinfo sub that differs from the ID token's is not used;
+            # the login it belongs to is not trusted either.
+            if info.get("sub") != claims["sub"]:
+                raise BadRequest("userinfo.sub_mismatch")
+            claims = info | claims  # the signed ID token wins where both speak
         session_id = new_id()
         session = await self.sessions.create(
             hash_id(session_id),

@@ -51,6 +51,7 @@ class Behaviour:
     token_status: int = 200
     token_body: dict[str, Any] | None = None
     discovery_overrides: dict[str, Any] = field(default_factory=dict)
+    userinfo_claims: dict[str, Any] = field(default_factory=dict)  # merged over the profile
     # path -> "timeout" | "connect": the transport fails instead of reaching the endpoint
     network_failures: dict[str, str] = field(default_factory=dict)
 
@@ -90,7 +91,9 @@ class TestProvider:
             "groups": ["admins", "staff"],
         }
         self.token_requests: list[dict[str, Any]] = []
-        self.calls: dict[str, int] = {"discovery": 0, "jwks": 0, "token": 0}
+        self.calls: dict[str, int] = {"discovery": 0, "jwks": 0, "token": 0, "userinfo": 0}
+        self.userinfo_requests: list[dict[str, str]] = []
+        self.access_tokens: dict[str, str] = {}  # access token -> subject
         self.app = Starlette(
             routes=[
                 Route("/.well-known/openid-configuration", self.discovery),
@@ -98,6 +101,7 @@ class TestProvider:
                 Route("/authorize", self.authorize),
                 Route("/token", self.token, methods=["POST"]),
                 Route("/end_session", self.end_session),
+                Route("/userinfo", self.userinfo),
             ]
         )
 
@@ -111,6 +115,7 @@ class TestProvider:
             "token_endpoint": ISSUER + "/token",
             "jwks_uri": ISSUER + "/jwks",
             "end_session_endpoint": ISSUER + "/end_session",
+            "userinfo_endpoint": ISSUER + "/userinfo",
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256", "ES256"],
@@ -162,15 +167,26 @@ class TestProvider:
             create_s256_code_challenge(verifier) != grant.code_challenge
         ):
             return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        access_token = "at-" + secrets.token_urlsafe(16)
+        self.access_tokens[access_token] = grant.subject
         return JSONResponse(
             {
-                "access_token": "at-" + secrets.token_urlsafe(16),
+                "access_token": access_token,
                 "refresh_token": "rt-" + secrets.token_urlsafe(16),
                 "token_type": "Bearer",
                 "expires_in": 3600,
                 "id_token": self.id_token(grant.nonce, grant.subject),
             }
         )
+
+    async def userinfo(self, request: Request) -> Response:
+        self.calls["userinfo"] += 1
+        self.userinfo_requests.append(dict(request.headers))
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        subject = self.access_tokens.get(token)
+        if subject is None:
+            return JSONResponse({"error": "invalid_token"}, status_code=401)
+        return JSONResponse({"sub": subject, **self.profile, **self.behaviour.userinfo_claims})
 
     async def end_session(self, request: Request) -> Response:
         return JSONResponse({"ended": True})

@@ -45,7 +45,13 @@ def test_serve_on_fresh_sqlite_migrates_itself_and_stops_gracefully(tmp_path: Pa
     try:
         base = f"http://127.0.0.1:{port}"
         assert httpx2.get(base + "/healthz").status_code == 200
-        assert httpx2.get(base + "/readyz").json() == {"status": "ok", "database": "ok"}
+        ready = httpx2.get(base + "/readyz")  # no provider listens at the configured issuer
+        assert ready.status_code == 503
+        assert ready.json() == {
+            "status": "unavailable",
+            "database": "ok",
+            "provider": "unavailable: discovery.unreachable",
+        }
         assert httpx2.get(base + "/auth").status_code == 401
     finally:
         code = relay.stop()
@@ -55,6 +61,7 @@ def test_serve_on_fresh_sqlite_migrates_itself_and_stops_gracefully(tmp_path: Pa
     events = relay.events()  # every line parses as a JSON object
     names = [e["event"] for e in events]
     assert "database.migrated" in names
+    assert "provider.unavailable" in names  # the relay started anyway
     assert names.index("relay.started") < names.index("relay.stopped")
     assert not [n for n in names if n.startswith("setup plugin")]  # alembic's chatter is off
     access = [e for e in events if e["event"] == "http.request"]

@@ -9,6 +9,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from relay.endpoints import context
+from relay.errors import RelayError
+
 log = structlog.get_logger("relay.probes")
 
 
@@ -17,13 +20,23 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready when the database answers and the provider's metadata is loaded."""
+    body = {"status": "ok", "database": "ok", "provider": "ok"}
     try:
         async with request.app.state.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
     except (SQLAlchemyError, OSError) as exc:
         log.warning("readyz.database_unavailable", error=type(exc).__name__)
-        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
-    return JSONResponse({"status": "ok", "database": "ok"})
+        body["database"] = "unreachable"
+    discovery = context(request).flows.discovery
+    try:
+        await discovery.get()  # cached, or one attempt when the backoff allows
+    except RelayError:
+        body["provider"] = f"unavailable: {discovery.last_error}"
+    if body["database"] != "ok" or body["provider"] != "ok":
+        body["status"] = "unavailable"
+        return JSONResponse(body, status_code=503)
+    return JSONResponse(body)
 
 
 async def metrics(request: Request) -> Response:

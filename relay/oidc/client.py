@@ -108,3 +108,16 @@ def _parse_token_response(body: dict[str, Any]) -> TokenResponse:
         access_token=access if isinstance(access, str) else None,
         refresh_token=refresh if isinstance(refresh, str) else None,
     )
+
+
+async def fetch_userinfo(
+    client: httpx2.AsyncClient, endpoint: str, access_token: str
+) -> dict[str, Any]:
+    """OIDC Core §5.3.1: the access token goes in the Authorization header (RFC 6750 §2.1)."""
+    headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+    response = await send(
+        client, client.build_request("GET", endpoint, headers=headers), "userinfo"
+    )
+    if response.status_code != 200:
+        raise ProviderBadResponse(f"userinfo.status_{response.status_code}")
+    return json_object(response, "userinfo")

@@ -9,10 +9,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
+import structlog
 
 from relay.config import is_loopback_host
-from relay.errors import ProviderBadResponse, ProviderError
+from relay.errors import ProviderBadResponse, ProviderError, ProviderUnavailable
 from relay.oidc.http import get_json
+
+log = structlog.get_logger("relay.oidc")
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,13 @@ def _endpoint(doc: dict[str, Any], name: str, *, required: bool) -> Any:
 class Discovery:
     """The provider's metadata, refetched after ``ttl`` seconds by one caller at a time.
 
-    When a refresh fails, the last good document keeps serving: a provider blip must not log
-    anyone out or stop logins that could otherwise complete.
+    Before the first success, attempts are spaced by an exponential backoff (1s, 2s, 4s...
+    up to a minute) whoever asks — a flood of /login cannot hammer a provider that is down —
+    and every failure is a ProviderUnavailable (503). After a success, a failed refresh keeps
+    the last good document: a provider blip must not stop logins that could complete.
     """
+
+    MAX_BACKOFF = 60.0
 
     def __init__(
         self, client: httpx2.AsyncClient, issuer: str, ttl: int, clock: Callable[[], float]
@@ -81,10 +88,19 @@ class Discovery:
         self._lock = asyncio.Lock()
         self._metadata: ProviderMetadata | None = None
         self._fetched_at = 0.0
+        self._failures = 0
+        self._next_attempt = float("-inf")
+        self.last_error: str | None = "not fetched yet"
 
     @property
     def url(self) -> str:
         return self._issuer + "/.well-known/openid-configuration"
+
+    def cached(self) -> ProviderMetadata | None:
+        return self._metadata
+
+    def seconds_until_retry(self) -> float:
+        return max(0.0, self._next_attempt - self._clock())
 
     async def get(self) -> ProviderMetadata:
         if self._metadata is not None and not self._stale():
@@ -92,15 +108,35 @@ class Discovery:
         async with self._lock:
             if self._metadata is not None and not self._stale():
                 return self._metadata  # someone refreshed while we waited
+            if self._metadata is None and self._clock() < self._next_attempt:
+                raise ProviderUnavailable("discovery.backoff", self.last_error or "")
             try:
                 doc = await get_json(self._client, self.url, "discovery")
                 self._metadata = parse_metadata(doc, self._issuer)
-                self._fetched_at = self._clock()
-            except ProviderError:
+            except ProviderError as exc:
+                self._failed(exc)
                 if self._metadata is None:
-                    raise
-                self._fetched_at = self._clock()  # retry after another ttl, not every request
+                    raise ProviderUnavailable("discovery.unavailable", exc.reason) from exc
+            else:
+                self._failures, self.last_error = 0, None
+            self._fetched_at = self._clock()  # after a failure: retry after another ttl
             return self._metadata
+
+    def _failed(self, exc: ProviderError) -> None:
+        self.last_error = exc.reason
+        self._failures += 1
+        backoff = min(2.0 ** (self._failures - 1), self.MAX_BACKOFF)
+        self._next_attempt = self._clock() + backoff
+        log.warning("provider.unavailable", reason=exc.reason, retry_in_s=backoff)
 
     def _stale(self) -> bool:
         return self._clock() - self._fetched_at >= self._ttl
+
+    async def warm_up(self) -> None:
+        """Fetch until the first success, waiting out the backoff between attempts."""
+        while self._metadata is None:
+            try:
+                await self.get()
+            except ProviderError:
+                await asyncio.sleep(max(self.seconds_until_retry(), 0.5))
+        log.info("provider.ready", issuer=self._issuer)

@@ -28,6 +28,7 @@ from relay.oidc.jwks import JwksCache
 class Expectations:
     issuer: str
     client_id: str
+    trusted_audiences: Collection[str]
     nonce: str
     algorithms: Collection[str]
     jwks_uri: str
@@ -99,9 +100,12 @@ def _validate_claims(claims: dict[str, Any], expect: Expectations) -> None:
     audiences = [aud] if isinstance(aud, str) else aud
     if not isinstance(audiences, list) or expect.client_id not in audiences:
         raise InvalidIdToken("id_token.aud_mismatch")
-    if any(a != expect.client_id for a in audiences):
+    trusted = {expect.client_id, *expect.trusted_audiences}
+    if any(a not in trusted for a in audiences):
         raise InvalidIdToken("id_token.untrusted_audience")
-    # (4)/(5) azp, when present, must be our client_id.
+    # (4) with several audiences, azp must be there; (5) when there, it must be our client_id.
+    if len(audiences) > 1 and "azp" not in claims:
+        raise InvalidIdToken("id_token.azp_missing")
     if "azp" in claims and claims["azp"] != expect.client_id:
         raise InvalidIdToken("id_token.azp_mismatch")
     # (9) exp in the future, (10) iat not in the future; both within the allowed skew.
