@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +18,11 @@ from urllib.parse import parse_qs, unquote, urlencode
 import httpx2
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
+from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, Key, RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 ISSUER = "https://idp.test"
@@ -49,7 +51,8 @@ class Behaviour:
     signing_key: Key | None = None  # sign with this key instead of the published one
     alg: str = "RS256"
     token_status: int = 200
-    token_body: dict[str, Any] | None = None
+    token_body: Any = None  # answered as JSON instead of tokens
+    token_raw_body: str | None = None  # answered as text/html instead of tokens
     discovery_overrides: dict[str, Any] = field(default_factory=dict)
     userinfo_claims: dict[str, Any] = field(default_factory=dict)  # merged over the profile
     # path -> "timeout" | "connect": the transport fails instead of reaching the endpoint
@@ -151,6 +154,8 @@ class TestProvider:
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
         self.token_requests.append({"form": form, "headers": dict(request.headers)})
         b = self.behaviour
+        if b.token_raw_body is not None:
+            return HTMLResponse(b.token_raw_body)
         if b.token_status != 200 or b.token_body is not None:
             return JSONResponse(
                 b.token_body or {"error": "server_error"}, status_code=b.token_status
@@ -218,4 +223,6 @@ class TestProvider:
         key = b.signing_key or (self.ec_key if b.alg.startswith("ES") else self.rsa_key)
         header = {"alg": b.alg, "kid": key.kid, **b.id_token_header}
         header = {k: v for k, v in header.items() if v is not None}
-        return jwt.encode(header, claims, key, algorithms=[b.alg])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SecurityWarning)  # EdDSA, superseded by RFC 9864
+            return jwt.encode(header, claims, key, algorithms=[b.alg])

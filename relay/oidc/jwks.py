@@ -22,32 +22,35 @@ class JwksCache:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._keys: KeySet | None = None
-        self._fetched_at = float("-inf")
+        self._version = 0  # bumped by every fetch: waiters see that someone else fetched
+        self._refetched_at = float("-inf")  # the last fetch an unknown kid caused
 
     async def candidates(self, jwks_uri: str, kid: str | None) -> list[Key]:
         """Signing keys that may have made a token with this kid (any signing key without one)."""
         if self._keys is None:
-            await self._refresh(jwks_uri, force=True)
+            await self._fetch(jwks_uri, self._version, unknown_kid=False)
         found = _matching(self._keys, kid)
         if not found and kid is not None:
             # A kid we have not seen: the provider may have rotated its keys.
-            await self._refresh(jwks_uri, force=False)
+            await self._fetch(jwks_uri, self._version, unknown_kid=True)
             found = _matching(self._keys, kid)
         return found
 
-    async def _refresh(self, jwks_uri: str, *, force: bool) -> None:
-        seen = self._fetched_at
+    async def _fetch(self, jwks_uri: str, seen: int, *, unknown_kid: bool) -> None:
         async with self._lock:
-            if self._fetched_at != seen:
-                return  # another request refreshed while we waited
-            if not force and self._clock() - self._fetched_at < self._cooldown:
-                return
-            self._fetched_at = self._clock()
+            if self._version != seen:
+                return  # another request fetched while we waited
+            if unknown_kid:
+                if self._clock() - self._refetched_at < self._cooldown:
+                    return  # a kid nobody knows must not become a refetch storm
+                self._refetched_at = self._clock()
             doc = await get_json(self._client, jwks_uri, "jwks")
             try:
                 self._keys = KeySet.import_key_set(doc)  # type: ignore[arg-type]
             except (JoseError, KeyError, TypeError, ValueError) as exc:
                 raise ProviderBadResponse("jwks.invalid", type(exc).__name__) from exc
+            finally:
+                self._version += 1
 
 
 def _matching(keys: KeySet | None, kid: str | None) -> list[Key]:

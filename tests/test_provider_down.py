@@ -1,0 +1,68 @@
+"""A provider that is down when the relay starts: the relay starts anyway, says why it is not
+ready, backs off, and becomes ready when the provider is back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx2
+import pytest
+
+from relay.errors import ProviderUnavailable
+from relay.oidc.discovery import Discovery
+from tests.provider import ISSUER, ProviderTransport, TestProvider
+
+DISCOVERY = "/.well-known/openid-configuration"
+
+
+@pytest.mark.parametrize("failure", ["connect", "timeout"])
+def test_relay_starts_without_provider_and_recovers(
+    make_relay: Any, provider: TestProvider, clock: Any, failure: str
+) -> None:
+    """/readyz and /login answer 503 while discovery fails; attempts are spaced by backoff;
+    once the provider answers, the relay is ready and logins start."""
+    provider.behaviour.network_failures[DISCOVERY] = failure
+    with make_relay() as relay:
+        ready = relay.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["provider"].startswith("unavailable: discovery.")
+        assert ready.json()["database"] == "ok"
+        assert relay.get("/login").status_code == 503
+        assert relay.get("/healthz").status_code == 200  # alive, just not ready
+
+        provider.behaviour.network_failures.clear()
+        # Within the backoff window nobody reaches the provider: not /login, not /readyz.
+        before = provider.calls["discovery"]
+        for _ in range(20):
+            assert relay.get("/login").status_code == 503
+        assert relay.get("/readyz").status_code == 503
+        assert provider.calls["discovery"] == before
+
+        clock.advance(61)  # past any backoff step (capped at 60s)
+        assert relay.get("/readyz").status_code == 200
+        assert relay.get("/login").status_code == 302
+
+
+def test_backoff_grows_between_attempts(provider: TestProvider, clock: Any) -> None:
+    """Failed attempts wait 1s, 2s, 4s... (capped at 60s) before the next; calls inside the
+    wait do not reach the provider."""
+    provider.behaviour.network_failures[DISCOVERY] = "connect"
+
+    async def go() -> list[float]:
+        async with httpx2.AsyncClient(transport=ProviderTransport(provider)) as client:
+            discovery = Discovery(client, ISSUER, ttl=3600, clock=clock)
+            waits = []
+            for _ in range(8):
+                with pytest.raises(ProviderUnavailable):
+                    await discovery.get()
+                with pytest.raises(ProviderUnavailable):
+                    await discovery.get()  # inside the wait: refused without a request
+                waits.append(discovery.seconds_until_retry())
+                clock.advance(discovery.seconds_until_retry())
+            provider.behaviour.network_failures.clear()
+            assert (await discovery.get()).issuer == ISSUER
+            return waits
+
+    assert asyncio.run(go()) == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert provider.calls["discovery"] == 1  # only the final, successful attempt got through
