@@ -27,6 +27,7 @@ from relay.oidc.discovery import Discovery
 from relay.oidc.jwks import JwksCache
 from relay.pages import error_response
 from relay.pruner import run_pruner
+from relay.ratelimit import LoginLimiter
 from relay.routes import routes
 from relay.store.database import current_revision, head_revision, make_engine, migrate
 from relay.store.pending import PendingLogins
@@ -87,6 +88,7 @@ def create_app(
             flows=flows,
             cookies=CookiePolicy.from_config(session),
             proxies=TrustedProxies.parse(config.server.trusted_proxies),
+            login_limiter=LoginLimiter(config.limits.login_rate),
         )
         # The relay starts whether or not the provider answers; /readyz tells which.
         tasks = [asyncio.create_task(discovery.warm_up())]

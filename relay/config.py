@@ -225,6 +225,24 @@ class RedirectsConfig(_Section):
         return [entry.lower() for entry in value]
 
 
+class LimitsConfig(_Section):
+    # /login attempts per client address (limits' notation: "30/minute", "5/second").
+    login_rate: str = "30/minute"
+    # Pending logins across all clients; past it /login answers 503 until some expire.
+    max_pending: int = Field(default=10_000, ge=1)
+
+    @field_validator("login_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse  # noqa: PLC0415 - only validation needs the parser here
+
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError('must be a rate like "30/minute" or "5/second"') from exc
+        return value
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -239,6 +257,7 @@ class Config(_Section):
     database: DatabaseConfig = DatabaseConfig()
     session: SessionConfig
     redirects: RedirectsConfig = RedirectsConfig()
+    limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

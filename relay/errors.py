@@ -4,7 +4,8 @@
     ├── BadRequest          400   the browser sent something we refuse (bad state, bad code...)
     ├── Unauthorized        401   no valid session
     ├── Forbidden           403   a cross-origin logout and the like
-    ├── TooManyRequests     429   a browser with too many logins in flight
+    ├── TooManyRequests     429   a browser or client address starting too many logins
+    ├── Overloaded          503   too many logins pending across all clients
     └── ProviderError             the identity provider failed us
         ├── ProviderUnavailable  503   discovery or a connection failed
         ├── ProviderTimeout      504   the provider did not answer in time
@@ -47,6 +48,11 @@ class Forbidden(RelayError):
 class TooManyRequests(RelayError):
     status = 429
     public_message = "Too many sign-ins are in progress. Please finish or wait a few minutes."
+
+
+class Overloaded(RelayError):
+    status = 503
+    public_message = "Too many sign-ins are in progress. Please try again in a few minutes."
 
 
 class ProviderError(RelayError):

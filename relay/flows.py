@@ -18,7 +18,7 @@ import structlog
 
 from relay.config import Config
 from relay.crypto import hash_id, new_id, short_hash
-from relay.errors import BadRequest, RelayError, TooManyRequests, Unauthorized
+from relay.errors import BadRequest, Overloaded, RelayError, TooManyRequests, Unauthorized
 from relay.metrics import Metrics
 from relay.oidc.client import authorization_url, exchange_code, fetch_userinfo
 from relay.oidc.discovery import Discovery
@@ -88,14 +88,15 @@ class Flows:
         login_id = login_id or new_id()
         binding_hash = hash_id(login_id)
         session = self.config.session
-        if (
-            await self._pending.count_for_browser(binding_hash, now)
-            >= session.max_pending_per_browser
-        ):
-            log.warning(
-                "login.refused", reason="too_many_pending", browser=short_hash(binding_hash)
-            )
+        pending_here = await self._pending.count_for_browser(binding_hash, now)
+        if pending_here >= session.max_pending_per_browser:
+            browser = short_hash(binding_hash)
+            log.warning("login.refused", reason="too_many_pending", browser=browser)
             raise TooManyRequests("login.too_many_pending")
+        cap = self.config.limits.max_pending
+        if await self._pending.count_all(now, cap) >= cap:
+            log.warning("login.refused", reason="pending_cap", max_pending=cap)
+            raise Overloaded("login.pending_cap")
         state, nonce = new_id(), new_id()
         verifier = secrets.token_urlsafe(48)  # RFC 7636 §4.1: 43-128 unreserved characters
         state_hash = hash_id(state)

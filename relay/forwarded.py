@@ -46,6 +46,23 @@ def original_url(request: Request, proxies: TrustedProxies) -> str | None:
     return f"{proto}://{host}{uri}"
 
 
+def client_address(request: Request, proxies: TrustedProxies) -> str:
+    """The address of the client, seen through trusted proxies: the right-most address in
+    X-Forwarded-For that is not a trusted proxy (left of it, anyone can write anything)."""
+    peer = request.client.host if request.client else "unknown"
+    if not proxies.trusts(request):
+        return peer
+    chain = [a.strip() for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
+    for entry in reversed(chain):
+        try:
+            address = ipaddress.ip_address(entry)
+        except ValueError:
+            return peer  # a mangled header: count the proxy itself, not a made-up name
+        if not any(address in network for network in proxies.networks):
+            return str(address)
+    return chain[0] if chain else peer
+
+
 def original_method(request: Request, proxies: TrustedProxies) -> str:
     if proxies.trusts(request):
         forwarded = request.headers.get("x-forwarded-method")

@@ -28,16 +28,21 @@ def test_demo_signs_a_user_in_and_out(tmp_path: Path) -> None:
     ports = {"relay": free_port(), "provider": free_port(), "app": free_port()}
     proc = subprocess.Popen(
         [
-            RELAY, "demo",
-            "--relay-port", str(ports["relay"]),
-            "--provider-port", str(ports["provider"]),
-            "--app-port", str(ports["app"]),
-            "--database", f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}",
+            RELAY,
+            "demo",
+            "--relay-port",
+            str(ports["relay"]),
+            "--provider-port",
+            str(ports["provider"]),
+            "--app-port",
+            str(ports["app"]),
+            "--database",
+            f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )  # fmt: skip
+    )
     try:
         assert proc.stdout is not None
         seen = []

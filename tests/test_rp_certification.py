@@ -127,11 +127,20 @@ def test_rp_id_token_sig_none(relay: TestClient, provider: TestProvider, db: Eng
     start = relay.get("/login")
     grant_url = provider_redirect(provider, start.headers["location"])
     nonce = provider.grants[query(grant_url)["code"]].nonce
-    claims = {"iss": ISSUER, "sub": "user-1", "aud": CLIENT_ID, "nonce": nonce,
-              "iat": int(provider.clock()), "exp": int(provider.clock()) + 300}  # fmt: skip
+    claims = {
+        "iss": ISSUER,
+        "sub": "user-1",
+        "aud": CLIENT_ID,
+        "nonce": nonce,
+        "iat": int(provider.clock()),
+        "exp": int(provider.clock()) + 300,
+    }
     unsigned = b64(b'{"alg":"none"}') + "." + b64(json.dumps(claims).encode()) + "."
-    provider.behaviour.token_body = {"id_token": unsigned, "token_type": "Bearer",
-                                     "access_token": "x"}  # fmt: skip
+    provider.behaviour.token_body = {
+        "id_token": unsigned,
+        "token_type": "Bearer",
+        "access_token": "x",
+    }
     provider.behaviour.token_status = 200
     response = relay.get(callback_path(grant_url), headers={"Accept": "application/json"})
     refused(response, "id_token.alg_not_allowed")
@@ -277,14 +286,23 @@ def test_alg_confusion_hs256_with_public_key_is_rejected(
     grant_url = provider_redirect(provider, start.headers["location"])
     nonce = provider.grants[query(grant_url)["code"]].nonce
     now = int(provider.clock())
-    claims = {"iss": ISSUER, "sub": "attacker", "aud": CLIENT_ID, "nonce": nonce,
-              "iat": now, "exp": now + 300}  # fmt: skip
+    claims = {
+        "iss": ISSUER,
+        "sub": "attacker",
+        "aud": CLIENT_ID,
+        "nonce": nonce,
+        "iat": now,
+        "exp": now + 300,
+    }
     header = b64(json.dumps({"alg": "HS256", "kid": "rsa-1"}).encode())
     body = b64(json.dumps(claims).encode())
     public_pem = provider.rsa_key.as_pem(private=False)
     mac = hmac.new(public_pem, f"{header}.{body}".encode(), hashlib.sha256).digest()
-    provider.behaviour.token_body = {"id_token": f"{header}.{body}.{b64(mac)}",
-                                     "token_type": "Bearer", "access_token": "x"}  # fmt: skip
+    provider.behaviour.token_body = {
+        "id_token": f"{header}.{body}.{b64(mac)}",
+        "token_type": "Bearer",
+        "access_token": "x",
+    }
     response = relay.get(callback_path(grant_url), headers={"Accept": "application/json"})
     refused(response, "id_token.alg_not_allowed")
 
@@ -459,16 +477,20 @@ def test_pkce_challenge_is_s256_of_the_verifier_sent(
     ],
     ids=["access_denied", "login_required", "unknown", "markup", "huge"],
 )
-def test_provider_error_response(relay: TestClient, provider: TestProvider, error: str,
-                                 shown: str) -> None:  # fmt: skip
+def test_provider_error_response(
+    relay: TestClient, provider: TestProvider, error: str, shown: str
+) -> None:
     """An error response is a 400 page naming the code when it is a plain token, never the
     provider's raw text (OIDC Core 3.1.2.6)."""
     params = callback_params(relay, provider)
     response = relay.get(
         "/callback",
-        params={"error": error, "error_description": "<b>Bold</b> & \"odd\"",
-                "state": params["state"]},
-    )  # fmt: skip
+        params={
+            "error": error,
+            "error_description": '<b>Bold</b> & "odd"',
+            "state": params["state"],
+        },
+    )
     assert response.status_code == 400
     assert shown in response.text
     assert "<b>" not in response.text and "<img" not in response.text

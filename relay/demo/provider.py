@@ -170,8 +170,16 @@ class DevProvider:
         return None
 
     def _login_form(self, params: dict[str, str], error: str | None) -> Response:
-        keep = ("client_id", "redirect_uri", "response_type", "scope", "state", "nonce",
-                "code_challenge", "code_challenge_method")  # fmt: skip
+        keep = (
+            "client_id",
+            "redirect_uri",
+            "response_type",
+            "scope",
+            "state",
+            "nonce",
+            "code_challenge",
+            "code_challenge_method",
+        )
         hidden = "".join(
             f'<input type=hidden name="{k}" value="{html.escape(params.get(k, ""))}">' for k in keep
         )

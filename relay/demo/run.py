@@ -73,14 +73,17 @@ def run_demo(relay_port: int, provider_port: int, app_port: int, database_url: s
         flush=True,
     )
     servers = [
-        uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, log_config=None,
-                                      access_log=False, proxy_headers=False))
+        uvicorn.Server(
+            uvicorn.Config(
+                app, host=HOST, port=port, log_config=None, access_log=False, proxy_headers=False
+            )
+        )
         for app, port in (
             (provider.app, provider_port),
             (create_app(config), relay_port),
             (sample_app(relay_url), app_port),
         )
-    ]  # fmt: skip
+    ]
     asyncio.run(_serve_all(servers))
     return 0
 

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from relay.cookies import CookiePolicy
 from relay.flows import Flows
 from relay.forwarded import TrustedProxies
+from relay.ratelimit import LoginLimiter
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class Context:
     flows: Flows
     cookies: CookiePolicy
     proxies: TrustedProxies
+    login_limiter: LoginLimiter
 
 
 def context(request: Request) -> Context:

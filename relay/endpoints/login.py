@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from relay.endpoints import Context, context
-from relay.forwarded import original_url
+from relay.errors import TooManyRequests
+from relay.forwarded import client_address, original_url
+
+log = structlog.get_logger("relay.login")
 
 
 async def login(request: Request) -> Response:
     ctx = context(request)
+    client = client_address(request, ctx.proxies)
+    if not await ctx.login_limiter.allow(client):
+        log.warning("login.refused", reason="rate_limited", client=client)
+        raise TooManyRequests("login.rate_limited")
     rd = request.query_params.get("rd") or _forwarded_return_url(request, ctx)
     started = await ctx.flows.start_login(rd, ctx.cookies.login_id(request))
     response = RedirectResponse(started.provider_url, status_code=302)

@@ -40,6 +40,17 @@ class PendingLogins:
         async with self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
+    async def count_all(self, now: int, up_to: int) -> int:
+        """Pending logins still live, counted no further than ``up_to`` (a bounded scan)."""
+        live = (
+            select(sessions.c.id_hash)
+            .where(sessions.c.status == PENDING, sessions.c.expires_at > now)
+            .limit(up_to)
+            .subquery()
+        )
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(live))).scalar_one())
+
     async def add(self, state_hash: str, binding_hash: str, login: PendingLogin) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(

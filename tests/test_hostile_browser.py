@@ -1,0 +1,120 @@
+"""A browser that lies: forged cookies, odd cookie sets, and the cookie attributes that keep
+other sites and subdomains out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from relay.crypto import new_id
+from tests.conftest import sign_in
+from tests.provider import TestProvider
+
+
+def raw_get(relay: TestClient, path: str, cookie_header: str) -> Any:
+    relay.cookies.clear()
+    return relay.get(path, headers={"Cookie": cookie_header, "Accept": "application/json"})
+
+
+@pytest.mark.parametrize(
+    "cookie_header",
+    [
+        "__Host-relay_session=" + "A" * 10_000,
+        "__Host-relay_session=a; __Host-relay_session=b; __Host-relay_session=c",
+        "__Host-relay_session=" + new_id() + "; __Host-relay_session=" + new_id(),
+        "__Host-relay_session",
+        "__Host-relay_session=;",
+        '__Host-relay_session="quoted"',
+        "__Host-relay_session=%00%0d%0a",
+        "=; ; ;;",
+        "relay_session=" + new_id(),  # without the prefix: not the cookie we set
+    ],
+    ids=[
+        "oversized",
+        "repeated-junk",
+        "repeated-unknown",
+        "no-value",
+        "empty",
+        "quoted",
+        "encoded-controls",
+        "nonsense",
+        "unprefixed",
+    ],
+)
+@pytest.mark.parametrize("path", ["/auth", "/auth/redirect", "/userinfo", "/"])
+def test_odd_cookie_headers_are_401_not_5xx(
+    relay: TestClient, path: str, cookie_header: str
+) -> None:
+    """Oversized, repeated, empty or malformed session cookies are refused (the home page
+    shows "not signed in"), never a 5xx."""
+    response = raw_get(relay, path, cookie_header)
+    assert response.status_code == (200 if path == "/" else 401)
+    if path == "/":
+        assert "Not signed in" in response.text
+
+
+def test_unprefixed_cookie_cannot_stand_in_for_the_host_cookie(
+    relay: TestClient, provider: TestProvider
+) -> None:
+    """A valid id planted under the unprefixed name (as a sibling subdomain could) is ignored."""
+    sign_in(relay, provider)
+    value = relay.cookies["__Host-relay_session"]
+    assert raw_get(relay, "/auth", f"relay_session={value}").status_code == 401
+    assert raw_get(relay, "/auth", f"__Host-relay_session={value}").status_code == 200
+
+
+def set_cookie_header(response: Any, name: str) -> str:
+    [header] = [h for h in response.headers.get_list("set-cookie") if h.startswith(name + "=")]
+    return header
+
+
+def test_session_cookie_attributes(relay: TestClient, provider: TestProvider) -> None:
+    """Secure and host-only: __Host- prefix, HttpOnly, Secure, SameSite=Lax, Path=/, no Domain."""
+    done = sign_in(relay, provider)
+    header = set_cookie_header(done, "__Host-relay_session").lower()
+    for attribute in ("httponly", "secure", "samesite=lax", "path=/"):
+        assert attribute in header
+    assert "domain=" not in header
+    login = set_cookie_header(relay.get("/login"), "__Host-relay_session_login").lower()
+    for attribute in ("httponly", "secure", "samesite=lax", "path=/", "max-age=600"):
+        assert attribute in login
+
+
+def test_cookie_domain_drops_the_host_prefix(make_relay: Any, provider: TestProvider) -> None:
+    """With cookie_domain the cookie is shared with subdomains, so it cannot be __Host-."""
+    with make_relay(session={"cookie_domain": "relay.test"}) as relay:
+        done = sign_in(relay, provider)
+        header = set_cookie_header(done, "relay_session").lower()
+    assert "domain=relay.test" in header and "secure" in header
+
+
+def test_insecure_cookie_for_local_development(make_relay: Any) -> None:
+    """cookie_secure = false (http://localhost): no Secure flag, so no __Host- prefix."""
+    server = {"public_url": "http://localhost:4180"}
+    with make_relay(server=server, session={"cookie_secure": False}) as relay:
+        header = set_cookie_header(relay.get("/login"), "relay_session_login").lower()
+    assert "secure" not in header and "httponly" in header
+
+
+@pytest.mark.parametrize("path", ["/", "/logout", "/login", "/callback", "/auth", "/userinfo"])
+def test_pages_are_not_cacheable_framable_or_leaky(relay: TestClient, path: str) -> None:
+    """Every relay response: no-store, no-referrer (the code never leaks via Referer), a CSP
+    with default-src 'none' and frame-ancestors 'none'."""
+    headers = relay.get(path).headers
+    assert headers["cache-control"] == "no-store"
+    assert headers["referrer-policy"] == "no-referrer"
+    csp = headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert "script-src" not in csp  # no scripts at all
+    assert headers["x-frame-options"] == "DENY"
+
+
+def test_callback_response_hides_the_code_from_the_next_page(
+    relay: TestClient, provider: TestProvider
+) -> None:
+    """The redirect that carries the browser on from /callback?code=... says no-referrer."""
+    done = sign_in(relay, provider, rd="https://app.test/")
+    assert done.headers["referrer-policy"] == "no-referrer"
+    assert done.headers["cache-control"] == "no-store"
