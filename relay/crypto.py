@@ -35,7 +35,7 @@ def looks_like_id(value: str) -> bool:
 
 def hash_id(value: str) -> str:
     """What the table stores in place of an id; a leaked table gives no live cookie."""
-    return hashlib.sha256(value.encode("ascii")).hexdigest()
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
 def short_hash(id_hash: str) -> str:

@@ -17,7 +17,7 @@ import httpx2
 import structlog
 
 from relay.config import Config
-from relay.crypto import hash_id, new_id, short_hash
+from relay.crypto import hash_id, looks_like_id, new_id, short_hash
 from relay.errors import BadRequest, Overloaded, RelayError, TooManyRequests, Unauthorized
 from relay.metrics import Metrics
 from relay.oidc.client import authorization_url, exchange_code, fetch_userinfo
@@ -127,7 +127,7 @@ class Flows:
         state = params.get("state")
         # Taken before anything else is checked: whatever happens next, this state is spent.
         pending = None
-        if state and login_id:
+        if state and looks_like_id(state) and login_id:
             pending = await self._pending.take(hash_id(state), hash_id(login_id), self.now())
         if "error" in params:
             raise _provider_error(params["error"])

@@ -96,6 +96,7 @@ class TestProvider:
         self.token_requests: list[dict[str, Any]] = []
         self.calls: dict[str, int] = {"discovery": 0, "jwks": 0, "token": 0, "userinfo": 0}
         self.userinfo_requests: list[dict[str, str]] = []
+        self.issued: list[str] = []  # every token the provider handed out
         self.access_tokens: dict[str, str] = {}  # access token -> subject
         self.app = Starlette(
             routes=[
@@ -174,15 +175,13 @@ class TestProvider:
             return JSONResponse({"error": "invalid_grant"}, status_code=400)
         access_token = "at-" + secrets.token_urlsafe(16)
         self.access_tokens[access_token] = grant.subject
-        return JSONResponse(
-            {
-                "access_token": access_token,
-                "refresh_token": "rt-" + secrets.token_urlsafe(16),
-                "token_type": "Bearer",
-                "expires_in": 3600,
-                "id_token": self.id_token(grant.nonce, grant.subject),
-            }
-        )
+        tokens = {
+            "access_token": access_token,
+            "refresh_token": "rt-" + secrets.token_urlsafe(16),
+            "id_token": self.id_token(grant.nonce, grant.subject),
+        }
+        self.issued.extend(tokens.values())
+        return JSONResponse({**tokens, "token_type": "Bearer", "expires_in": 3600})
 
     async def userinfo(self, request: Request) -> Response:
         self.calls["userinfo"] += 1

@@ -7,10 +7,10 @@ import json
 import logging
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 import structlog
+from joserfc.jwk import RSAKey
 from starlette.testclient import TestClient
 
 from relay.logs import configure_logging
@@ -34,43 +34,81 @@ def lines(stream: io.StringIO) -> list[dict[str, Any]]:
 def test_flows_log_no_secrets_and_only_json(
     log_stream: io.StringIO, make_relay: Any, provider: TestProvider
 ) -> None:
-    """A login, a failed callback, /auth and a logout leave JSON lines with no code, verifier,
-    token, client secret, session secret or raw cookie value in them."""
-    with make_relay() as relay:
+    """Logins that succeed and fail every which way, /auth, hostile cookies and a logout leave
+    JSON lines only, and none holds a code, verifier, state, token, client secret, session
+    secret or raw cookie value."""
+    callbacks: list[str] = []
+    cookies: list[str] = []
+
+    def login(relay: TestClient) -> int:
+        relay.cookies.clear()
         start = relay.get("/login", params={"rd": "/x"})
-        callback = callback_path(provider_redirect(provider, start.headers["location"]))
-        assert relay.get(callback).status_code == 302
-        assert relay.get(callback).status_code == 400  # replay: a login.failed line
+        cookies.append(relay.cookies["__Host-relay_session_login"])
+        callbacks.append(callback_path(provider_redirect(provider, start.headers["location"])))
+        response = relay.get(callbacks[-1])
+        if "__Host-relay_session" in relay.cookies:
+            cookies.append(relay.cookies["__Host-relay_session"])
+        return response.status_code
+
+    b = provider.behaviour
+    with make_relay() as relay:
+        assert login(relay) == 302
+        assert relay.get(callbacks[-1]).status_code == 400  # replay
         assert relay.get("/auth").status_code == 200
-        relay.get("/callback?" + urlencode({"state": "x", "code": "leaky-code", "error": "e"}))
-        session_cookie = relay.cookies["__Host-relay_session"]
-        login_cookie = relay.cookies["__Host-relay_session_login"]
+        session_cookie = cookies[-1]
+        failures = [
+            ("id_token_claims", {"nonce": "wrong"}, 400),
+            ("signing_key", RSAKey.generate_key(2048, parameters={"kid": "rsa-1"}), 400),
+            ("token_status", 500, 502),
+            ("network_failures", {"/token": "timeout"}, 504),
+            ("userinfo_claims", {"sub": "other"}, 400),
+        ]
+        for knob, value, status in failures:
+            saved = getattr(b, knob)
+            setattr(b, knob, value)
+            assert login(relay) == status, knob
+            setattr(b, knob, saved)
+        relay.get("/callback", params={"state": "x", "code": "leaky-code", "error": "e"})
+        relay.cookies.clear()
+        relay.get("/auth", headers={"Cookie": "__Host-relay_session=forged-cookie-value"})
+        relay.cookies.set("__Host-relay_session", session_cookie, domain="relay.test")
         relay.post("/logout", headers={"Origin": "https://relay.test"})
 
     output = log_stream.getvalue()
-    exchange = provider.token_requests[0]
-    secrets = {
-        "authorization code": query(callback)["code"],
-        "state": query(callback)["state"],
-        "code verifier": exchange["form"]["code_verifier"],
+    secrets: dict[str, str] = {
         "client secret": CLIENT_SECRET,
         "session secret": SECRET,
-        "session cookie": session_cookie,
-        "login cookie": login_cookie,
         "crafted code": "leaky-code",
+        "forged cookie": "forged-cookie-value",
     }
+    for i, callback in enumerate(callbacks):
+        secrets[f"code {i}"] = query(callback)["code"]
+        secrets[f"state {i}"] = query(callback)["state"]
+    for i, request in enumerate(provider.token_requests):
+        secrets[f"verifier {i}"] = request["form"]["code_verifier"]
+    for i, token in enumerate(provider.issued):
+        secrets[f"token {i}"] = token
+    for i, cookie in enumerate(cookies):
+        secrets[f"cookie {i}"] = cookie
     for name, value in secrets.items():
         assert value not in output, name
-    assert "eyJ" not in output  # no JWT (ID token) anywhere
-    assert "at-" not in output and "rt-" not in output
+    assert "eyJ" not in output  # no JWT anywhere
 
     events = lines(log_stream)
     assert all(isinstance(e, dict) and "event" in e for e in events)
     names = [e["event"] for e in events]
     for expected in ("login.started", "login.succeeded", "login.failed", "logout", "http.request"):
         assert expected in names
-    failed = [e for e in events if e["event"] == "login.failed"]
-    assert {e["reason"] for e in failed} == {"callback.unknown_state", "callback.provider_error"}
+    reasons = {e["reason"] for e in events if e["event"] == "login.failed"}
+    assert reasons == {
+        "callback.unknown_state",
+        "callback.provider_error",
+        "id_token.nonce_mismatch",
+        "id_token.bad_signature",
+        "token.status_500",
+        "token.timeout",
+        "userinfo.sub_mismatch",
+    }
     requests = [e for e in events if e["event"] == "http.request"]
     assert all(e["request_id"] and "?" not in e["path"] for e in requests)
     succeeded = next(e for e in events if e["event"] == "login.succeeded")
