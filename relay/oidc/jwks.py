@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 import httpx2
 from joserfc.errors import JoseError
-from joserfc.jwk import Key, KeySet
+from joserfc.jwk import Key, KeySet, KeySetSerialization
 
 from relay.errors import ProviderBadResponse
 from relay.oidc.http import get_json
@@ -46,7 +47,7 @@ class JwksCache:
                 self._refetched_at = self._clock()
             doc = await get_json(self._client, jwks_uri, "jwks")
             try:
-                self._keys = KeySet.import_key_set(doc)  # type: ignore[arg-type]
+                self._keys = KeySet.import_key_set(cast(KeySetSerialization, doc))
             except (JoseError, KeyError, TypeError, ValueError) as exc:
                 raise ProviderBadResponse("jwks.invalid", type(exc).__name__) from exc
             finally:
