@@ -1,0 +1,80 @@
+// A real OpenID Provider for oidc-relay's end-to-end tests: the certified npm package
+// `oidc-provider`, configured here (no code from its examples), on 127.0.0.1 only.
+//
+// Environment:
+//   PORT                 where to listen (127.0.0.1 only)
+//   ISSUER               e.g. http://localhost:PORT
+//   CLIENT_SECRET        the relay's client secret
+//   REDIRECT_URIS        comma-separated: the relay's <public_url>/callback
+//   POST_LOGOUT_URIS     comma-separated post-logout redirect URIs
+//   BACKCHANNEL_URI      the relay's back-channel logout endpoint (optional)
+//
+// Its built-in development interactions ask for a login and a password, then consent; only the
+// accounts below exist. Prints "ready <issuer>" once listening.
+import Provider from 'oidc-provider';
+
+const { PORT, ISSUER, CLIENT_SECRET, REDIRECT_URIS, POST_LOGOUT_URIS, BACKCHANNEL_URI } =
+  process.env;
+
+const ACCOUNTS = {
+  alice: {
+    email: 'alice@example.com',
+    email_verified: true,
+    name: 'Alice Example',
+    preferred_username: 'alice',
+    groups: ['admins', 'staff'],
+  },
+  bob: {
+    email: 'bob@example.com',
+    email_verified: true,
+    name: 'Bob Example',
+    preferred_username: 'bob',
+    groups: ['staff'],
+  },
+};
+
+const client = {
+  client_id: 'oidc-relay',
+  client_secret: CLIENT_SECRET,
+  redirect_uris: REDIRECT_URIS.split(','),
+  post_logout_redirect_uris: POST_LOGOUT_URIS.split(','),
+  response_types: ['code'],
+  grant_types: ['authorization_code', 'refresh_token'],
+  token_endpoint_auth_method: 'client_secret_basic',
+  id_token_signed_response_alg: 'RS256',
+};
+if (BACKCHANNEL_URI) {
+  client.backchannel_logout_uri = BACKCHANNEL_URI;
+  client.backchannel_logout_session_required = true;
+}
+
+const provider = new Provider(ISSUER, {
+  clients: [client],
+  async findAccount(ctx, id) {
+    const profile = ACCOUNTS[id];
+    if (!profile) return undefined;
+    return { accountId: id, claims: async () => ({ sub: id, ...profile }) };
+  },
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name', 'preferred_username', 'groups'],
+  },
+  scopes: ['openid', 'email', 'profile', 'offline_access'],
+  // PKCE for every client, and S256 is the only method oidc-provider accepts.
+  pkce: { required: () => true },
+  // The relay's client may always refresh: issue a refresh token with every code.
+  issueRefreshToken: async (ctx, c) => c.grantTypeAllowed('refresh_token'),
+  features: {
+    devInteractions: { enabled: true },
+    rpInitiatedLogout: { enabled: true },
+    backchannelLogout: { enabled: true },
+  },
+  // Fixed keys are fine for a provider that lives for one test run on loopback.
+  cookies: { keys: ['e2e-only-cookie-key-not-secret'] },
+});
+provider.proxy = false;
+
+provider.listen(Number(PORT), '127.0.0.1', () => {
+  console.log(`ready ${ISSUER}`);
+});

@@ -1,0 +1,202 @@
+"""One real stack for the end-to-end tests: PostgreSQL, the npm oidc-provider, the relay as
+`relay serve`, an upstream app, nginx and Caddy in front of it — all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from tests.conftest import postgres_database, run_migrations
+from tests.e2e.stack import (
+    Service,
+    caddy_service,
+    nginx_service,
+    provider_service,
+    self_signed_certificate,
+    upstream_service,
+)
+from tests.process import RelayProcess, free_port
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ACCOUNT = "alice"
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    database_url: str
+    ports: dict[str, int]
+    client_secret: str
+    cert: Path | None = None
+    relay: RelayProcess | None = None
+    services: list[Service] = field(default_factory=list)
+    db: Engine | None = None
+
+    @property
+    def app_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['nginx']}"
+
+    @property
+    def caddy_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['caddy']}"
+
+    @property
+    def public_url(self) -> str:
+        return self.app_url + "/oauth2"
+
+    @property
+    def issuer(self) -> str:
+        return f"http://localhost:{self.ports['provider']}"
+
+    def write_relay_config(self) -> Path:
+        path = self.workdir / "relay.toml"
+        path.write_text(
+            f"""
+[server]
+host = "127.0.0.1"
+port = {self.ports["relay"]}
+public_url = "{self.public_url}"
+trusted_proxies = ["127.0.0.1/32"]
+
+[provider]
+issuer = "{self.issuer}"
+client_id = "oidc-relay"
+client_secret = "{self.client_secret}"
+post_logout_redirect_url = "{self.public_url}/"
+
+[database]
+url = "{self.database_url}"
+
+[session]
+secret = "e2e-session-secret-{"x" * 32}"
+cookie_secure = true
+
+[redirects]
+allowed_hosts = ["127.0.0.1:{self.ports["nginx"]}", "127.0.0.1:{self.ports["caddy"]}"]
+"""
+        )
+        return path
+
+    def start_relay(self) -> None:
+        self.relay = RelayProcess(self.write_relay_config())
+        self.relay.start()
+
+    def restart_relay(self) -> None:
+        assert self.relay is not None
+        self.relay.stop()
+        self.start_relay()
+
+    def sessions(self, status: str = "active") -> int:
+        assert self.db is not None
+        with self.db.connect() as conn:
+            query = text("SELECT count(*) FROM sessions WHERE status = :s")
+            return int(conn.execute(query, {"s": status}).scalar_one())
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("e2e")
+    ports = {name: free_port() for name in ("provider", "relay", "upstream", "nginx", "caddy")}
+    with postgres_database() as url:
+        run_migrations(url)
+        s = Stack(workdir, url, ports, client_secret=secrets.token_urlsafe(24))
+        s.db = create_engine(url)
+        cert, key = self_signed_certificate(workdir)
+        s.cert = cert
+        try:
+            provider = provider_service(
+                workdir,
+                ports["provider"],
+                {
+                    "ISSUER": s.issuer,
+                    "CLIENT_SECRET": s.client_secret,
+                    "REDIRECT_URIS": s.public_url + "/callback",
+                    "POST_LOGOUT_URIS": s.public_url + "/",
+                    "BACKCHANNEL_URI": f"http://127.0.0.1:{ports['relay']}/oauth2/backchannel-logout",
+                },
+            )
+            s.services.append(provider.start(ports["provider"]))
+            s.services.append(upstream_service(workdir, ports["upstream"]).start(ports["upstream"]))
+            s.start_relay()
+            nginx = nginx_service(
+                workdir, ports["nginx"], ports["relay"], ports["upstream"], cert, key
+            )
+            s.services.append(nginx.start(ports["nginx"]))
+            caddy = caddy_service(workdir, ports["caddy"], ports["relay"], ports["upstream"])
+            s.services.append(caddy.start(ports["caddy"]))
+            yield s
+        finally:
+            if s.relay is not None and s.relay.proc is not None:
+                s.relay.stop()
+            for service in reversed(s.services):
+                service.stop()
+            s.db.dispose()
+
+
+def form(page: str) -> tuple[str, dict[str, str]]:
+    """The first form on a page: its action and its named inputs' values."""
+    match = re.search(r'<form[^>]*action="([^"]+)"', page)
+    assert match, page[:500]
+    inputs = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page))
+    return match.group(1), inputs
+
+
+def scripted_login(client: httpx2.Client, url: str, account: str = ACCOUNT) -> httpx2.Response:
+    """Sign in the way a browser would, without one: follow the redirects to the provider,
+    submit its login and consent forms, and come back through /callback to ``url``."""
+    page = client.get(url, headers={"Accept": "text/html"})
+    for prompt in ("login", "consent"):
+        action, fields = form(page.text)
+        assert fields.get("prompt") == prompt, page.text[:500]
+        if prompt == "login":
+            fields |= {"login": account, "password": "any"}
+        page = client.post(str(page.url.join(action)), data=fields)
+    return page
+
+
+@pytest.fixture
+def http(stack: Stack) -> Iterator[httpx2.Client]:
+    """A cookie-keeping HTTP client that trusts nginx's self-signed certificate (and only it)."""
+    tls = ssl.create_default_context(cafile=str(stack.cert))
+    with httpx2.Client(verify=tls, follow_redirects=True, timeout=15) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync",
+            ],
+        )  # fmt: skip
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def context(browser: Any) -> Iterator[Any]:
+    """A fresh browser profile that may talk to this machine only."""
+    ctx = browser.new_context(ignore_https_errors=True)
+    ctx.route(
+        re.compile(r"^(?!https?://(127\.0\.0\.1|localhost)[:/]).*"),
+        lambda route: route.abort(),
+    )
+    yield ctx
+    ctx.close()

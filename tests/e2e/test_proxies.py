@@ -1,0 +1,166 @@
+"""nginx (auth_request) and Caddy (forward_auth) in front of an app, configured from deploy/,
+with the real npm oidc-provider behind the login."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import ssl
+from urllib.parse import parse_qs, urlsplit
+
+import httpx2
+import pytest
+
+from tests.e2e.conftest import Stack, scripted_login
+
+pytestmark = pytest.mark.e2e
+
+FORGED = {
+    "X-Auth-Request-Email": "mallory@evil.example",
+    "X-Auth-Request-User": "mallory",
+    "X-Auth-Request-Subject": "mallory",
+    "X-Auth-Request-Groups": "admins",
+}
+ALICE = {
+    "x-auth-request-email": "alice@example.com",
+    "x-auth-request-user": "alice",
+    "x-auth-request-subject": "alice",
+    "x-auth-request-groups": "admins,staff",
+}
+
+
+def session_cookie(client: httpx2.Client) -> str:
+    return client.cookies["__Host-relay_session"]
+
+
+# -- nginx auth_request ---------------------------------------------------------------------
+
+
+def test_nginx_sends_anonymous_browser_to_login(stack: Stack, http: httpx2.Client) -> None:
+    """No session: nginx hands the request to the relay's /login, which redirects to the
+    provider and remembers the full original URL, query string included."""
+    response = http.get(
+        stack.app_url + "/headers?a=1&b=2", headers={"Accept": "text/html"}, follow_redirects=False
+    )
+    assert response.status_code == 302
+    location = response.headers["location"]
+    assert location.startswith(stack.issuer + "/auth?")
+    params = parse_qs(urlsplit(location).query)
+    assert params["redirect_uri"] == [stack.public_url + "/callback"]
+    assert params["code_challenge_method"] == ["S256"]
+    assert stack.sessions("pending") >= 1
+    landed = scripted_login(http, location)
+    assert str(landed.url) == stack.app_url + "/headers?a=1&b=2"
+
+
+def test_nginx_upstream_gets_identity_it_can_trust(stack: Stack, http: httpx2.Client) -> None:
+    """After login the app receives the relay's X-Auth-Request-* headers, and values a client
+    forges under those names are replaced."""
+    landed = scripted_login(http, stack.app_url + "/headers")
+    assert landed.json() == ALICE
+    forged = http.get(stack.app_url + "/headers", headers=FORGED)
+    assert forged.json() == ALICE
+
+
+def test_nginx_forged_headers_without_session_never_reach_the_app(
+    stack: Stack, http: httpx2.Client
+) -> None:
+    """Forged identity headers without a session get the login redirect, not the app."""
+    response = http.get(stack.app_url + "/headers", headers=FORGED, follow_redirects=False)
+    assert response.status_code == 302
+    assert response.headers["location"].startswith(stack.issuer + "/auth?")
+
+
+def websocket_status(stack: Stack, cookie: str | None) -> tuple[int, bytes]:
+    """Open a WebSocket to /ws through nginx; return the handshake status and what follows."""
+    tls = ssl.create_default_context(cafile=str(stack.cert))
+    with socket.create_connection(("127.0.0.1", stack.ports["nginx"]), timeout=10) as raw:
+        with tls.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            key = base64.b64encode(os.urandom(16)).decode()
+            request = (
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{stack.ports['nginx']}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                + (f"Cookie: __Host-relay_session={cookie}\r\n" if cookie else "")
+                + "\r\n"
+            )
+            conn.sendall(request.encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            status = int(head.split(b" ")[1])
+            if status == 101:
+                rest = read_text_frame(conn, rest)
+            return status, rest
+
+
+def read_text_frame(conn: ssl.SSLSocket, data: bytes) -> bytes:
+    """The payload of the server's first (unmasked) text frame (RFC 6455 §5.2)."""
+    while len(data) < 4:
+        data += conn.recv(4096)
+    assert data[0] == 0x81, data[:2]  # FIN + text
+    length, start = data[1], 2
+    if length == 126:
+        length, start = int.from_bytes(data[2:4], "big"), 4
+    while len(data) < start + length:
+        data += conn.recv(4096)
+    return data[start : start + length]
+
+
+def test_nginx_websocket_needs_a_session(stack: Stack, http: httpx2.Client) -> None:
+    """A WebSocket upgrade through the protected location is refused without a session and
+    accepted with one; the app sees the identity on the upgrade request."""
+    status, _ = websocket_status(stack, cookie=None)
+    assert status == 302
+    status, _ = websocket_status(stack, cookie="A" * 43)
+    assert status == 302
+    scripted_login(http, stack.app_url + "/headers")
+    status, frame = websocket_status(stack, cookie=session_cookie(http))
+    assert status == 101
+    assert json.loads(frame) == ALICE
+
+
+# -- Caddy forward_auth ---------------------------------------------------------------------
+
+
+def test_caddy_sends_browser_navigation_to_login(stack: Stack) -> None:
+    """No session: Caddy hands the relay's redirect (to /login with the original URL) to the
+    browser."""
+    with httpx2.Client(follow_redirects=False) as client:
+        response = client.get(stack.caddy_url + "/headers?x=1", headers={"Accept": "text/html"})
+    assert response.status_code == 302
+    location = response.headers["location"]
+    assert location.startswith(stack.public_url + "/login?")
+    assert parse_qs(urlsplit(location).query)["rd"] == [stack.caddy_url + "/headers?x=1"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Accept": "application/json"}, {"X-Requested-With": "XMLHttpRequest"}],
+    ids=["json", "xhr"],
+)
+def test_caddy_gives_api_requests_401(stack: Stack, headers: dict[str, str]) -> None:
+    """API and XHR requests without a session get 401, not a login page."""
+    with httpx2.Client(follow_redirects=False) as client:
+        assert client.get(stack.caddy_url + "/headers", headers=headers).status_code == 401
+        assert client.post(stack.caddy_url + "/headers").status_code == 401
+
+
+def test_caddy_upstream_gets_identity_it_can_trust(stack: Stack, http: httpx2.Client) -> None:
+    """With a session, Caddy lets the request through with the relay's headers, replacing
+    forged ones."""
+    scripted_login(http, stack.app_url + "/headers")
+    cookie = session_cookie(http)
+    with httpx2.Client(follow_redirects=False) as client:
+        response = client.get(
+            stack.caddy_url + "/headers",
+            headers={"Cookie": f"__Host-relay_session={cookie}", **FORGED},
+        )
+    assert response.status_code == 200
+    assert response.json() == ALICE
