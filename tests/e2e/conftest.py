@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from playwright.sync_api import sync_playwright
 from sqlalchemy import Engine, create_engine, text
 
 from tests.conftest import postgres_database, run_migrations
@@ -130,7 +131,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             s.services.append(upstream_service(workdir, ports["upstream"]).start(ports["upstream"]))
             s.start_relay()
             nginx = nginx_service(
-                workdir, ports["nginx"], ports["relay"], ports["upstream"], cert, key
+                workdir, ports["nginx"], ports["relay"], ports["upstream"], tls=(cert, key)
             )
             s.services.append(nginx.start(ports["nginx"]))
             caddy = caddy_service(workdir, ports["caddy"], ports["relay"], ports["upstream"])
@@ -175,8 +176,6 @@ def http(stack: Stack) -> Iterator[httpx2.Client]:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as p:
         chromium = p.chromium.launch(
             executable_path="/usr/bin/chromium",

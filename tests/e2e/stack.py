@@ -150,15 +150,13 @@ def upstream_service(workdir: Path, port: int) -> Service:
 
 
 def nginx_service(
-    workdir: Path, port: int, relay_port: int, upstream_port: int, cert: Path, key: Path
+    workdir: Path, port: int, relay_port: int, upstream_port: int, *, tls: tuple[Path, Path]
 ) -> Service:
+    cert, key = tls
     site = (ROOT / "deploy" / "nginx.conf").read_text()
-    site = replace_exactly(
-        site,
-        "listen 80;",
-        f"listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};",
-        1,
-    )
+    listen = f"listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};"
+    listen += f"\n    ssl_certificate_key {key};"
+    site = replace_exactly(site, "listen 80;", listen, 1)
     site = replace_exactly(site, "server_name app.example.com;", "server_name 127.0.0.1;", 1)
     site = replace_exactly(site, "127.0.0.1:4180", f"127.0.0.1:{relay_port}", 3)
     site = replace_exactly(site, "127.0.0.1:8080", f"127.0.0.1:{upstream_port}", 1)

@@ -76,28 +76,28 @@ def test_nginx_forged_headers_without_session_never_reach_the_app(
 def websocket_status(stack: Stack, cookie: str | None) -> tuple[int, bytes]:
     """Open a WebSocket to /ws through nginx; return the handshake status and what follows."""
     tls = ssl.create_default_context(cafile=str(stack.cert))
-    with socket.create_connection(("127.0.0.1", stack.ports["nginx"]), timeout=10) as raw:
-        with tls.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
-            key = base64.b64encode(os.urandom(16)).decode()
-            request = (
-                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{stack.ports['nginx']}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                + (f"Cookie: __Host-relay_session={cookie}\r\n" if cookie else "")
-                + "\r\n"
-            )
-            conn.sendall(request.encode())
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            head, _, rest = data.partition(b"\r\n\r\n")
-            status = int(head.split(b" ")[1])
-            if status == 101:
-                rest = read_text_frame(conn, rest)
-            return status, rest
+    raw = socket.create_connection(("127.0.0.1", stack.ports["nginx"]), timeout=10)
+    with tls.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{stack.ports['nginx']}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            + (f"Cookie: __Host-relay_session={cookie}\r\n" if cookie else "")
+            + "\r\n"
+        )
+        conn.sendall(request.encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ")[1])
+        if status == 101:
+            rest = read_text_frame(conn, rest)
+        return status, rest
 
 
 def read_text_frame(conn: ssl.SSLSocket, data: bytes) -> bytes:
