@@ -304,8 +304,15 @@ def test_logout_page_has_a_form(relay: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {}, {"Origin": "null"}],
-    ids=["other-origin", "cross-site-no-origin", "no-headers", "null-origin"],
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "https://evil.example", "Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+        {},
+        {"Origin": "null"},
+    ],
+    ids=["other-origin", "other-origin-lying", "cross-site", "null-cross-site", "none", "null"],
 )
 def test_cross_origin_logout_is_403(
     relay: TestClient, provider: TestProvider, headers: dict[str, str], db: Engine
@@ -315,6 +322,25 @@ def test_cross_origin_logout_is_403(
     assert relay.post("/logout", headers=headers).status_code == 403
     assert session_count(db) == 1
     assert relay.get("/auth").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": PUBLIC_URL},
+        {"Origin": "null", "Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "same-origin"},
+    ],
+    ids=["origin", "null-origin-same-site", "no-origin-same-site"],
+)
+def test_same_origin_logout_ends_the_session(
+    relay: TestClient, provider: TestProvider, headers: dict[str, str], db: Engine
+) -> None:
+    """A logout from the relay's own page ends the session: Origin matches, or (our pages
+    being no-referrer) Origin is null and Sec-Fetch-Site says same-origin."""
+    sign_in(relay, provider)
+    assert relay.post("/logout", headers=headers).status_code == 303
+    assert session_count(db) == 0
 
 
 def test_logout_without_session_still_redirects(relay: TestClient) -> None:

@@ -101,9 +101,10 @@ async def logout(request: Request) -> Response:
 
 
 def _same_origin(request: Request, origin: str) -> bool:
-    # A browser sends Origin with every POST; Sec-Fetch-Site covers the rare one that does not.
+    # Browsers send Origin with a POST, but as "null" from a page whose Referrer-Policy is
+    # no-referrer (ours); Sec-Fetch-Site, which no page can forge, then says where it came from.
     sent = request.headers.get("origin")
-    if sent is not None:
+    if sent is not None and sent != "null":
         return sent == origin
     return request.headers.get("sec-fetch-site") in ("same-origin", "none")
 
