@@ -21,9 +21,9 @@ from relay.crypto import hash_id, looks_like_id, new_id, short_hash
 from relay.errors import BadRequest, Overloaded, RelayError, TooManyRequests, Unauthorized
 from relay.metrics import Metrics
 from relay.oidc.client import authorization_url, exchange_code, fetch_userinfo
-from relay.oidc.discovery import Discovery
+from relay.oidc.discovery import Discovery, ProviderMetadata
 from relay.oidc.jwks import JwksCache
-from relay.oidc.tokens import Expectations, validate_id_token
+from relay.oidc.tokens import Expectations, validate_id_token, validate_logout_token
 from relay.redirects import safe_redirect
 from relay.store.pending import PendingLogin, PendingLogins
 from relay.store.sessions import ActiveSession, Sessions, Tokens
@@ -156,21 +156,7 @@ class Flows:
             code=code,
             code_verifier=pending.code_verifier,
         )
-        algorithms = [
-            alg
-            for alg in metadata.signing_algorithms
-            if alg in self.config.provider.allowed_algorithms
-        ]
-        expect = Expectations(
-            issuer=metadata.issuer,
-            client_id=self.config.provider.client_id,
-            trusted_audiences=self.config.provider.trusted_audiences,
-            nonce=pending.nonce,
-            algorithms=algorithms,
-            jwks_uri=metadata.jwks_uri,
-            now=self.now(),
-            skew=self.config.provider.clock_skew,
-        )
+        expect = self._expectations(metadata, nonce=pending.nonce)
         claims = await validate_id_token(tokens.id_token, self._jwks, expect)
         if (
             self.config.provider.fetch_userinfo
@@ -184,12 +170,14 @@ class Flows:
                 raise BadRequest("userinfo.sub_mismatch")
             claims = info | claims  # the signed ID token wins where both speak
         session_id = new_id()
+        sid = claims.get("sid")
         session = await self.sessions.create(
             hash_id(session_id),
             claims["sub"],
             identity(claims),
             Tokens(tokens.id_token, tokens.access_token, tokens.refresh_token),
             self.now(),
+            sid=sid if isinstance(sid, str) and len(sid) <= 255 else None,
         )
         log.info("login.succeeded", session=short_hash(session.id_hash), subject=session.subject)
         return LoginFinished(
@@ -197,6 +185,35 @@ class Flows:
             return_to=self.return_url(pending.return_to),
             max_age=session.expires_at - session.created_at,
         )
+
+    def _expectations(self, metadata: ProviderMetadata, nonce: str | None) -> Expectations:
+        provider = self.config.provider
+        return Expectations(
+            issuer=metadata.issuer,
+            client_id=provider.client_id,
+            trusted_audiences=provider.trusted_audiences,
+            algorithms=[a for a in metadata.signing_algorithms if a in provider.allowed_algorithms],
+            jwks_uri=metadata.jwks_uri,
+            now=self.now(),
+            skew=provider.clock_skew,
+            nonce=nonce,
+        )
+
+    async def backchannel_logout(self, logout_token: str | None) -> int:
+        """Back-Channel Logout 1.0: the provider says a session ended; end ours. Returns how
+        many relay sessions ended."""
+        try:
+            if not logout_token:
+                raise BadRequest("logout_token.missing")
+            metadata = await self.discovery.get()
+            expect = self._expectations(metadata, nonce=None)
+            sub, sid = await validate_logout_token(logout_token, self._jwks, expect)
+        except RelayError as exc:
+            log.warning("backchannel_logout.refused", reason=exc.reason, detail=exc.detail or None)
+            raise
+        ended = await self.sessions.delete_for_provider_session(sub, sid)
+        log.info("backchannel_logout", subject=sub, sid_given=sid is not None, ended=ended)
+        return ended
 
     async def authenticate(self, session_id: str | None) -> ActiveSession:
         if session_id is None:

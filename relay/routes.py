@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Mount, Route
 
-from relay.endpoints import login, probes, session
+from relay.endpoints import backchannel, login, probes, session
 
 
 def routes(prefix: str) -> list[BaseRoute]:
@@ -17,6 +17,7 @@ def routes(prefix: str) -> list[BaseRoute]:
         Route("/userinfo", session.userinfo, methods=["GET"]),
         Route("/logout", session.logout_page, methods=["GET"]),
         Route("/logout", session.logout, methods=["POST"]),
+        Route("/backchannel-logout", backchannel.backchannel_logout, methods=["POST"]),
         Route("/healthz", probes.healthz, methods=["GET"]),
         Route("/readyz", probes.readyz, methods=["GET"]),
         Route("/metrics", probes.metrics, methods=["GET"]),

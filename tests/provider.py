@@ -86,6 +86,7 @@ class TestProvider:
         self.behaviour = Behaviour()
         self.grants: dict[str, Grant] = {}
         self.subject = "user-1"
+        self.sid = "op-session-1"  # the provider's session id, put in ID tokens
         self.profile: dict[str, Any] = {
             "email": "alice@example.com",
             "email_verified": True,
@@ -213,6 +214,7 @@ class TestProvider:
             "exp": now + 300,
             "iat": now,
             "nonce": nonce,
+            "sid": self.sid,
             **self.profile,
         }
         b = self.behaviour
@@ -225,3 +227,23 @@ class TestProvider:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SecurityWarning)  # EdDSA, superseded by RFC 9864
             return jwt.encode(header, claims, key, algorithms=[b.alg])
+
+    def logout_token(self, drop: tuple[str, ...] = (), **overrides: Any) -> str:
+        """A Back-Channel Logout 1.0 logout token for the current subject and sid."""
+        now = int(self.clock())
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": CLIENT_ID,
+            "iat": now,
+            "exp": now + 120,
+            "jti": secrets.token_urlsafe(8),
+            "sub": self.subject,
+            "sid": self.sid,
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+            **overrides,
+        }
+        for name in drop:
+            claims.pop(name, None)
+        key = self.behaviour.signing_key or self.rsa_key
+        header = {"alg": "RS256", "kid": key.kid, "typ": "logout+jwt"}
+        return jwt.encode(header, claims, key, algorithms=["RS256"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from relay.store.database import head_revision
 from tests.conftest import postgres_database, run_migrations
 from tests.process import RELAY, RelayProcess, free_port
 
@@ -84,7 +85,7 @@ def test_serve_refuses_a_postgres_schema_that_is_behind(tmp_path: Path) -> None:
         )
         assert result.returncode == 1
         assert result.stderr.strip().splitlines() == [
-            "relay: database schema is at nothing, this relay needs 0001: "
+            f"relay: database schema is at nothing, this relay needs {head_revision()}: "
             "run `relay migrate --config PATH` first"
         ]
         migrated = subprocess.run(
@@ -94,5 +95,5 @@ def test_serve_refuses_a_postgres_schema_that_is_behind(tmp_path: Path) -> None:
             timeout=60,
             check=True,
         )
-        assert migrated.stdout.strip() == "schema: empty -> 0001"
+        assert migrated.stdout.strip() == f"schema: empty -> {head_revision()}"
         run_migrations(url)  # idempotent: already at head

@@ -70,10 +70,20 @@ const provider = new Provider(ISSUER, {
     rpInitiatedLogout: { enabled: true },
     backchannelLogout: { enabled: true },
   },
+  // oidc-provider refuses outgoing requests to special-use addresses (SSRF protection); in this
+  // test stack the relay's back-channel logout endpoint is on 127.0.0.1 by design.
+  fetch: (url, options) => {
+    const { dispatcher, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
   // Fixed keys are fine for a provider that lives for one test run on loopback.
   cookies: { keys: ['e2e-only-cookie-key-not-secret'] },
 });
 provider.proxy = false;
+provider.on('backchannel.success', (ctx, c) => console.log(`backchannel.success ${c.clientId}`));
+provider.on('backchannel.error', (ctx, err, c) =>
+  console.log(`backchannel.error ${c.clientId} ${err.message}`));
+provider.on('server_error', (ctx, err) => console.log(`server_error ${err.message}`));
 
 provider.listen(Number(PORT), '127.0.0.1', () => {
   console.log(`ready ${ISSUER}`);

@@ -29,45 +29,88 @@ class Expectations:
     issuer: str
     client_id: str
     trusted_audiences: Collection[str]
-    nonce: str
     algorithms: Collection[str]
     jwks_uri: str
     now: int
     skew: int
+    nonce: str | None = None  # the ID token's; a logout token must have none
 
 
-class InvalidIdToken(BadRequest):
-    """The ID token failed a check; ``reason`` names the rule (id_token.<rule>)."""
+class InvalidToken(BadRequest):
+    """A token failed a check; ``reason`` names the token and the rule (id_token.<rule>)."""
+
+
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 
 
 async def validate_id_token(token: str, keys: JwksCache, expect: Expectations) -> dict[str, Any]:
-    header = _header(token)
+    """OpenID Connect Core 1.0 §3.1.3.7."""
+    claims = await _verified_claims(token, keys, expect, "id_token")
+    _validate_common(claims, expect, "id_token")
+    # OIDC Core §2: sub is required, a string of at most 255 ASCII characters.
+    if not _is_subject(claims.get("sub")):
+        raise InvalidToken("id_token.bad_sub")
+    # (11) nonce must equal the one we sent.
+    if claims.get("nonce") != expect.nonce:
+        raise InvalidToken("id_token.nonce_mismatch")
+    return claims
+
+
+async def validate_logout_token(
+    token: str, keys: JwksCache, expect: Expectations
+) -> tuple[str | None, str | None]:
+    """OpenID Connect Back-Channel Logout 1.0 §2.6; returns (sub, sid)."""
+    claims = await _verified_claims(token, keys, expect, "logout_token")
+    # (3): iss, aud, iat (and exp when present) as for an ID token.
+    _validate_common(claims, expect, "logout_token", exp_required=False)
+    sub, sid = claims.get("sub"), claims.get("sid")
+    # (4) sub or sid, or both.
+    if sub is None and sid is None:
+        raise InvalidToken("logout_token.no_sub_or_sid")
+    if (sub is not None and not _is_subject(sub)) or (sid is not None and not _is_subject(sid)):
+        raise InvalidToken("logout_token.bad_sub_or_sid")
+    # (5) an events claim with the back-channel logout member, itself a JSON object.
+    events = claims.get("events")
+    if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_LOGOUT_EVENT), dict):
+        raise InvalidToken("logout_token.bad_events")
+    # (6) no nonce: a logout token must never pass for an ID token, nor the reverse.
+    if "nonce" in claims:
+        raise InvalidToken("logout_token.has_nonce")
+    return sub, sid
+
+
+def _is_subject(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 255
+
+
+async def _verified_claims(
+    token: str, keys: JwksCache, expect: Expectations, kind: str
+) -> dict[str, Any]:
+    header = _header(token, kind)
     alg = header.get("alg")
     # §3.1.3.7 (6)/(7): only asymmetric algorithms the provider advertises and we allow; this is
     # what stops "none" and HS256-signed-with-the-public-key confusion before any key is used.
     if not isinstance(alg, str) or alg not in expect.algorithms:
-        raise InvalidIdToken("id_token.alg_not_allowed", str(alg)[:32])
+        raise InvalidToken(f"{kind}.alg_not_allowed", str(alg)[:32])
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
-        raise InvalidIdToken("id_token.bad_kid")
+        raise InvalidToken(f"{kind}.bad_kid")
     candidates = await keys.candidates(expect.jwks_uri, kid)
     if not candidates:
-        raise InvalidIdToken("id_token.unknown_kid", str(kid)[:64])
-    claims = _verify(token, candidates, alg)
-    _validate_claims(claims, expect)
-    return claims
+        raise InvalidToken(f"{kind}.unknown_kid", str(kid)[:64])
+    return _verify(token, candidates, alg, kind)
 
 
-def _header(token: str) -> dict[str, Any]:
+def _header(token: str, kind: str) -> dict[str, Any]:
     if not isinstance(token, str) or token.count(".") != 2:
-        raise InvalidIdToken("id_token.malformed")
+        raise InvalidToken(f"{kind}.malformed")
     try:
         return dict(jws.extract_compact(token.encode("ascii")).headers())
     except (JoseError, ValueError, UnicodeError) as exc:
-        raise InvalidIdToken("id_token.malformed", type(exc).__name__) from exc
+        raise InvalidToken(f"{kind}.malformed", type(exc).__name__) from exc
 
 
-def _verify(token: str, candidates: list[Key], alg: str) -> dict[str, Any]:
+def _verify(token: str, candidates: list[Key], alg: str, kind: str) -> dict[str, Any]:
     # §3.1.3.7 (6): the signature must verify with one of the provider's keys; without a kid
     # every signing key of the provider is a candidate.
     registry = JWSRegistry(algorithms=[alg], strict_check_header=False)
@@ -82,45 +125,40 @@ def _verify(token: str, candidates: list[Key], alg: str) -> dict[str, Any]:
             continue
         except JoseError as exc:  # wrong key type for alg, bad header, bad payload
             if len(candidates) == 1:
-                raise InvalidIdToken("id_token.unverifiable", type(exc).__name__) from exc
+                raise InvalidToken(f"{kind}.unverifiable", type(exc).__name__) from exc
             continue
-    raise InvalidIdToken("id_token.bad_signature")
+    raise InvalidToken(f"{kind}.bad_signature")
 
 
-def _validate_claims(claims: dict[str, Any], expect: Expectations) -> None:
+def _validate_common(
+    claims: dict[str, Any], expect: Expectations, kind: str, *, exp_required: bool = True
+) -> None:
     # (2) iss must match exactly.
     if claims.get("iss") != expect.issuer:
-        raise InvalidIdToken("id_token.iss_mismatch")
-    # OIDC Core §2: sub is required, a string of at most 255 ASCII characters.
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub or len(sub) > 255:
-        raise InvalidIdToken("id_token.bad_sub")
+        raise InvalidToken(f"{kind}.iss_mismatch")
     # (3) aud must contain our client_id and no audience we do not trust.
     aud = claims.get("aud")
     audiences = [aud] if isinstance(aud, str) else aud
     if not isinstance(audiences, list) or expect.client_id not in audiences:
-        raise InvalidIdToken("id_token.aud_mismatch")
+        raise InvalidToken(f"{kind}.aud_mismatch")
     trusted = {expect.client_id, *expect.trusted_audiences}
     if any(a not in trusted for a in audiences):
-        raise InvalidIdToken("id_token.untrusted_audience")
+        raise InvalidToken(f"{kind}.untrusted_audience")
     # (4) with several audiences, azp must be there; (5) when there, it must be our client_id.
     if len(audiences) > 1 and "azp" not in claims:
-        raise InvalidIdToken("id_token.azp_missing")
+        raise InvalidToken(f"{kind}.azp_missing")
     if "azp" in claims and claims["azp"] != expect.client_id:
-        raise InvalidIdToken("id_token.azp_mismatch")
+        raise InvalidToken(f"{kind}.azp_mismatch")
     # (9) exp in the future, (10) iat not in the future; both within the allowed skew.
     registry = jwt.JWTClaimsRegistry(
         now=expect.now,
         leeway=expect.skew,
-        exp={"essential": True},
+        exp={"essential": exp_required},
         iat={"essential": True},
     )
     try:
         registry.validate(claims)
     except ExpiredTokenError as exc:
-        raise InvalidIdToken("id_token.expired") from exc
+        raise InvalidToken(f"{kind}.expired") from exc
     except ClaimError as exc:
-        raise InvalidIdToken(f"id_token.bad_{exc.claim}") from exc
-    # (11) nonce must equal the one we sent.
-    if claims.get("nonce") != expect.nonce:
-        raise InvalidIdToken("id_token.nonce_mismatch")
+        raise InvalidToken(f"{kind}.bad_{exc.claim}") from exc

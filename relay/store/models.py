@@ -24,6 +24,7 @@ sessions = Table(
     Column("return_to", Text, nullable=True),
     # Active rows: who signed in, and the provider's tokens (sealed).
     Column("subject", String(255), nullable=True),
+    Column("sid", String(255), nullable=True),  # the provider's session, for back-channel logout
     Column("claims", Text, nullable=True),  # JSON: the identity the headers and /userinfo need
     Column("id_token", Text, nullable=True),
     Column("access_token", Text, nullable=True),
@@ -33,4 +34,6 @@ sessions = Table(
     Column("expires_at", BigInteger, nullable=False),
     Index("ix_sessions_expires_at", "expires_at"),
     Index("ix_sessions_binding_hash", "binding_hash"),
+    Index("ix_sessions_sid", "sid"),
+    Index("ix_sessions_subject", "subject"),
 )

@@ -59,7 +59,14 @@ class Sessions:
         ).where(sessions.c.status == ACTIVE)
 
     async def create(
-        self, id_hash: str, subject: str, claims: dict[str, Any], tokens: Tokens, now: int
+        self,
+        id_hash: str,
+        subject: str,
+        claims: dict[str, Any],
+        tokens: Tokens,
+        now: int,
+        *,
+        sid: str | None = None,
     ) -> ActiveSession:
         expires_at = self._lifetimes.expires_at(now, now)
         async with self._engine.begin() as conn:
@@ -68,6 +75,7 @@ class Sessions:
                     id_hash=id_hash,
                     status=ACTIVE,
                     subject=subject,
+                    sid=sid,
                     claims=json.dumps(claims, separators=(",", ":")),
                     id_token=self._sealer.seal(tokens.id_token),
                     access_token=self._sealer.seal(tokens.access_token),
@@ -125,3 +133,13 @@ class Sessions:
             # Sealed under a secret no longer configured: the session still ends, just
             # without an id_token_hint for the provider.
             return None
+
+    async def delete_for_provider_session(self, subject: str | None, sid: str | None) -> int:
+        """End every session of a provider session (sid) and/or user (sub); return how many."""
+        statement = delete(sessions).where(sessions.c.status == ACTIVE)
+        if sid is not None:
+            statement = statement.where(sessions.c.sid == sid)
+        if subject is not None:
+            statement = statement.where(sessions.c.subject == subject)
+        async with self._engine.begin() as conn:
+            return (await conn.execute(statement)).rowcount

@@ -1,0 +1,31 @@
+"""POST /backchannel-logout: the provider tells the relay that a user's session ended
+(OpenID Connect Back-Channel Logout 1.0). Server to server: no cookies, no Origin."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from relay.endpoints import context
+from relay.errors import BadRequest
+
+MAX_BODY = 64 * 1024  # a logout token is a few hundred bytes
+
+
+async def backchannel_logout(request: Request) -> Response:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return JSONResponse({"error": "invalid_request"}, status_code=413)
+    form = dict(parse_qsl(body.decode("utf-8", "replace")))
+    try:
+        await context(request).flows.backchannel_logout(form.get("logout_token"))
+    except BadRequest as exc:
+        # §2.8: a 400, optionally with an OAuth-style error; the reason is ours, not the token.
+        return JSONResponse(
+            {"error": "invalid_request", "error_description": exc.reason}, status_code=400
+        )
+    return Response(status_code=200)
