@@ -174,8 +174,10 @@ def http(stack: Stack) -> Iterator[httpx2.Client]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module. Playwright's sync API keeps an event loop running while
+    it is open, so it must be closed before tests that call asyncio.run() come along."""
     with sync_playwright() as p:
         chromium = p.chromium.launch(
             executable_path="/usr/bin/chromium",
