@@ -10,6 +10,9 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +94,37 @@ class RelayProcess:
             while self._queue.get(timeout=10) is not None:
                 pass
         self._close()
+
+
+@dataclass
+class Demo:
+    ports: dict[str, int]
+    banner: str
+
+    @property
+    def app_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['app']}/"
+
+
+@contextmanager
+def running_demo(tmp_path: Path) -> Iterator[Demo]:
+    """`relay demo` on free ports with its own SQLite file, until all three servers listen."""
+    ports = {"relay": free_port(), "provider": free_port(), "app": free_port()}
+    argv = [RELAY, "demo", "--database", f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}"]
+    for name, port in ports.items():
+        argv += [f"--{name}-port", str(port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        seen: list[str] = []
+        for line in proc.stdout:
+            seen.append(line)
+            if sum("Uvicorn running on" in s for s in seen) == 3:
+                break
+        yield Demo(ports, "".join(seen))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        if proc.stdout is not None:
+            proc.stdout.read()
+            proc.stdout.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import re
-import subprocess
 from pathlib import Path
 
 import httpx2
@@ -12,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from relay.demo.provider import DevProvider
-from tests.process import RELAY, free_port
+from tests.process import running_demo
 
 
 def hidden_fields(page: str) -> dict[str, str]:
@@ -25,34 +24,10 @@ def hidden_fields(page: str) -> dict[str, str]:
 def test_demo_signs_a_user_in_and_out(tmp_path: Path) -> None:
     """Open the sample app, get sent to the provider's form, sign in as alice, land back on the
     app greeted by email; sign out through the relay and the provider."""
-    ports = {"relay": free_port(), "provider": free_port(), "app": free_port()}
-    proc = subprocess.Popen(
-        [
-            RELAY,
-            "demo",
-            "--relay-port",
-            str(ports["relay"]),
-            "--provider-port",
-            str(ports["provider"]),
-            "--app-port",
-            str(ports["app"]),
-            "--database",
-            f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        seen = []
-        for line in proc.stdout:  # wait until all three servers listen
-            seen.append(line)
-            if sum("Uvicorn running on" in s for s in seen) == 3:
-                break
-        banner = "".join(seen)
-        assert f"open        http://127.0.0.1:{ports['app']}/" in banner
-        assert "sign in as  alice / alice-demo-password" in banner
+    with running_demo(tmp_path) as demo:
+        ports = demo.ports
+        assert f"open        {demo.app_url}" in demo.banner
+        assert "sign in as  alice / alice-demo-password" in demo.banner
 
         app = f"http://127.0.0.1:{ports['app']}/"
         with httpx2.Client(follow_redirects=True, timeout=10) as browser:
@@ -71,12 +46,6 @@ def test_demo_signs_a_user_in_and_out(tmp_path: Path) -> None:
             signed_out = browser.post(relay + "/logout", headers={"Origin": relay})
             assert str(signed_out.url).startswith(f"http://127.0.0.1:{ports['provider']}/")
             assert browser.get(relay + "/auth").status_code == 401
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        if proc.stdout is not None:
-            proc.stdout.read()
-            proc.stdout.close()
 
 
 def test_demo_wrong_password_is_refused() -> None:
