@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from relay.endpoints import backchannel, login, probes, session
 
@@ -14,6 +14,8 @@ def routes(prefix: str) -> list[BaseRoute]:
         Route("/callback", login.callback, methods=["GET"]),
         Route("/auth", session.auth, methods=["GET", "HEAD"]),
         Route("/auth/redirect", session.auth_redirect, methods=["GET", "HEAD"]),
+        WebSocketRoute("/auth", session.auth_handshake),
+        WebSocketRoute("/auth/redirect", session.auth_handshake),
         Route("/userinfo", session.userinfo, methods=["GET"]),
         Route("/logout", session.logout_page, methods=["GET"]),
         Route("/logout", session.logout, methods=["POST"]),

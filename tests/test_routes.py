@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
-from starlette.testclient import TestClient
+from starlette.testclient import TestClient, WebSocketDenialResponse
 
 from relay.app import create_app
 from relay.crypto import new_id
@@ -456,3 +456,29 @@ def test_readyz_is_503_when_the_database_is_gone(provider: TestProvider, clock: 
                 "provider": "ok",
             }
             assert relay.get("/healthz").status_code == 200
+
+
+def test_auth_as_websocket_handshake_answers_like_http(
+    relay: TestClient, provider: TestProvider
+) -> None:
+    """A proxy that keeps the Upgrade headers on its auth request gets the same answer as over
+    plain HTTP: 401 without a session, 200 with the identity headers with one."""
+    with pytest.raises(WebSocketDenialResponse) as refused, relay.websocket_connect("/auth"):
+        pass
+    assert refused.value.status_code == 401
+    sign_in(relay, provider)
+    cookie = {"cookie": f"{SESSION_COOKIE}={relay.cookies[SESSION_COOKIE]}"}
+    with (
+        pytest.raises(WebSocketDenialResponse) as allowed,
+        relay.websocket_connect("/auth", headers=cookie),
+    ):
+        pass
+    assert allowed.value.status_code == 200
+    assert allowed.value.headers["x-auth-request-email"] == "alice@example.com"
+    relay.cookies.clear()
+    with (
+        pytest.raises(WebSocketDenialResponse) as redirected,
+        relay.websocket_connect("/auth/redirect"),
+    ):
+        pass
+    assert redirected.value.status_code == 302

@@ -7,11 +7,12 @@ from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.websockets import WebSocket
 
 from relay.endpoints import Context, context
 from relay.errors import Forbidden, RelayError, Unauthorized
 from relay.forwarded import original_method, original_url
-from relay.pages import page
+from relay.pages import error_response, page
 from relay.store.sessions import ActiveSession
 
 _CONTROL = dict.fromkeys(range(32)) | {127: None}
@@ -40,6 +41,21 @@ async def auth_redirect(request: Request) -> Response:
             login += "?" + urlencode({"rd": rd})
         return RedirectResponse(login, status_code=302)
     return _identity_response(session)
+
+
+async def auth_handshake(websocket: WebSocket) -> None:
+    """/auth and /auth/redirect reached as a WebSocket handshake: proxies that keep a client's
+    Upgrade headers on their auth request (Caddy's forward_auth) make it one. Answer with the
+    same HTTP response the plain request gets, through the WebSocket Denial Response
+    extension, so the proxy decides the upgrade exactly as it decides any request."""
+    scope = {**websocket.scope, "type": "http", "method": "GET"}
+    request = Request(scope)
+    endpoint = auth_redirect if scope["path"].endswith("/redirect") else auth
+    try:
+        response = await endpoint(request)
+    except RelayError as exc:
+        response = error_response(request, exc)
+    await websocket.send_denial_response(response)
 
 
 def _is_navigation(request: Request, ctx: Context) -> bool:

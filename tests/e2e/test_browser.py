@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from tests.e2e.conftest import ACCOUNT, ARTIFACTS, Stack
 
@@ -36,6 +37,10 @@ def test_a_person_signs_in_survives_a_restart_and_signs_out(
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "signed-in.png"))
     assert stack.sessions() == 1
+    assert stack.db is not None
+    with stack.db.connect() as conn:  # the refresh-token grant: one was issued and kept, sealed
+        refresh = conn.execute(text("SELECT refresh_token FROM sessions")).scalar_one()
+    assert refresh and refresh.startswith("gAAAAA")  # a Fernet token, not the provider's
 
     # The cookie as the browser holds it.
     [session] = [c for c in context.cookies() if c["name"] == "__Host-relay_session"]

@@ -73,14 +73,18 @@ def test_nginx_forged_headers_without_session_never_reach_the_app(
     assert response.headers["location"].startswith(stack.issuer + "/auth?")
 
 
-def websocket_status(stack: Stack, cookie: str | None) -> tuple[int, bytes]:
-    """Open a WebSocket to /ws through nginx; return the handshake status and what follows."""
-    tls = ssl.create_default_context(cafile=str(stack.cert))
-    raw = socket.create_connection(("127.0.0.1", stack.ports["nginx"]), timeout=10)
-    with tls.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+def websocket_status(stack: Stack, cookie: str | None, proxy: str = "nginx") -> tuple[int, bytes]:
+    """Open a WebSocket to /ws through a proxy; return the handshake status and, on 101, the
+    app's first message."""
+    port = stack.ports[proxy]
+    conn: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if proxy == "nginx":
+        tls = ssl.create_default_context(cafile=str(stack.cert))
+        conn = tls.wrap_socket(conn, server_hostname="127.0.0.1")
+    with conn:
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{stack.ports['nginx']}\r\n"
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
             + (f"Cookie: __Host-relay_session={cookie}\r\n" if cookie else "")
@@ -100,7 +104,7 @@ def websocket_status(stack: Stack, cookie: str | None) -> tuple[int, bytes]:
         return status, rest
 
 
-def read_text_frame(conn: ssl.SSLSocket, data: bytes) -> bytes:
+def read_text_frame(conn: socket.socket, data: bytes) -> bytes:
     """The payload of the server's first (unmasked) text frame (RFC 6455 §5.2)."""
     while len(data) < 4:
         data += conn.recv(4096)
@@ -164,3 +168,14 @@ def test_caddy_upstream_gets_identity_it_can_trust(stack: Stack, http: httpx2.Cl
         )
     assert response.status_code == 200
     assert response.json() == ALICE
+
+
+def test_caddy_websocket_needs_a_session(stack: Stack, http: httpx2.Client) -> None:
+    """Through Caddy too, a WebSocket upgrade is refused without a session (the browser would
+    be sent to the login) and accepted with one."""
+    status, _ = websocket_status(stack, cookie=None, proxy="caddy")
+    assert status == 302
+    scripted_login(http, stack.app_url + "/headers")
+    status, frame = websocket_status(stack, cookie=session_cookie(http), proxy="caddy")
+    assert status == 101
+    assert json.loads(frame) == ALICE
