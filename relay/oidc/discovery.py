@@ -96,9 +96,6 @@ class Discovery:
     def url(self) -> str:
         return self._issuer + "/.well-known/openid-configuration"
 
-    def cached(self) -> ProviderMetadata | None:
-        return self._metadata
-
     def seconds_until_retry(self) -> float:
         return max(0.0, self._next_attempt - self._clock())
 
