@@ -59,14 +59,13 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(_current_revision)
 
 
-async def migrate(engine: AsyncEngine) -> tuple[str | None, str | None]:
-    """Bring the schema to head; return (revision before, revision after)."""
+async def migrate(engine: AsyncEngine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Bring the schema to ``revision``; return (revision before, revision after)."""
 
-    def upgrade(connection: Connection) -> str | None:
+    def upgrade(connection: Connection) -> tuple[str | None, str | None]:
         before = _current_revision(connection)
-        command.upgrade(_alembic_config(connection), "head")
-        return before
+        command.upgrade(_alembic_config(connection), revision)
+        return before, _current_revision(connection)
 
     async with engine.begin() as conn:
-        before = await conn.run_sync(upgrade)
-    return before, head_revision()
+        return await conn.run_sync(upgrade)
