@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "demo":
-        from relay.demo.run import run_demo  # noqa: PLC0415
+        from relay.demo.run import run_demo
 
         return run_demo(args.relay_port, args.provider_port, args.app_port, args.database)
 
@@ -63,9 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(config: Config) -> int:
-    import uvicorn  # noqa: PLC0415 - only the server needs it
+    import uvicorn
 
-    from relay.app import SchemaBehind, create_app  # noqa: PLC0415
+    from relay.app import SchemaBehind, create_app
 
     try:
         asyncio.run(_check_schema(config))
@@ -86,8 +86,8 @@ def _serve(config: Config) -> int:
 
 
 async def _check_schema(config: Config) -> None:
-    from relay.app import ensure_schema  # noqa: PLC0415
-    from relay.store.database import make_engine  # noqa: PLC0415
+    from relay.app import ensure_schema
+    from relay.store.database import make_engine
 
     engine = make_engine(config.database.url)
     try:
@@ -97,7 +97,7 @@ async def _check_schema(config: Config) -> None:
 
 
 async def _migrate(config: Config) -> int:
-    from relay.store.database import make_engine, migrate  # noqa: PLC0415
+    from relay.store.database import make_engine, migrate
 
     engine = make_engine(config.database.url)
     try:
@@ -109,8 +109,8 @@ async def _migrate(config: Config) -> int:
 
 
 async def _prune(config: Config) -> int:
-    from relay.pruner import prune_once  # noqa: PLC0415
-    from relay.store.database import make_engine  # noqa: PLC0415
+    from relay.pruner import prune_once
+    from relay.store.database import make_engine
 
     engine = make_engine(config.database.url)
     try:

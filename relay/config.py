@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from limits import parse
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -234,8 +235,6 @@ class LimitsConfig(_Section):
     @field_validator("login_rate")
     @classmethod
     def _rate(cls, value: str) -> str:
-        from limits import parse  # noqa: PLC0415 - only validation needs the parser here
-
         try:
             parse(value)
         except ValueError as exc:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select
 from starlette.testclient import TestClient
 
 from relay.crypto import hash_id
+from relay.store.models import sessions
 from tests.conftest import (
     PUBLIC_URL,
     callback_path,
@@ -22,9 +23,12 @@ SESSION_COOKIE = "__Host-relay_session"
 LOGIN_COOKIE = "__Host-relay_session_login"
 
 
-def rows(db: Engine, where: str = "1=1") -> list[Any]:
+def rows(db: Engine, id_hash: str | None = None) -> list[Any]:
+    query = select(sessions)
+    if id_hash is not None:
+        query = query.where(sessions.c.id_hash == id_hash)
     with db.connect() as conn:
-        return list(conn.execute(text(f"SELECT * FROM sessions WHERE {where}")))  # noqa: S608
+        return list(conn.execute(query))
 
 
 def test_login_redirects_to_provider_with_pkce(relay: TestClient, db: Engine) -> None:
@@ -121,7 +125,7 @@ def test_session_id_is_new_not_the_pending_one(
     relay.get(callback_path(provider_redirect(provider, start.headers["location"])))
     session_cookie = relay.cookies[SESSION_COOKIE]
     assert session_cookie not in (state, login_cookie)
-    assert rows(db, f"id_hash = '{hash_id(state)}'") == []
+    assert rows(db, hash_id(state)) == []
 
 
 def test_session_survives_restart(make_relay: Callable[..., Any], provider: TestProvider) -> None:

@@ -21,7 +21,7 @@ def test_touch_writes_at_most_once_per_interval(
 ) -> None:
     """Many /auth requests inside one touch_interval cost no UPDATE; the next interval one."""
     sign_in(relay, provider)
-    engine = relay.app.state.engine.sync_engine  # type: ignore[attr-defined]
+    engine = relay.app.state.engine.sync_engine
     with count_statements(engine, "UPDATE") as updates, count_statements(engine, "SELECT") as reads:
         for _ in range(20):
             assert relay.get("/auth").status_code == 200
