@@ -12,7 +12,7 @@ from starlette.websockets import WebSocket
 from relay.endpoints import Context, context
 from relay.errors import Forbidden, RelayError, Unauthorized
 from relay.forwarded import original_method, original_url
-from relay.pages import error_response, page
+from relay.pages import error_response, page, wants_json
 from relay.store.sessions import ActiveSession
 
 _CONTROL = dict.fromkeys(range(32)) | {127: None}
@@ -20,9 +20,8 @@ _CONTROL = dict.fromkeys(range(32)) | {127: None}
 
 async def auth(request: Request) -> Response:
     """nginx auth_request flavour: 2xx with identity headers, or 401."""
-    session = await context(request).flows.authenticate(
-        context(request).cookies.session_id(request)
-    )
+    ctx = context(request)
+    session = await ctx.flows.authenticate(ctx.cookies.session_id(request))
     return _identity_response(session)
 
 
@@ -66,8 +65,7 @@ def _is_navigation(request: Request, ctx: Context) -> bool:
         return False
     if headers.get("sec-fetch-mode", "navigate") != "navigate":
         return False
-    accept = headers.get("accept", "")
-    return not ("application/json" in accept and "text/html" not in accept)
+    return not wants_json(request)
 
 
 def _identity_response(session: ActiveSession) -> Response:
