@@ -183,7 +183,9 @@ class Flows:
         return LoginFinished(
             session_id=session_id,
             return_to=self.return_url(pending.return_to),
-            max_age=session.expires_at - session.created_at,
+            # The cookie lives as long as the session can; idleness is judged by the server,
+            # so an active user is not logged out when a first idle window would have ended.
+            max_age=self.config.session.absolute_lifetime,
         )
 
     def _expectations(self, metadata: ProviderMetadata, nonce: str | None) -> Expectations:

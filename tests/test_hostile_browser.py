@@ -74,7 +74,7 @@ def test_session_cookie_attributes(relay: TestClient, provider: TestProvider) ->
     """Secure and host-only: __Host- prefix, HttpOnly, Secure, SameSite=Lax, Path=/, no Domain."""
     done = sign_in(relay, provider)
     header = set_cookie_header(done, "__Host-relay_session").lower()
-    for attribute in ("httponly", "secure", "samesite=lax", "path=/"):
+    for attribute in ("httponly", "secure", "samesite=lax", "path=/", "max-age=604800"):
         assert attribute in header
     assert "domain=" not in header
     login = set_cookie_header(relay.get("/login"), "__Host-relay_session_login").lower()
