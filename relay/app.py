@@ -89,6 +89,7 @@ def create_app(
             cookies=CookiePolicy.from_config(session),
             proxies=TrustedProxies.parse(config.server.trusted_proxies),
             login_limiter=LoginLimiter(config.limits.login_rate),
+            metrics_readers=TrustedProxies.parse(config.server.metrics_allowed).networks,
         )
         # The relay starts whether or not the provider answers; /readyz tells which.
         tasks = [asyncio.create_task(discovery.warm_up())]

@@ -86,10 +86,12 @@ class ServerConfig(_Section):
     public_url: str
     # Peers whose X-Forwarded-* headers are believed (addresses or CIDR ranges).
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    # Client addresses that may read /metrics (through a trusted proxy: the forwarded client).
+    metrics_allowed: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
 
     _check_public_url = field_validator("public_url")(_https_unless_loopback)
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "metrics_allowed")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for entry in value:

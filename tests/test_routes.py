@@ -482,3 +482,19 @@ def test_auth_as_websocket_handshake_answers_like_http(
     ):
         pass
     assert redirected.value.status_code == 302
+
+
+def test_metrics_only_for_allowed_addresses(make_relay: Callable[..., Any]) -> None:
+    """/metrics answers the addresses in server.metrics_allowed (the forwarded client behind a
+    trusted proxy) and is a 404 for everyone else."""
+    with make_relay(peer="127.0.0.1") as relay:
+        local = relay.get("/metrics")
+        assert local.status_code == 200
+        assert "relay_logins_total" in local.text
+        assert relay.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 404
+    with make_relay() as relay:  # a peer outside the default (loopback) list
+        assert relay.get("/metrics").status_code == 404
+    with make_relay(
+        server={"public_url": PUBLIC_URL, "metrics_allowed": ["198.51.100.0/24"]}
+    ) as relay:
+        assert relay.get("/metrics").status_code == 200

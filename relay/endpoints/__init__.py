@@ -8,7 +8,7 @@ from starlette.requests import Request
 
 from relay.cookies import CookiePolicy
 from relay.flows import Flows
-from relay.forwarded import TrustedProxies
+from relay.forwarded import Network, TrustedProxies
 from relay.ratelimit import LoginLimiter
 
 
@@ -18,6 +18,7 @@ class Context:
     cookies: CookiePolicy
     proxies: TrustedProxies
     login_limiter: LoginLimiter
+    metrics_readers: tuple[Network, ...]
 
 
 def context(request: Request) -> Context:
