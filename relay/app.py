@@ -35,6 +35,8 @@ from relay.store.sessions import Lifetimes, Sessions
 
 log = structlog.get_logger("relay.app")
 
+SHUTDOWN_GRACE = 5.0  # seconds the background tasks get to stop
+
 
 class SchemaBehind(Exception):
     """The database is not at the migrations' head; ``relay migrate`` fixes it."""
@@ -92,7 +94,7 @@ def create_app(
             metrics_readers=TrustedProxies.parse(config.server.metrics_allowed).networks,
         )
         # The relay starts whether or not the provider answers; /readyz tells which.
-        tasks = [asyncio.create_task(discovery.warm_up())]
+        tasks = [asyncio.create_task(discovery.warm_up(), name="discovery-warm-up")]
         app.state.pruner = None
         if run_pruner_task:
             app.state.pruner = asyncio.create_task(
@@ -102,7 +104,8 @@ def create_app(
                     batch_size=session.prune_batch_size,
                     clock=clock,
                     metrics=metrics,
-                )
+                ),
+                name="pruner",
             )
             tasks.append(app.state.pruner)
         log.info("relay.started", public_url=config.server.public_url)
@@ -111,7 +114,10 @@ def create_app(
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Bounded: a background task that will not stop must not hold up a deploy.
+            _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+            for task in stuck:
+                log.error("relay.task_did_not_stop", task=task.get_name())
             await http.aclose()
             await engine.dispose()
             log.info("relay.stopped")

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.metrics import Metrics
+from relay.oidc.discovery import stop_if_cancelling
 from relay.store.prune import PruneResult, prune
 
 log = structlog.get_logger("relay.pruner")
@@ -43,6 +44,7 @@ async def run_pruner(
         try:
             result = await prune_once(engine, int(clock()), batch_size, metrics)
         except (SQLAlchemyError, OSError) as exc:
+            stop_if_cancelling()
             log.warning("prune.failed", error=type(exc).__name__)
         else:
             if on_pass is not None:

@@ -66,3 +66,37 @@ def test_backoff_grows_between_attempts(provider: TestProvider, clock: Any) -> N
 
     assert asyncio.run(go()) == [1, 2, 4, 8, 16, 32, 60, 60]
     assert provider.calls["discovery"] == 1  # only the final, successful attempt got through
+
+
+class SwallowsCancellation(httpx2.AsyncBaseTransport):
+    """A provider connection that hangs, and that turns its cancellation into a connection
+    error — as a transport's own task group can when a connect attempt is cancelled."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise httpx2.ConnectError("connect attempt cancelled", request=request) from None
+        raise AssertionError("unreachable")
+
+
+def test_shutdown_is_not_held_up_by_a_swallowed_cancellation(clock: Any) -> None:
+    """Stopping the discovery warm-up ends it even when the cancellation comes back as a
+    connection error, instead of backing off and retrying forever."""
+    transport = SwallowsCancellation()
+
+    async def go() -> None:
+        async with httpx2.AsyncClient(transport=transport) as client:
+            discovery = Discovery(client, ISSUER, ttl=3600, clock=clock)
+            task = asyncio.create_task(discovery.warm_up())
+            await transport.entered.wait()
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=5)
+            assert task in done
+            assert task.cancelled()
+
+    asyncio.run(go())

@@ -22,6 +22,7 @@ from relay.store.database import make_engine
 from relay.store.models import sessions
 from relay.store.prune import ADVISORY_LOCK_KEY, PruneResult, prune
 from tests.conftest import base_config, count_statements, postgres_database, run_migrations
+from tests.provider import ProviderTransport, TestProvider
 
 NOW = 1_800_000_000
 
@@ -139,9 +140,11 @@ def test_background_pruner_runs_passes(database_url: str, db: Engine) -> None:
     assert remaining(db) == set()
 
 
-def test_lifespan_starts_and_stops_the_pruner(database_url: str) -> None:
+def test_lifespan_starts_and_stops_the_pruner(
+    database_url: str, provider: TestProvider, clock: Any
+) -> None:
     """The app's lifespan owns the pruner task: running while serving, done after."""
-    app = create_app(base_config(database_url))
+    app = create_app(base_config(database_url), transport=ProviderTransport(provider), clock=clock)
     with TestClient(app):
         task: Any = app.state.pruner
         assert task is not None and not task.done()

@@ -135,5 +135,15 @@ class Discovery:
             try:
                 await self.get()
             except ProviderError:
+                # A cancelled connect can surface as a connection error (the transport's own
+                # task group swallows the cancellation): stop anyway when asked to.
+                stop_if_cancelling()
                 await asyncio.sleep(max(self.seconds_until_retry(), 0.5))
         log.info("provider.ready", issuer=self._issuer)
+
+
+def stop_if_cancelling() -> None:
+    """Raise CancelledError if the current task has been asked to stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
