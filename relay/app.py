@@ -20,7 +20,7 @@ from relay.crypto import Sealer
 from relay.endpoints import Context
 from relay.errors import RelayError
 from relay.flows import Flows
-from relay.forwarded import TrustedProxies
+from relay.forwarded import AddressSet
 from relay.metrics import Metrics
 from relay.middleware import RequestContext
 from relay.oidc.discovery import Discovery
@@ -89,9 +89,9 @@ def create_app(
         app.state.relay = Context(
             flows=flows,
             cookies=CookiePolicy.from_config(session),
-            proxies=TrustedProxies.parse(config.server.trusted_proxies),
+            proxies=AddressSet.parse(config.server.trusted_proxies),
             login_limiter=LoginLimiter(config.limits.login_rate),
-            metrics_readers=TrustedProxies.parse(config.server.metrics_allowed).networks,
+            metrics_readers=AddressSet.parse(config.server.metrics_allowed),
         )
         # The relay starts whether or not the provider answers; /readyz tells which.
         tasks = [asyncio.create_task(discovery.warm_up(), name="discovery-warm-up")]

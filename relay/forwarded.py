@@ -17,26 +17,30 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
-class TrustedProxies:
+class AddressSet:
+    """Addresses and CIDR ranges from the config: the trusted proxies, the metrics readers."""
+
     networks: tuple[Network, ...]
 
     @classmethod
-    def parse(cls, entries: Sequence[str]) -> TrustedProxies:
+    def parse(cls, entries: Sequence[str]) -> AddressSet:
         return cls(tuple(ipaddress.ip_network(e, strict=False) for e in entries))
 
-    def trusts(self, request: Request) -> bool:
-        if request.client is None:
-            return False
+    def __contains__(self, address: object) -> bool:
         try:
-            peer = ipaddress.ip_address(request.client.host)
+            ip = ipaddress.ip_address(str(address))
         except ValueError:
             return False
-        return any(peer in network for network in self.networks)
+        return any(ip in network for network in self.networks)
 
 
-def original_url(request: Request, proxies: TrustedProxies) -> str | None:
+def from_trusted_proxy(request: Request, proxies: AddressSet) -> bool:
+    return request.client is not None and request.client.host in proxies
+
+
+def original_url(request: Request, proxies: AddressSet) -> str | None:
     """The URL the browser asked the proxy for, when a trusted proxy told us; else None."""
-    if not proxies.trusts(request):
+    if not from_trusted_proxy(request, proxies):
         return None
     proto = _first(request.headers.get("x-forwarded-proto"))
     host = _first(request.headers.get("x-forwarded-host"))
@@ -46,25 +50,25 @@ def original_url(request: Request, proxies: TrustedProxies) -> str | None:
     return f"{proto}://{host}{uri}"
 
 
-def client_address(request: Request, proxies: TrustedProxies) -> str:
+def client_address(request: Request, proxies: AddressSet) -> str:
     """The address of the client, seen through trusted proxies: the right-most address in
     X-Forwarded-For that is not a trusted proxy (left of it, anyone can write anything)."""
     peer = request.client.host if request.client else "unknown"
-    if not proxies.trusts(request):
+    if not from_trusted_proxy(request, proxies):
         return peer
     chain = [a.strip() for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
     for entry in reversed(chain):
         try:
-            address = ipaddress.ip_address(entry)
+            address = str(ipaddress.ip_address(entry))
         except ValueError:
             return peer  # a mangled header: count the proxy itself, not a made-up name
-        if not any(address in network for network in proxies.networks):
-            return str(address)
+        if address not in proxies:
+            return address
     return chain[0] if chain else peer
 
 
-def original_method(request: Request, proxies: TrustedProxies) -> str:
-    if proxies.trusts(request):
+def original_method(request: Request, proxies: AddressSet) -> str:
+    if from_trusted_proxy(request, proxies):
         forwarded = request.headers.get("x-forwarded-method")
         if forwarded:
             return forwarded.upper()

@@ -8,7 +8,7 @@ from starlette.requests import Request
 
 from relay.cookies import CookiePolicy
 from relay.flows import Flows
-from relay.forwarded import Network, TrustedProxies
+from relay.forwarded import AddressSet
 from relay.ratelimit import LoginLimiter
 
 
@@ -16,9 +16,9 @@ from relay.ratelimit import LoginLimiter
 class Context:
     flows: Flows
     cookies: CookiePolicy
-    proxies: TrustedProxies
+    proxies: AddressSet
     login_limiter: LoginLimiter
-    metrics_readers: tuple[Network, ...]
+    metrics_readers: AddressSet
 
 
 def context(request: Request) -> Context:
