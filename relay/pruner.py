@@ -9,8 +9,8 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relay.background import stop_if_cancelling
 from relay.metrics import Metrics
-from relay.oidc.discovery import stop_if_cancelling
 from relay.store.prune import PruneResult, prune
 
 log = structlog.get_logger("relay.pruner")

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import httpx2
 import structlog
 
+from relay.background import stop_if_cancelling
 from relay.config import is_loopback_host
 from relay.errors import ProviderBadResponse, ProviderError, ProviderUnavailable
 from relay.oidc.http import get_json
@@ -135,15 +136,6 @@ class Discovery:
             try:
                 await self.get()
             except ProviderError:
-                # A cancelled connect can surface as a connection error (the transport's own
-                # task group swallows the cancellation): stop anyway when asked to.
                 stop_if_cancelling()
                 await asyncio.sleep(max(self.seconds_until_retry(), 0.5))
         log.info("provider.ready", issuer=self._issuer)
-
-
-def stop_if_cancelling() -> None:
-    """Raise CancelledError if the current task has been asked to stop."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
