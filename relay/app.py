@@ -29,7 +29,15 @@ from relay.pages import error_response
 from relay.pruner import run_pruner
 from relay.ratelimit import LoginLimiter
 from relay.routes import routes
-from relay.store.database import current_revision, head_revision, make_engine, migrate
+from relay.store.cache import SessionCache
+from relay.store.database import (
+    Database,
+    current_revision,
+    head_revision,
+    make_engine,
+    migrate,
+)
+from relay.store.invalidation import Listener
 from relay.store.pending import PendingLogins
 from relay.store.sessions import Lifetimes, Sessions
 
@@ -53,11 +61,18 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine = make_engine(config.database.url)
+        database = config.database
+        engine = make_engine(
+            database.url,
+            timeout=database.timeout,
+            pool_size=database.pool_size,
+            max_overflow=database.max_overflow,
+        )
+        db = Database(engine, database.timeout)
         try:
             await ensure_schema(engine, config)
         except BaseException:
-            await engine.dispose()
+            await db.dispose()
             raise
         http = httpx2.AsyncClient(
             transport=transport,
@@ -73,33 +88,47 @@ def create_app(
         lifetimes = Lifetimes(
             session.absolute_lifetime, session.idle_timeout, session.touch_interval
         )
+        cache = SessionCache(config.cache.max_entries)
+        listener = None
+        if db.is_postgres:
+            # Other replicas end sessions too: the cache is trusted only while this listener
+            # hears about it (store/invalidation.py).
+            listener = Listener(database.url, cache, timeout=database.timeout)
         discovery = Discovery(http, config.provider.issuer, config.provider.metadata_ttl, clock)
         flows = Flows(
             config=config,
             http=http,
             discovery=discovery,
             jwks=JwksCache(http, config.provider.jwks_refresh_cooldown, clock),
-            pending=PendingLogins(engine, sealer),
-            sessions=Sessions(engine, sealer, lifetimes),
+            pending=PendingLogins(db, sealer),
+            sessions=Sessions(db, sealer, lifetimes, cache),
             metrics=metrics,
             clock=clock,
         )
+        metrics.watch_cache(cache, listener)
         app.state.engine = engine
         app.state.metrics = metrics
         app.state.relay = Context(
+            config=config,
             flows=flows,
+            discovery=discovery,
+            db=db,
             cookies=CookiePolicy.from_config(session),
             proxies=AddressSet.parse(config.server.trusted_proxies),
             login_limiter=LoginLimiter(config.limits.login_rate),
             metrics_readers=AddressSet.parse(config.server.metrics_allowed),
+            metrics=metrics,
+            listener=listener,
         )
         # The relay starts whether or not the provider answers; /readyz tells which.
         tasks = [asyncio.create_task(discovery.warm_up(), name="discovery-warm-up")]
+        if listener is not None:
+            tasks.append(asyncio.create_task(listener.run(), name="invalidation-listener"))
         app.state.pruner = None
         if run_pruner_task:
             app.state.pruner = asyncio.create_task(
                 run_pruner(
-                    engine,
+                    db,
                     interval=session.prune_interval,
                     batch_size=session.prune_batch_size,
                     clock=clock,
@@ -119,15 +148,14 @@ def create_app(
             for task in stuck:
                 log.error("relay.task_did_not_stop", task=task.get_name())
             await http.aclose()
-            await engine.dispose()
+            await db.dispose()
             log.info("relay.stopped")
 
     return Starlette(
         routes=routes(config.server.path_prefix),
-        middleware=[
-            Middleware(RequestContext, metrics=metrics, access_lines=config.logging.access_log)
-        ],
-        exception_handlers={RelayError: error_response, Exception: error_response},
+        middleware=[Middleware(RequestContext, metrics=metrics, logging=config.logging)],
+        # Anything else is caught by RequestContext, inside the request's log context.
+        exception_handlers={RelayError: error_response},
         lifespan=lifespan,
     )
 

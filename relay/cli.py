@@ -110,13 +110,13 @@ async def _migrate(config: Config) -> int:
 
 async def _prune(config: Config) -> int:
     from relay.pruner import prune_once
-    from relay.store.database import make_engine
+    from relay.store.database import Database, make_engine
 
-    engine = make_engine(config.database.url)
+    db = Database(make_engine(config.database.url), config.database.timeout)
     try:
-        result = await prune_once(engine, int(time.time()), config.session.prune_batch_size)
+        result = await prune_once(db, int(time.time()), config.session.prune_batch_size)
     finally:
-        await engine.dispose()
+        await db.dispose()
     if result.skipped:
         print("skipped: another relay is pruning this database")
     else:

@@ -174,6 +174,13 @@ class ProviderConfig(_Section):
 
 class DatabaseConfig(_Section):
     url: str = "sqlite+aiosqlite:///relay.db"
+    # The longest any request waits on the database: for a pooled connection, a new
+    # connection, a statement or a lock. Past it the request gets a 503.
+    timeout: Duration = 2
+    # Connections kept open per relay process. With the session cache, most /auth requests
+    # need none; logins and cache misses share these.
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    max_overflow: int = Field(default=0, ge=0, le=1000)
 
     @field_validator("url")
     @classmethod
@@ -209,6 +216,12 @@ class SessionConfig(_Section):
             if len(secret.get_secret_value()) < 32:
                 raise ValueError("must be at least 32 characters")
         return value
+
+
+class CacheConfig(_Section):
+    # Live sessions kept in each relay process (least recently used go first); 0 turns the
+    # cache off and every /auth reads the table.
+    max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
 
 
 class RedirectsConfig(_Section):
@@ -248,6 +261,9 @@ class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
     access_log: bool = True
+    # The share of successful /auth access lines written (1 = every one, 0 = none). The proxy
+    # logs each request anyway; every answer is counted in relay_request_duration_seconds.
+    auth_success_sample: float = Field(default=1.0, ge=0.0, le=1.0)
 
 
 class Config(_Section):
@@ -257,6 +273,7 @@ class Config(_Section):
     provider: ProviderConfig
     database: DatabaseConfig = DatabaseConfig()
     session: SessionConfig
+    cache: CacheConfig = CacheConfig()
     redirects: RedirectsConfig = RedirectsConfig()
     limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()

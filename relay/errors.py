@@ -6,6 +6,7 @@
     ├── Forbidden           403   a cross-origin logout and the like
     ├── TooManyRequests     429   a browser or client address starting too many logins
     ├── Overloaded          503   too many logins pending across all clients
+    ├── DatabaseUnavailable 503   the database failed, refused or took too long (store/database.py)
     └── ProviderError             the identity provider failed us
         ├── ProviderUnavailable  503   discovery or a connection failed
         ├── ProviderTimeout      504   the provider did not answer in time
@@ -53,6 +54,11 @@ class TooManyRequests(RelayError):
 class Overloaded(RelayError):
     status = 503
     public_message = "Too many sign-ins are in progress. Please try again in a few minutes."
+
+
+class DatabaseUnavailable(RelayError):
+    status = 503
+    public_message = "Sign-in is briefly unavailable. Please try again in a moment."
 
 
 class ProviderError(RelayError):

@@ -1,21 +1,31 @@
-"""Pure ASGI middleware: a request id, the request's log context, security headers, and one
-access line per request (``http.request``)."""
+"""Pure ASGI middleware: a request id, the request's log context, security headers, one access
+line per request (``http.request``), and the last resort for a crash.
+
+It runs on every forward-auth check, so each step is the cheap form of itself: one pass over
+the request headers, a request id from a per-process prefix and a counter, header names
+compared as bytes, and the histogram child for each (route, status) looked up once.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
+import random
 import re
 import time
-import uuid
+from collections.abc import Callable
 
 import structlog
-from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from relay.config import LoggingConfig
 from relay.metrics import Metrics
+from relay.pages import error_response
 
 access_log = structlog.get_logger("relay.access")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{8,64}$")
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._\-]{8,64}$")
 # Every relay response: never cached, never framed, never leaks the URL (with its code) in a
 # Referer. Pages that need more (a stylesheet, a form target) set their own CSP.
 SECURITY_HEADERS = {
@@ -26,43 +36,80 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
     "content-security-policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
 }
+_SECURITY = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+_SUCCESSFUL_CHECKS = frozenset({"auth", "auth_redirect"})
+
+
+class RequestIds:
+    """Unique ids without a uuid4 per request: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):010x}"
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: Metrics, access_lines: bool) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, logging: LoggingConfig) -> None:
         self.app = app
         self.metrics = metrics
-        self.access_lines = access_lines
+        self.access_lines = logging.access_log
+        self.auth_sample = logging.auth_success_sample
+        self._ids = RequestIds()
+        self._observers: dict[tuple[str, int], Callable[[float], None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if _REQUEST_ID.match(value):
+                    request_id = value.decode("latin-1")
+                break
+        if request_id is None:
+            request_id = self._ids()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 500
+        response_started = False
+        rid = request_id.encode("latin-1")
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    if name not in headers:
-                        headers[name] = value
-                headers["x-request-id"] = request_id
+                response_started = True
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(h for h in _SECURITY if h[0] not in present)
+                headers.append((b"x-request-id", rid))
+                message["headers"] = headers
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            # Rendered here, inside the request's context, so that even a crash answers with
+            # its request id and leaves one traceback and one access line in the log.
+            if response_started:
+                raise
+            response = await error_response(Request(scope), exc)
+            await response(scope, receive, send_with_headers)
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("endpoint"), "__name__", "unmatched")
-            self.metrics.requests.labels(route=route, status=str(status)).observe(elapsed)
-            if self.access_lines:
+            self._observe(route, status, elapsed)
+            if self.access_lines and (
+                status != 200
+                or route not in _SUCCESSFUL_CHECKS
+                or self.auth_sample >= 1.0
+                or random.random() < self.auth_sample
+            ):
                 # The path only: query strings carry codes and states.
                 access_log.info(
                     "http.request",
@@ -72,3 +119,10 @@ class RequestContext:
                     duration_ms=round(elapsed * 1000, 2),
                 )
             structlog.contextvars.clear_contextvars()
+
+    def _observe(self, route: str, status: int, elapsed: float) -> None:
+        observe = self._observers.get((route, status))
+        if observe is None:
+            child = self.metrics.requests.labels(route=route, status=str(status))
+            observe = self._observers[(route, status)] = child.observe
+        observe(elapsed)

@@ -48,13 +48,15 @@ def page(
     return HTMLResponse(document, status_code=status, headers={"content-security-policy": csp})
 
 
-def error_response(request: Request, exc: Exception) -> Response:
+async def error_response(request: Request, exc: Exception) -> Response:
     """The one exception handler: a fixed public message and the request id; details go to
     the log (the reason is bound to the request's access line)."""
     if not isinstance(exc, RelayError):
         structlog.get_logger("relay").exception("request.crashed")
         exc = RelayError("internal_error")
     structlog.contextvars.bind_contextvars(reason=exc.reason)
+    if exc.detail:
+        structlog.contextvars.bind_contextvars(detail=exc.detail)
     request_id = structlog.contextvars.get_contextvars().get("request_id", "")
     headers = {"www-authenticate": "Cookie"} if exc.status == 401 else None
     if wants_json(request):

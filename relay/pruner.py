@@ -6,20 +6,20 @@ import asyncio
 from collections.abc import Callable
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.background import stop_if_cancelling
+from relay.errors import DatabaseUnavailable
 from relay.metrics import Metrics
+from relay.store.database import Database
 from relay.store.prune import PruneResult, prune
 
 log = structlog.get_logger("relay.pruner")
 
 
 async def prune_once(
-    engine: AsyncEngine, now: int, batch_size: int, metrics: Metrics | None = None
+    db: Database, now: int, batch_size: int, metrics: Metrics | None = None
 ) -> PruneResult:
-    result = await prune(engine, now, batch_size)
+    result = await prune(db, now, batch_size)
     if result.skipped:
         log.info("prune.skipped", reason="another process holds the prune lock")
     else:
@@ -30,7 +30,7 @@ async def prune_once(
 
 
 async def run_pruner(
-    engine: AsyncEngine,
+    db: Database,
     *,
     interval: int,
     batch_size: int,
@@ -42,10 +42,10 @@ async def run_pruner(
     retried next time: the pruner reclaims space, it never decides whether a session is valid."""
     while True:
         try:
-            result = await prune_once(engine, int(clock()), batch_size, metrics)
-        except (SQLAlchemyError, OSError) as exc:
+            result = await prune_once(db, int(clock()), batch_size, metrics)
+        except DatabaseUnavailable as exc:
             stop_if_cancelling()
-            log.warning("prune.failed", error=type(exc).__name__)
+            log.warning("prune.failed", reason=exc.reason, detail=exc.detail)
         else:
             if on_pass is not None:
                 on_pass(result)

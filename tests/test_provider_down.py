@@ -20,12 +20,13 @@ DISCOVERY = "/.well-known/openid-configuration"
 def test_relay_starts_without_provider_and_recovers(
     make_relay: Any, provider: TestProvider, clock: Any, failure: str
 ) -> None:
-    """/readyz and /login answer 503 while discovery fails; attempts are spaced by backoff;
-    once the provider answers, the relay is ready and logins start."""
+    """/login answers 503 while discovery fails and /readyz says so in its body, staying 200
+    (the replica still serves signed-in users); attempts are spaced by backoff; once the
+    provider answers, logins start."""
     provider.behaviour.network_failures[DISCOVERY] = failure
     with make_relay() as relay:
         ready = relay.get("/readyz")
-        assert ready.status_code == 503
+        assert ready.status_code == 200
         assert ready.json()["provider"].startswith("unavailable: discovery.")
         assert ready.json()["database"] == "ok"
         assert relay.get("/login").status_code == 503
@@ -36,11 +37,11 @@ def test_relay_starts_without_provider_and_recovers(
         before = provider.calls["discovery"]
         for _ in range(20):
             assert relay.get("/login").status_code == 503
-        assert relay.get("/readyz").status_code == 503
+        assert relay.get("/readyz").json()["provider"].startswith("unavailable:")
         assert provider.calls["discovery"] == before
 
         clock.advance(61)  # past any backoff step (capped at 60s)
-        assert relay.get("/readyz").status_code == 200
+        assert relay.get("/readyz").json()["provider"] == "ok"
         assert relay.get("/login").status_code == 302
 
 

@@ -11,14 +11,13 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.testclient import TestClient
 
 from relay.app import create_app
 from relay.crypto import hash_id, new_id
 from relay.metrics import Metrics
 from relay.pruner import run_pruner
-from relay.store.database import make_engine
+from relay.store.database import Database, make_engine
 from relay.store.models import sessions
 from relay.store.prune import ADVISORY_LOCK_KEY, PruneResult, prune
 from tests.conftest import base_config, count_statements, postgres_database, run_migrations
@@ -53,13 +52,13 @@ def remaining(db: Engine) -> set[str]:
 
 def run_prune(url: str, batch_size: int) -> tuple[PruneResult, int]:
     async def go() -> tuple[PruneResult, int]:
-        engine = make_engine(url)
+        db = Database(make_engine(url), timeout=2)
         try:
-            with count_statements(engine.sync_engine, "DELETE") as deletes:
-                result = await prune(engine, NOW, batch_size)
+            with count_statements(db.engine.sync_engine, "DELETE") as deletes:
+                result = await prune(db, NOW, batch_size)
             return result, len(deletes)
         finally:
-            await engine.dispose()
+            await db.dispose()
 
     return asyncio.run(go())
 
@@ -110,7 +109,7 @@ def test_background_pruner_runs_passes(database_url: str, db: Engine) -> None:
     passes: list[PruneResult] = []
 
     async def go() -> None:
-        engine: AsyncEngine = make_engine(database_url)
+        database = Database(make_engine(database_url), timeout=2)
         done = asyncio.Event()
 
         def on_pass(result: PruneResult) -> None:
@@ -120,7 +119,7 @@ def test_background_pruner_runs_passes(database_url: str, db: Engine) -> None:
 
         task = asyncio.create_task(
             run_pruner(
-                engine,
+                database,
                 interval=1,
                 batch_size=100,
                 clock=lambda: NOW + 1000 * len(passes),
@@ -133,7 +132,7 @@ def test_background_pruner_runs_passes(database_url: str, db: Engine) -> None:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            await engine.dispose()
+            await database.dispose()
 
     asyncio.run(go())
     assert [p.removed for p in passes] == [2, 1]

@@ -19,14 +19,15 @@ def session_row(db: Engine) -> Any:
 def test_touch_writes_at_most_once_per_interval(
     relay: TestClient, provider: TestProvider, clock: Any
 ) -> None:
-    """Many /auth requests inside one touch_interval cost no UPDATE; the next interval one."""
+    """Many /auth requests inside one touch_interval cost no UPDATE and, cached, no further
+    SELECT than the first; the next interval costs one UPDATE."""
     sign_in(relay, provider)
     engine = relay.app.state.engine.sync_engine
     with count_statements(engine, "UPDATE") as updates, count_statements(engine, "SELECT") as reads:
         for _ in range(20):
             assert relay.get("/auth").status_code == 200
         assert updates == []
-        assert len(reads) == 20  # one indexed lookup per request
+        assert len(reads) <= 1  # the first lookup at most; the rest come from the cache
         clock.advance(61)  # touch_interval default 60s
         for _ in range(20):
             assert relay.get("/auth").status_code == 200

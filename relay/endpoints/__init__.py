@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from relay.config import Config
 from relay.cookies import CookiePolicy
 from relay.flows import Flows
 from relay.forwarded import AddressSet
+from relay.metrics import Metrics
+from relay.oidc.discovery import Discovery
 from relay.ratelimit import LoginLimiter
+from relay.store.database import Database
+from relay.store.invalidation import Listener
+
+
+@dataclass
+class Lifecycle:
+    """What the probes report about this process beyond its collaborators."""
+
+    shutting_down: bool = False
 
 
 @dataclass(frozen=True)
 class Context:
+    """Everything an endpoint may use, built once by the app's lifespan."""
+
+    config: Config
     flows: Flows
+    discovery: Discovery
+    db: Database
     cookies: CookiePolicy
     proxies: AddressSet
     login_limiter: LoginLimiter
     metrics_readers: AddressSet
+    metrics: Metrics
+    listener: Listener | None = None  # PostgreSQL only
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
 def context(request: Request) -> Context:

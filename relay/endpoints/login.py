@@ -22,7 +22,7 @@ async def login(request: Request) -> Response:
     rd = request.query_params.get("rd") or _forwarded_return_url(request, ctx)
     started = await ctx.flows.start_login(rd, ctx.cookies.login_id(request))
     response = RedirectResponse(started.provider_url, status_code=302)
-    ctx.cookies.set_login(response, started.login_id, ctx.flows.config.session.pending_lifetime)
+    ctx.cookies.set_login(response, started.login_id, ctx.config.session.pending_lifetime)
     return response
 
 
@@ -31,7 +31,7 @@ def _forwarded_return_url(request: Request, ctx: Context) -> str | None:
     error_page hands /login the original request this way, with its query string intact.
     A URL inside the relay itself is never a return target (it would loop back to /login)."""
     url = original_url(request, ctx.proxies)
-    public_url = ctx.flows.config.server.public_url
+    public_url = ctx.config.server.public_url
     if url is None or url == public_url or url.startswith(public_url + "/"):
         return None
     return url

@@ -4,37 +4,45 @@ from __future__ import annotations
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from relay.endpoints import context
-from relay.errors import RelayError
+from relay.errors import DatabaseUnavailable, RelayError
 from relay.forwarded import client_address
 
 log = structlog.get_logger("relay.probes")
 
 
 async def healthz(request: Request) -> Response:
+    """The process answers: nothing else is asked."""
     return JSONResponse({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when the database answers and the provider's metadata is loaded."""
+    """Whether this replica can do its job: 503 only while its database is away or it is
+    shutting down. The provider's state is reported but does not fail the probe: signed-in
+    users keep passing /auth while the provider is down, and taking every replica out of the
+    load balancer would turn a login outage into a total one."""
+    ctx = context(request)
     body = {"status": "ok", "database": "ok", "provider": "ok"}
     try:
-        async with request.app.state.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except (SQLAlchemyError, OSError) as exc:
-        log.warning("readyz.database_unavailable", error=type(exc).__name__)
-        body["database"] = "unreachable"
-    discovery = context(request).flows.discovery
+        await ctx.db.ping()
+    except DatabaseUnavailable as exc:
+        log.warning("readyz.database_unavailable", reason=exc.reason, detail=exc.detail)
+        body["database"] = f"unavailable: {exc.reason}"
     try:
-        await discovery.get()  # cached, or one attempt when the backoff allows
+        await ctx.discovery.get()  # cached, or one attempt when the backoff allows
+        ctx.metrics.provider_ready.set(1)
     except RelayError:
-        body["provider"] = f"unavailable: {discovery.last_error}"
-    if body["database"] != "ok" or body["provider"] != "ok":
+        body["provider"] = f"unavailable: {ctx.discovery.last_error}"
+        ctx.metrics.provider_ready.set(0)
+    if ctx.listener is not None:
+        body["session_cache"] = "trusted" if ctx.listener.trusted() else "bypassed"
+    if ctx.lifecycle.shutting_down:
+        body["status"] = "shutting_down"
+        return JSONResponse(body, status_code=503)
+    if body["database"] != "ok":
         body["status"] = "unavailable"
         return JSONResponse(body, status_code=503)
     return JSONResponse(body)
@@ -46,5 +54,5 @@ async def metrics(request: Request) -> Response:
     ctx = context(request)
     if client_address(request, ctx.proxies) not in ctx.metrics_readers:
         return JSONResponse({"error": "not_found"}, status_code=404)
-    body = generate_latest(request.app.state.metrics.registry)
+    body = generate_latest(ctx.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

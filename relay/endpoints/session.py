@@ -34,7 +34,7 @@ async def auth_redirect(request: Request) -> Response:
     except Unauthorized:
         if not _is_navigation(request, ctx):
             raise
-        login = ctx.flows.config.server.public_url + "/login"
+        login = ctx.config.server.public_url + "/login"
         rd = original_url(request, ctx.proxies)
         if rd is not None:
             login += "?" + urlencode({"rd": rd})
@@ -53,7 +53,7 @@ async def auth_handshake(websocket: WebSocket) -> None:
     try:
         response = await endpoint(request)
     except RelayError as exc:
-        response = error_response(request, exc)
+        response = await error_response(request, exc)
     await websocket.send_denial_response(response)
 
 
@@ -95,7 +95,7 @@ async def userinfo(request: Request) -> Response:
 
 
 async def logout_page(request: Request) -> Response:
-    action = html.escape(context(request).flows.config.server.public_url + "/logout")
+    action = html.escape(context(request).config.server.public_url + "/logout")
     return page(
         "Sign out",
         f'<form method=post action="{action}"><p>Sign out of all apps behind this relay?</p>'
@@ -106,7 +106,7 @@ async def logout_page(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     ctx = context(request)
-    if not _same_origin(request, ctx.flows.config.server.origin):
+    if not _same_origin(request, ctx.config.server.origin):
         raise Forbidden("logout.cross_origin")
     after = await ctx.flows.logout(ctx.cookies.session_id(request))
     response = RedirectResponse(after, status_code=303)
@@ -126,14 +126,14 @@ def _same_origin(request: Request, origin: str) -> bool:
 async def _logout_targets(ctx: Context) -> list[str]:
     # CSP form-action also governs the redirects after the POST: allow the provider's logout.
     try:
-        metadata = await ctx.flows.discovery.get()
+        metadata = await ctx.discovery.get()
     except RelayError:
         return []
     if metadata.end_session_endpoint is None:
         return []
     parts = urlsplit(metadata.end_session_endpoint)
     targets = [f"{parts.scheme}://{parts.netloc}"]
-    after = ctx.flows.config.provider.post_logout_redirect_url
+    after = ctx.config.provider.post_logout_redirect_url
     if after:
         parts = urlsplit(after)
         targets.append(f"{parts.scheme}://{parts.netloc}")
@@ -142,7 +142,7 @@ async def _logout_targets(ctx: Context) -> list[str]:
 
 async def home(request: Request) -> Response:
     ctx = context(request)
-    prefix = html.escape(ctx.flows.config.server.public_url)
+    prefix = html.escape(ctx.config.server.public_url)
     try:
         session = await ctx.flows.authenticate(ctx.cookies.session_id(request))
     except Unauthorized:

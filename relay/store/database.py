@@ -1,33 +1,148 @@
-"""The engine, and the schema's state against the migrations in migrations/."""
+"""The engine, the one place database errors become relay errors, and the schema's state
+against the migrations in migrations/.
+
+Every statement the store sends goes through :class:`Database`: ``read()`` for a lookup (an
+autocommit connection: no BEGIN or ROLLBACK around one SELECT), ``write()`` for a
+transaction. Both are bounded in time and turn whatever the driver, the pool or the network
+raise into :class:`~relay.errors.DatabaseUnavailable` (503), ``from`` the original.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from relay.errors import DatabaseUnavailable
+
+# What an unreachable, refusing, locked or slow database looks like from here. SQLAlchemy's
+# own errors (a statement that does not compile...) are bugs, left to crash loudly.
+_FAILURES = (
+    sa_exc.DBAPIError,
+    sa_exc.TimeoutError,
+    sa_exc.DisconnectionError,
+    psycopg.Error,
+    sqlite3.Error,
+    OSError,
+    TimeoutError,
+)
+# A server-side timeout (statement_timeout, lock_timeout) or our own bound ran out.
+_TIMEOUTS = (
+    TimeoutError,
+    sa_exc.TimeoutError,
+    psycopg.errors.QueryCanceled,
+    psycopg.errors.LockNotAvailable,
+)
+# The server cancels a statement after ``timeout``; our own bound waits a little longer, so
+# that the server's cancellation (which leaves the connection usable) normally comes first.
+_GRACE = 1.0
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(
+    url: str, *, timeout: float = 2.0, pool_size: int = 10, max_overflow: int = 0
+) -> AsyncEngine:
+    """An engine whose every wait is bounded by ``timeout`` seconds: a connection from the pool,
+    a new connection, a statement, a lock. SQL parameters never reach an error message."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine = create_async_engine(url, hide_parameters=True)
+        busy_ms = int(timeout * 1000)
+
+        def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # WAL lets /auth read while the pruner deletes; busy_timeout waits out a writer
+            # (up to the bound) instead of failing at once with "database is locked".
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cursor.close()
+
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    ms = int(timeout * 1000)
+    return create_async_engine(
+        url,
+        hide_parameters=True,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=timeout,
+        # No pre-ping: a dead pooled connection fails its statement, which is translated into
+        # a 503 like any other failure and invalidates the pool; pinging cost a round trip
+        # on every checkout.
+        pool_pre_ping=False,
+        connect_args={
+            "connect_timeout": max(2, round(timeout)),  # libpq's floor is 2 seconds
+            "options": f"-c statement_timeout={ms} -c lock_timeout={ms}",
+        },
+    )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets /auth read while the pruner deletes; busy_timeout waits out a writer instead of
-    # failing with "database is locked".
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
+def failure(exc: BaseException) -> DatabaseUnavailable:
+    """The relay error for a database failure: a reason slug and the driver's first line."""
+    cause = getattr(exc, "orig", None) or exc
+    reason = "database.timeout" if isinstance(cause, _TIMEOUTS) else "database.unavailable"
+    if isinstance(exc, sa_exc.TimeoutError):
+        reason = "database.timeout"  # the pool: every connection busy for the whole bound
+    first_line = (str(cause).strip().splitlines() or [""])[0][:200]
+    detail = f"{type(cause).__name__}: {first_line}" if first_line else type(cause).__name__
+    return DatabaseUnavailable(reason, detail)
+
+
+class Database:
+    """The engine, bounded in time and with its errors translated; the store's only door."""
+
+    def __init__(self, engine: AsyncEngine, timeout: float) -> None:
+        self.engine = engine
+        self.timeout = timeout
+        self.is_postgres = engine.dialect.name == "postgresql"
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for statements that need no transaction (one SELECT, one UPDATE)."""
+        try:
+            async with asyncio.timeout(self.timeout + _GRACE):
+                async with self._autocommit.connect() as conn:
+                    yield conn
+        except _FAILURES as exc:
+            raise failure(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction, committed when the block ends, rolled back if it raises."""
+        try:
+            async with asyncio.timeout(self.timeout + _GRACE):
+                async with self.engine.begin() as conn:
+                    yield conn
+        except _FAILURES as exc:
+            raise failure(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def maintenance(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for housekeeping that commits as it goes (the pruner's batches): each
+        statement is bounded by the server, the whole pass is not."""
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except _FAILURES as exc:
+            raise failure(exc) from exc
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
 
 
 def migrations_dir() -> Path:

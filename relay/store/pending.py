@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.crypto import Sealer
+from relay.store.database import Database
 from relay.store.models import sessions
 
 PENDING = "pending"
@@ -23,8 +23,8 @@ class PendingLogin:
 
 
 class PendingLogins:
-    def __init__(self, engine: AsyncEngine, sealer: Sealer) -> None:
-        self._engine = engine
+    def __init__(self, db: Database, sealer: Sealer) -> None:
+        self._db = db
         self._sealer = sealer
 
     async def count_for_browser(self, binding_hash: str, now: int) -> int:
@@ -37,7 +37,7 @@ class PendingLogins:
                 sessions.c.expires_at > now,
             )
         )
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             return int((await conn.execute(query)).scalar_one())
 
     async def count_all(self, now: int, up_to: int) -> int:
@@ -48,11 +48,11 @@ class PendingLogins:
             .limit(up_to)
             .subquery()
         )
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             return int((await conn.execute(select(func.count()).select_from(live))).scalar_one())
 
     async def add(self, state_hash: str, binding_hash: str, login: PendingLogin) -> None:
-        async with self._engine.begin() as conn:
+        async with self._db.write() as conn:
             await conn.execute(
                 insert(sessions).values(
                     id_hash=state_hash,
@@ -87,7 +87,7 @@ class PendingLogins:
                 sessions.c.expires_at,
             )
         )
-        async with self._engine.begin() as conn:
+        async with self._db.write() as conn:
             row = (await conn.execute(statement)).first()
         if row is None or row.expires_at <= now:
             return None

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from relay.store.database import Database
 from relay.store.models import sessions
 
 # pg_try_advisory_lock key shared by every relay on a database: "relay" + "prune" in ASCII.
@@ -22,14 +23,14 @@ class PruneResult:
     skipped: bool = False  # another process held the lock
 
 
-async def prune(engine: AsyncEngine, now: int, batch_size: int) -> PruneResult:
+async def prune(db: Database, now: int, batch_size: int) -> PruneResult:
     """Delete rows with expires_at <= now, batch_size at a time, each batch committed alone.
 
     On PostgreSQL the pass runs under an advisory lock; a process that cannot take it skips
     the pass, so two relays on one database never prune at the same time.
     """
-    async with engine.connect() as conn:
-        postgres = conn.dialect.name == "postgresql"
+    async with db.maintenance() as conn:
+        postgres = db.is_postgres
         if postgres:
             locked = (await conn.execute(_TRY_LOCK, {"key": ADVISORY_LOCK_KEY})).scalar_one()
             await conn.commit()

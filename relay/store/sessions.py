@@ -1,6 +1,8 @@
 """Authenticated sessions: created by /callback, read on every /auth, ended by /logout.
 
-Expiry is checked on every read; the pruner only reclaims space.
+Expiry is checked on every read, cached or not; the pruner only reclaims space. Reads are
+answered from the in-process cache (store/cache.py) when it may be trusted; ending a session
+invalidates it on every replica (store/invalidation.py).
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import bindparam, delete, insert, select, update
 
 from relay.crypto import Sealer, SealError
+from relay.store.cache import CachedSession, SessionCache
+from relay.store.database import Database
+from relay.store.invalidation import announce
 from relay.store.models import sessions
 
 ACTIVE = "active"
@@ -45,18 +49,36 @@ class ActiveSession:
     expires_at: int
 
 
+# Built once: SQLAlchemy then finds their compiled form in its cache without rebuilding them.
+_LOOKUP = select(
+    sessions.c.subject,
+    sessions.c.claims,
+    sessions.c.created_at,
+    sessions.c.last_accessed_at,
+    sessions.c.expires_at,
+).where(sessions.c.id_hash == bindparam("key"), sessions.c.status == ACTIVE)
+# A touch writes only if nobody (no other request, no other replica) touched the row within
+# the interval: of concurrent touches one writes, and the others read the row again.
+_TOUCH = (
+    update(sessions)
+    .where(
+        sessions.c.id_hash == bindparam("key"),
+        sessions.c.status == ACTIVE,
+        sessions.c.expires_at > bindparam("now"),
+        sessions.c.last_accessed_at <= bindparam("touched_before"),
+    )
+    .values(last_accessed_at=bindparam("now"), expires_at=bindparam("new_expires_at"))
+)
+
+
 class Sessions:
-    def __init__(self, engine: AsyncEngine, sealer: Sealer, lifetimes: Lifetimes) -> None:
-        self._engine = engine
+    def __init__(
+        self, db: Database, sealer: Sealer, lifetimes: Lifetimes, cache: SessionCache
+    ) -> None:
+        self._db = db
         self._sealer = sealer
         self._lifetimes = lifetimes
-        self._lookup = select(
-            sessions.c.subject,
-            sessions.c.claims,
-            sessions.c.created_at,
-            sessions.c.last_accessed_at,
-            sessions.c.expires_at,
-        ).where(sessions.c.status == ACTIVE)
+        self.cache = cache
 
     async def create(
         self,
@@ -69,7 +91,7 @@ class Sessions:
         sid: str | None = None,
     ) -> ActiveSession:
         expires_at = self._lifetimes.expires_at(now, now)
-        async with self._engine.begin() as conn:
+        async with self._db.write() as conn:
             await conn.execute(
                 insert(sessions).values(
                     id_hash=id_hash,
@@ -89,32 +111,66 @@ class Sessions:
 
     async def get(self, id_hash: str, now: int) -> ActiveSession | None:
         """The live session for this hash, touched at most once per touch_interval."""
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(self._lookup.where(sessions.c.id_hash == id_hash))).first()
-            if row is None or row.expires_at <= now:
+        entry = self.cache.get(id_hash)
+        if entry is not None and entry.expires_at <= now:
+            # Expired by what this replica knows; another may have touched it since.
+            self.cache.discard(id_hash)
+            entry = None
+        if entry is None:
+            entry = await self._read(id_hash, now)
+            if entry is None:
                 return None
-            last_accessed_at, expires_at = row.last_accessed_at, row.expires_at
-            if now - last_accessed_at >= self._lifetimes.touch_interval:
-                last_accessed_at = now
-                expires_at = self._lifetimes.expires_at(row.created_at, now)
-                # Guarded by the value we read: of two concurrent touches only one writes.
-                await conn.execute(
-                    update(sessions)
-                    .where(
-                        sessions.c.id_hash == id_hash,
-                        sessions.c.last_accessed_at == row.last_accessed_at,
-                    )
-                    .values(last_accessed_at=now, expires_at=expires_at)
-                )
-                await conn.commit()
+        if now - entry.last_accessed_at >= self._lifetimes.touch_interval and not entry.touching:
+            entry = await self._touch(id_hash, entry, now)
+            if entry is None:
+                return None
         return ActiveSession(
-            id_hash=id_hash,
-            subject=row.subject,
-            claims=json.loads(row.claims),
-            created_at=row.created_at,
-            last_accessed_at=last_accessed_at,
-            expires_at=expires_at,
+            id_hash,
+            entry.subject,
+            entry.claims,
+            entry.created_at,
+            entry.last_accessed_at,
+            entry.expires_at,
         )
+
+    async def _read(self, id_hash: str, now: int) -> CachedSession | None:
+        generation = self.cache.generation
+        async with self._db.read() as conn:
+            row = (await conn.execute(_LOOKUP, {"key": id_hash})).first()
+        if row is None or row.expires_at <= now:
+            return None
+        entry = CachedSession(
+            row.subject,
+            json.loads(row.claims),
+            row.created_at,
+            row.last_accessed_at,
+            row.expires_at,
+        )
+        self.cache.put(id_hash, entry, generation)
+        return entry
+
+    async def _touch(self, id_hash: str, entry: CachedSession, now: int) -> CachedSession | None:
+        expires_at = self._lifetimes.expires_at(entry.created_at, now)
+        entry.touching = True
+        try:
+            async with self._db.read() as conn:
+                result = await conn.execute(
+                    _TOUCH,
+                    {
+                        "key": id_hash,
+                        "now": now,
+                        "touched_before": now - self._lifetimes.touch_interval,
+                        "new_expires_at": expires_at,
+                    },
+                )
+        finally:
+            entry.touching = False
+        if result.rowcount == 1:
+            entry.last_accessed_at, entry.expires_at = now, expires_at
+            return entry
+        # Touched elsewhere within the interval, or gone: the table knows which.
+        self.cache.discard(id_hash)
+        return await self._read(id_hash, now)
 
     async def delete(self, id_hash: str) -> str | None:
         """End a session; return its ID token (for the provider's logout hint), if any."""
@@ -123,8 +179,11 @@ class Sessions:
             .where(sessions.c.id_hash == id_hash, sessions.c.status == ACTIVE)
             .returning(sessions.c.id_token)
         )
-        async with self._engine.begin() as conn:
+        async with self._db.write() as conn:
             row = (await conn.execute(statement)).first()
+            if row is not None:
+                await announce(conn, [id_hash])
+        self.cache.invalidate([id_hash])
         if row is None:
             return None
         try:
@@ -141,5 +200,10 @@ class Sessions:
             statement = statement.where(sessions.c.sid == sid)
         if subject is not None:
             statement = statement.where(sessions.c.subject == subject)
-        async with self._engine.begin() as conn:
-            return (await conn.execute(statement)).rowcount
+        async with self._db.write() as conn:
+            ended = [
+                row.id_hash for row in await conn.execute(statement.returning(sessions.c.id_hash))
+            ]
+            await announce(conn, ended)
+        self.cache.invalidate(ended)
+        return len(ended)

@@ -1,0 +1,87 @@
+"""The in-process cache of live sessions that keeps the database off the hot path.
+
+What makes a cached answer safe is not a TTL:
+
+- Expiry (idle and absolute) is judged on every hit against the clock, from the cached
+  timestamps. Those can only be older than the row's (a touch elsewhere moves them forward),
+  so the cache may think a session expired early, never late; the store then asks the table.
+- Ending a session (logout, back-channel logout, revocation) invalidates its entry here at
+  once, and on other replicas through PostgreSQL's LISTEN/NOTIFY (store/invalidation.py).
+- The cache is *trusted* only while ``trusted()`` says so: always with SQLite (one process,
+  every write goes through this cache), and with PostgreSQL only while the invalidation
+  listener has confirmed, less than its bound ago, that it still receives every
+  notification. An untrusted cache answers nothing and takes nothing in.
+- A lookup that raced an invalidation does not put a stale row back: every invalidation
+  bumps ``generation``, and ``put`` refuses an entry read under an older one.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class CachedSession:
+    subject: str
+    claims: dict[str, Any]
+    created_at: int
+    last_accessed_at: int
+    expires_at: int
+    # A touch of this session is on its way to the database: the other requests for it do not
+    # send one of their own.
+    touching: bool = field(default=False, compare=False)
+
+
+def _always() -> bool:
+    return True
+
+
+class SessionCache:
+    def __init__(self, max_entries: int, trusted: Callable[[], bool] = _always) -> None:
+        self._entries: OrderedDict[str, CachedSession] = OrderedDict()
+        self._max = max_entries
+        self.trusted = trusted
+        self.generation = 0
+        self.hits = self.misses = self.invalidations = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, id_hash: str) -> CachedSession | None:
+        """The cached session, if the cache may be believed right now and holds it."""
+        entry = self._entries.get(id_hash)
+        if entry is None or not self.trusted():
+            self.misses += 1
+            return None
+        self._entries.move_to_end(id_hash)
+        self.hits += 1
+        return entry
+
+    def put(self, id_hash: str, entry: CachedSession, generation: int) -> None:
+        """Remember a session read from the table when ``generation`` was current."""
+        if generation != self.generation or not self.trusted() or self._max == 0:
+            return
+        self._entries[id_hash] = entry
+        self._entries.move_to_end(id_hash)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def discard(self, id_hash: str) -> None:
+        """Forget an entry that is merely out of date (no session ended)."""
+        self._entries.pop(id_hash, None)
+
+    def invalidate(self, id_hashes: Iterable[str]) -> None:
+        """These sessions ended: forget them, and anything read before now."""
+        self.generation += 1
+        for id_hash in id_hashes:
+            if self._entries.pop(id_hash, None) is not None:
+                self.invalidations += 1
+
+    def flush(self) -> None:
+        """Forget everything: invalidations may have been missed."""
+        self.generation += 1
+        self.invalidations += len(self._entries)
+        self._entries.clear()

@@ -1,0 +1,137 @@
+"""Ended sessions, told to every replica: PostgreSQL LISTEN/NOTIFY.
+
+A statement that ends sessions calls :func:`announce` in its own transaction, so the
+notification goes out if and only if the sessions really ended (NOTIFY is transactional).
+Each replica keeps one :class:`Listener` connection, which drops the named sessions from its
+cache the moment the notification arrives.
+
+The listener also says whether the cache may be trusted. Every ``HEARTBEAT`` seconds it sends
+a ``SELECT 1`` on the listening connection; PostgreSQL delivers every notification committed
+before that statement ahead of its answer, so when the answer comes, nothing older can still
+be missing. The cache is trusted until ``TRUST`` seconds after the start of the last answered
+heartbeat. A connection that dies, hangs or is terminated stops confirming: within ``TRUST``
+the cache is bypassed (every /auth reads the table), and when the listener is back it flushes
+the cache before trusting it again, because notifications sent meanwhile were lost. A
+session ended on any replica therefore stops working everywhere within ``TRUST`` seconds,
+plus the time the ending transaction takes to commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+import psycopg
+import structlog
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from relay.background import stop_if_cancelling
+from relay.store.cache import SessionCache
+
+log = structlog.get_logger("relay.invalidation")
+
+CHANNEL = "relay_sessions_ended"
+HEARTBEAT = 0.25  # seconds between confirmations
+TRUST = 0.75  # seconds a confirmation is good for; the documented bound is 1 second
+_PER_NOTIFY = 100  # hashes per payload: 100 x 65 bytes stays under PostgreSQL's 8000
+_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :payload)")
+_RETRY_MAX = 5.0
+
+
+async def announce(conn: AsyncConnection, id_hashes: Sequence[str]) -> None:
+    """Queue a notification for these ended sessions in ``conn``'s transaction (PostgreSQL;
+    with SQLite there is one process and its cache is told directly)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for start in range(0, len(id_hashes), _PER_NOTIFY):
+        payload = " ".join(id_hashes[start : start + _PER_NOTIFY])
+        await conn.execute(_NOTIFY, {"payload": payload})
+
+
+def libpq_url(sqlalchemy_url: str) -> str:
+    """postgresql+psycopg://... as the plain libpq URL psycopg connects with."""
+    url = make_url(sqlalchemy_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+class Listener:
+    """One LISTEN connection per replica, reconnecting with backoff; see the module doc."""
+
+    def __init__(
+        self,
+        database_url: str,
+        cache: SessionCache,
+        *,
+        timeout: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._conninfo = libpq_url(database_url)
+        self._cache = cache
+        self._timeout = timeout
+        self._monotonic = monotonic
+        self._trusted_until = 0.0
+        self.connected = False
+        self.reconnects = 0
+        cache.trusted = self.trusted
+
+    def trusted(self) -> bool:
+        return self._monotonic() < self._trusted_until
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting after any failure."""
+        delay = HEARTBEAT
+        while True:
+            try:
+                await self._listen()
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                stop_if_cancelling()
+                self._lost(exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX)
+            if self.connected:  # it had come back in between
+                delay = HEARTBEAT
+
+    async def _listen(self) -> None:
+        async with asyncio.timeout(self._timeout):
+            conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=max(2, round(self._timeout))
+            )
+        try:
+            async with asyncio.timeout(self._timeout):
+                await conn.execute(f"LISTEN {CHANNEL}")
+            # Whatever ended while nobody listened is unknown: start from an empty cache.
+            self._cache.flush()
+            self.connected = True
+            self.reconnects += 1
+            log.info("invalidation.listening", reconnects=self.reconnects - 1)
+            while True:
+                await self._confirm(conn)
+                async for notice in conn.notifies(timeout=HEARTBEAT):
+                    self._cache.invalidate(notice.payload.split())
+        finally:
+            self._trusted_until = 0.0
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await conn.close()
+            except (psycopg.Error, OSError, TimeoutError):
+                pass  # it is being dropped either way
+
+    async def _confirm(self, conn: psycopg.AsyncConnection[object]) -> None:
+        started = self._monotonic()
+        async with asyncio.timeout(TRUST):
+            await conn.execute("SELECT 1")
+            # Notifications that came in ahead of the answer are held by psycopg until asked
+            # for: take them before vouching for the cache.
+            async for notice in conn.notifies(timeout=0):
+                self._cache.invalidate(notice.payload.split())
+        self._trusted_until = started + TRUST
+
+    def _lost(self, exc: BaseException) -> None:
+        self._trusted_until = 0.0
+        self._cache.flush()
+        if self.connected:
+            log.warning("invalidation.lost", error=type(exc).__name__)
+        self.connected = False
