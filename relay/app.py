@@ -18,6 +18,7 @@ from relay.config import Config
 from relay.cookies import CookiePolicy
 from relay.crypto import Sealer
 from relay.endpoints import Context
+from relay.endpoints.shortcut import AuthShortcut
 from relay.errors import RelayError
 from relay.flows import Flows
 from relay.forwarded import AddressSet
@@ -94,6 +95,7 @@ def create_app(
             # Other replicas end sessions too: the cache is trusted only while this listener
             # hears about it (store/invalidation.py).
             listener = Listener(database.url, cache, timeout=database.timeout)
+        sessions = Sessions(db, sealer, lifetimes, cache)
         discovery = Discovery(http, config.provider.issuer, config.provider.metadata_ttl, clock)
         flows = Flows(
             config=config,
@@ -101,7 +103,7 @@ def create_app(
             discovery=discovery,
             jwks=JwksCache(http, config.provider.jwks_refresh_cooldown, clock),
             pending=PendingLogins(db, sealer),
-            sessions=Sessions(db, sealer, lifetimes, cache),
+            sessions=sessions,
             metrics=metrics,
             clock=clock,
         )
@@ -113,6 +115,8 @@ def create_app(
             flows=flows,
             discovery=discovery,
             db=db,
+            sessions=sessions,
+            clock=clock,
             cookies=CookiePolicy.from_config(session),
             proxies=AddressSet.parse(config.server.trusted_proxies),
             login_limiter=LoginLimiter(config.limits.login_rate),
@@ -153,7 +157,10 @@ def create_app(
 
     return Starlette(
         routes=routes(config.server.path_prefix),
-        middleware=[Middleware(RequestContext, metrics=metrics, logging=config.logging)],
+        middleware=[
+            Middleware(RequestContext, metrics=metrics, logging=config.logging),
+            Middleware(AuthShortcut, prefix=config.server.path_prefix),
+        ],
         # Anything else is caught by RequestContext, inside the request's log context.
         exception_handlers={RelayError: error_response},
         lifespan=lifespan,

@@ -75,8 +75,20 @@ class CookiePolicy:
 
 
 def _read(request: Request, name: str) -> str | None:
-    value = request.cookies.get(name)
-    # Anything not shaped like one of our ids is not looked up at all.
+    return cookie_id(request.headers.get("cookie"), name)
+
+
+def cookie_id(header: str | None, name: str) -> str | None:
+    """Our id from a Cookie header, as Starlette reads cookies (the first Cookie header; of
+    two cookies with one name, the last), without parsing the others: this runs on every
+    forward-auth check. Anything not shaped like one of our ids is not looked up at all."""
+    if header is None or name not in header:
+        return None
+    value = None
+    for chunk in header.split(";"):
+        key, sep, candidate = chunk.partition("=")
+        if sep and key.strip() == name:
+            value = candidate.strip()
     if value is None or not looks_like_id(value):
         return None
     return value

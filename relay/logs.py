@@ -32,6 +32,10 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
 
 
 def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
+    """Our events are rendered by structlog alone (no stdlib LogRecord on the way: the access
+    line is on the hot path); other libraries' stdlib records (uvicorn's) go through the same
+    processors into the same stream."""
+    out = stream or sys.stdout
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -44,13 +48,9 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     else:
         renderer = structlog.processors.JSONRenderer()
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -61,7 +61,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -72,7 +72,9 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").handlers[:] = []
     logging.getLogger("uvicorn.access").propagate = False
-    # httpx2 logs full URLs at info; httpcore2 logs request headers (Authorization) at debug.
-    for name in ("httpx2", "httpcore2"):
+    # httpx2 logs full URLs at info; httpcore2 logs request headers (Authorization) at debug;
+    # aiosqlite logs every statement with its parameters (nonces, claims, sealed tokens) at
+    # debug; psycopg's pool and SQLAlchemy's engine log statements when turned up.
+    for name in ("httpx2", "httpcore2", "aiosqlite", "psycopg", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # we log database.migrated ourselves

@@ -58,6 +58,9 @@ class RequestContext:
         self.access_lines = logging.access_log
         self.auth_sample = logging.auth_success_sample
         self._ids = RequestIds()
+        # Bound once (the app is built after logging is configured): a module-level proxy
+        # would build a new logger for every line.
+        self._access = access_log.bind()
         self._observers: dict[tuple[str, int], Callable[[float], None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -111,7 +114,7 @@ class RequestContext:
                 or random.random() < self.auth_sample
             ):
                 # The path only: query strings carry codes and states.
-                access_log.info(
+                self._access.info(
                     "http.request",
                     method=scope["method"],
                     path=scope["path"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -15,6 +16,7 @@ from relay.oidc.discovery import Discovery
 from relay.ratelimit import LoginLimiter
 from relay.store.database import Database
 from relay.store.invalidation import Listener
+from relay.store.sessions import Sessions
 
 
 @dataclass
@@ -32,6 +34,8 @@ class Context:
     flows: Flows
     discovery: Discovery
     db: Database
+    sessions: Sessions
+    clock: Callable[[], float]
     cookies: CookiePolicy
     proxies: AddressSet
     login_limiter: LoginLimiter
@@ -39,6 +43,9 @@ class Context:
     metrics: Metrics
     listener: Listener | None = None  # PostgreSQL only
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+
+    def now(self) -> int:
+        return int(self.clock())
 
 
 def context(request: Request) -> Context:

@@ -6,7 +6,7 @@ import html
 from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.websockets import WebSocket
 
 from relay.endpoints import Context, context
@@ -16,6 +16,7 @@ from relay.pages import error_response, page, wants_json
 from relay.store.sessions import ActiveSession
 
 _CONTROL = dict.fromkeys(range(32)) | {127: None}
+_EMPTY_TEXT = ((b"content-length", b"0"), (b"content-type", b"text/plain; charset=utf-8"))
 
 
 async def auth(request: Request) -> Response:
@@ -69,23 +70,30 @@ def _is_navigation(request: Request, ctx: Context) -> bool:
 
 
 def _identity_response(session: ActiveSession) -> Response:
+    response = Response(status_code=200)
+    response.raw_headers = identity_headers(session)
+    return response
+
+
+def identity_headers(session: ActiveSession) -> list[tuple[bytes, bytes]]:
+    """The whole header list of a 200 from /auth: an empty text body and who is signed in."""
     claims = session.claims
     user = claims.get("preferred_username") or claims.get("email") or session.subject
     email = claims.get("email")
     # All four, always, empty when unknown: a proxy that copies them onto the upstream request
     # then replaces a header the client forged instead of letting it through.
-    headers = {
-        "x-auth-request-subject": session.subject,
-        "x-auth-request-user": str(user),
-        "x-auth-request-email": email if isinstance(email, str) else "",
-        "x-auth-request-groups": ",".join(claims.get("groups") or []),
-    }
-    response = PlainTextResponse("", status_code=200)
-    for name, value in headers.items():
-        # Claims are the provider's text: no control characters may reach a header. Non-ASCII
-        # values go out as UTF-8 bytes, as the provider sent them.
-        response.raw_headers.append((name.encode(), value.translate(_CONTROL).encode("utf-8")))
-    return response
+    identity = (
+        (b"x-auth-request-subject", session.subject),
+        (b"x-auth-request-user", str(user)),
+        (b"x-auth-request-email", email if isinstance(email, str) else ""),
+        (b"x-auth-request-groups", ",".join(claims.get("groups") or [])),
+    )
+    # Claims are the provider's text: no control characters may reach a header. Non-ASCII
+    # values go out as UTF-8 bytes, as the provider sent them.
+    return [
+        *_EMPTY_TEXT,
+        *((name, value.translate(_CONTROL).encode("utf-8")) for name, value in identity),
+    ]
 
 
 async def userinfo(request: Request) -> Response:

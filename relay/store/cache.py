@@ -19,20 +19,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relay.store.sessions import ActiveSession
 
 
 @dataclass
 class CachedSession:
-    subject: str
-    claims: dict[str, Any]
-    created_at: int
-    last_accessed_at: int
-    expires_at: int
+    session: ActiveSession
     # A touch of this session is on its way to the database: the other requests for it do not
     # send one of their own.
-    touching: bool = field(default=False, compare=False)
+    touching: bool = False
 
 
 def _always() -> bool:
@@ -51,13 +50,12 @@ class SessionCache:
         return len(self._entries)
 
     def get(self, id_hash: str) -> CachedSession | None:
-        """The cached session, if the cache may be believed right now and holds it."""
+        """The cached session, if the cache may be believed right now and holds it. (The
+        store counts hits and misses: it knows which lookups it answered from here.)"""
         entry = self._entries.get(id_hash)
         if entry is None or not self.trusted():
-            self.misses += 1
             return None
         self._entries.move_to_end(id_hash)
-        self.hits += 1
         return entry
 
     def put(self, id_hash: str, entry: CachedSession, generation: int) -> None:

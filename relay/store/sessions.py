@@ -8,7 +8,7 @@ invalidates it on every replica (store/invalidation.py).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -91,6 +91,7 @@ class Sessions:
         sid: str | None = None,
     ) -> ActiveSession:
         expires_at = self._lifetimes.expires_at(now, now)
+        generation = self.cache.generation
         async with self._db.write() as conn:
             await conn.execute(
                 insert(sessions).values(
@@ -107,12 +108,26 @@ class Sessions:
                     expires_at=expires_at,
                 )
             )
-        return ActiveSession(id_hash, subject, claims, now, now, expires_at)
+        session = ActiveSession(id_hash, subject, claims, now, now, expires_at)
+        self.cache.put(id_hash, CachedSession(session), generation)
+        return session
+
+    def cached(self, id_hash: str, now: int) -> ActiveSession | None:
+        """The session, when the cache alone can answer for it now: trusted, holding it, not
+        expired, no touch due. No I/O: the forward-auth shortcut asks this first."""
+        entry = self.cache.get(id_hash)
+        if entry is None:
+            return None
+        session = entry.session
+        if session.expires_at <= now or self._touch_due(entry, now):
+            return None
+        self.cache.hits += 1
+        return session
 
     async def get(self, id_hash: str, now: int) -> ActiveSession | None:
         """The live session for this hash, touched at most once per touch_interval."""
         entry = self.cache.get(id_hash)
-        if entry is not None and entry.expires_at <= now:
+        if entry is not None and entry.session.expires_at <= now:
             # Expired by what this replica knows; another may have touched it since.
             self.cache.discard(id_hash)
             entry = None
@@ -120,37 +135,38 @@ class Sessions:
             entry = await self._read(id_hash, now)
             if entry is None:
                 return None
-        if now - entry.last_accessed_at >= self._lifetimes.touch_interval and not entry.touching:
+        else:
+            self.cache.hits += 1
+        if self._touch_due(entry, now):
             entry = await self._touch(id_hash, entry, now)
-            if entry is None:
-                return None
-        return ActiveSession(
-            id_hash,
-            entry.subject,
-            entry.claims,
-            entry.created_at,
-            entry.last_accessed_at,
-            entry.expires_at,
-        )
+        return None if entry is None else entry.session
+
+    def _touch_due(self, entry: CachedSession, now: int) -> bool:
+        last = entry.session.last_accessed_at
+        return now - last >= self._lifetimes.touch_interval and not entry.touching
 
     async def _read(self, id_hash: str, now: int) -> CachedSession | None:
+        self.cache.misses += 1
         generation = self.cache.generation
         async with self._db.read() as conn:
             row = (await conn.execute(_LOOKUP, {"key": id_hash})).first()
         if row is None or row.expires_at <= now:
             return None
         entry = CachedSession(
-            row.subject,
-            json.loads(row.claims),
-            row.created_at,
-            row.last_accessed_at,
-            row.expires_at,
+            ActiveSession(
+                id_hash,
+                row.subject,
+                json.loads(row.claims),
+                row.created_at,
+                row.last_accessed_at,
+                row.expires_at,
+            )
         )
         self.cache.put(id_hash, entry, generation)
         return entry
 
     async def _touch(self, id_hash: str, entry: CachedSession, now: int) -> CachedSession | None:
-        expires_at = self._lifetimes.expires_at(entry.created_at, now)
+        expires_at = self._lifetimes.expires_at(entry.session.created_at, now)
         entry.touching = True
         try:
             async with self._db.read() as conn:
@@ -166,7 +182,7 @@ class Sessions:
         finally:
             entry.touching = False
         if result.rowcount == 1:
-            entry.last_accessed_at, entry.expires_at = now, expires_at
+            entry.session = replace(entry.session, last_accessed_at=now, expires_at=expires_at)
             return entry
         # Touched elsewhere within the interval, or gone: the table knows which.
         self.cache.discard(id_hash)
