@@ -107,21 +107,24 @@ class RequestContext:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("endpoint"), "__name__", "unmatched")
             self._observe(route, status, elapsed)
-            if self.access_lines and (
-                status != 200
-                or route not in _SUCCESSFUL_CHECKS
-                or self.auth_sample >= 1.0
-                or random.random() < self.auth_sample
-            ):
-                # The path only: query strings carry codes and states.
-                self._access.info(
-                    "http.request",
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 2),
-                )
-            structlog.contextvars.clear_contextvars()
+            if self.access_lines:
+                self._access_line(scope, route, status, elapsed)
+
+    def _access_line(self, scope: Scope, route: str, status: int, elapsed: float) -> None:
+        fields: dict[str, object] = {}
+        if status == 200 and route in _SUCCESSFUL_CHECKS and self.auth_sample < 1.0:
+            if self.auth_sample == 0.0 or random.random() >= self.auth_sample:
+                return
+            fields["sample_rate"] = self.auth_sample  # this line stands for 1/sample_rate
+        # The path only: query strings carry codes and states.
+        self._access.info(
+            "http.request",
+            method=scope["method"],
+            path=scope["path"],
+            status=status,
+            duration_ms=round(elapsed * 1000, 2),
+            **fields,
+        )
 
     def _observe(self, route: str, status: int, elapsed: float) -> None:
         observe = self._observers.get((route, status))

@@ -17,6 +17,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from relay.cookies import cookie_id
 from relay.crypto import hash_id, short_hash
 from relay.endpoints import Context, session
+from relay.store.sessions import ActiveSession
+
+_READS = frozenset({"GET", "HEAD"})
+_MEMO_MAX = 100_000  # rendered header lists kept; past it they are dropped and rendered anew
 
 
 class AuthShortcut:
@@ -26,11 +30,12 @@ class AuthShortcut:
             prefix + "/auth": session.auth,
             prefix + "/auth/redirect": session.auth_redirect,
         }
+        self._rendered: dict[str, tuple[ActiveSession, list[tuple[bytes, bytes]]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self._paths.get(scope.get("path", ""))
         if endpoint is not None and scope["type"] == "http" and scope["method"] in _READS:
-            headers = _answer(scope["app"].state.relay, scope)
+            headers = self._answer(scope["app"].state.relay, scope)
             if headers is not None:
                 scope["endpoint"] = endpoint  # for the metrics and the access line
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -38,21 +43,26 @@ class AuthShortcut:
                 return
         await self.app(scope, receive, send)
 
-
-_READS = frozenset({"GET", "HEAD"})
-
-
-def _answer(ctx: Context, scope: Scope) -> list[tuple[bytes, bytes]] | None:
-    for name, value in scope["headers"]:
-        if name == b"cookie":
-            cookie = cookie_id(value.decode("latin-1"), ctx.cookies.session_name)
-            break
-    else:
-        return None
-    if cookie is None:
-        return None
-    active = ctx.sessions.cached(hash_id(cookie), ctx.now())
-    if active is None:
-        return None
-    structlog.contextvars.bind_contextvars(session=short_hash(active.id_hash))
-    return session.identity_headers(active)
+    def _answer(self, ctx: Context, scope: Scope) -> list[tuple[bytes, bytes]] | None:
+        for name, value in scope["headers"]:
+            if name == b"cookie":
+                cookie = cookie_id(value.decode("latin-1"), ctx.cookies.session_name)
+                break
+        else:
+            return None
+        if cookie is None:
+            return None
+        active = ctx.sessions.cached(hash_id(cookie), ctx.now())
+        if active is None:
+            return None
+        structlog.contextvars.bind_contextvars(session=short_hash(active.id_hash))
+        # The cache hands out the same ActiveSession until the session changes (a touch, a
+        # new read): its headers are rendered once per change, not once per request.
+        memo = self._rendered.get(active.id_hash)
+        if memo is not None and memo[0] is active:
+            return memo[1]
+        if len(self._rendered) >= _MEMO_MAX:
+            self._rendered.clear()
+        headers = session.identity_headers(active)
+        self._rendered[active.id_hash] = (active, headers)
+        return headers
