@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from relay.config import Config
 from relay.cookies import CookiePolicy
 from relay.crypto import Sealer
-from relay.endpoints import Context
+from relay.endpoints import Context, Lifecycle
 from relay.endpoints.shortcut import AuthShortcut
 from relay.errors import RelayError
 from relay.flows import Flows
@@ -29,7 +29,8 @@ from relay.oidc.jwks import JwksCache
 from relay.pages import error_response
 from relay.pruner import run_pruner
 from relay.ratelimit import LoginLimiter
-from relay.routes import routes
+from relay.routes import InternalPort, routes
+from relay.sampler import run_sampler
 from relay.store.cache import SessionCache
 from relay.store.database import (
     Database,
@@ -57,8 +58,10 @@ def create_app(
     transport: httpx2.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.time,
     run_pruner_task: bool = True,
+    lifecycle: Lifecycle | None = None,
 ) -> Starlette:
     metrics = Metrics()
+    lifecycle = lifecycle or Lifecycle()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -123,9 +126,11 @@ def create_app(
             metrics_readers=AddressSet.parse(config.server.metrics_allowed),
             metrics=metrics,
             listener=listener,
+            lifecycle=lifecycle,
         )
         # The relay starts whether or not the provider answers; /readyz tells which.
         tasks = [asyncio.create_task(discovery.warm_up(), name="discovery-warm-up")]
+        tasks.append(asyncio.create_task(run_sampler(db, metrics, clock), name="sampler"))
         if listener is not None:
             tasks.append(asyncio.create_task(listener.run(), name="invalidation-listener"))
         app.state.pruner = None
@@ -157,14 +162,22 @@ def create_app(
 
     return Starlette(
         routes=routes(config.server.path_prefix),
-        middleware=[
-            Middleware(RequestContext, metrics=metrics, logging=config.logging),
-            Middleware(AuthShortcut, prefix=config.server.path_prefix),
-        ],
+        middleware=middleware(config, metrics),
         # Anything else is caught by RequestContext, inside the request's log context.
         exception_handlers={RelayError: error_response},
         lifespan=lifespan,
     )
+
+
+def middleware(config: Config, metrics: Metrics) -> list[Middleware]:
+    """Outermost first: request context and access line; the internal port's routes (when
+    configured); the forward-auth shortcut, right before routing."""
+    prefix = config.server.path_prefix
+    stack = [Middleware(RequestContext, metrics=metrics, logging=config.logging)]
+    if config.server.internal_port is not None:
+        stack.append(Middleware(InternalPort, port=config.server.internal_port, prefix=prefix))
+    stack.append(Middleware(AuthShortcut, prefix=prefix))
+    return stack
 
 
 async def ensure_schema(engine: AsyncEngine, config: Config) -> None:

@@ -63,26 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(config: Config) -> int:
-    import uvicorn
-
-    from relay.app import SchemaBehind, create_app
+    from relay.app import SchemaBehind
+    from relay.serve import serve
 
     try:
         asyncio.run(_check_schema(config))
     except SchemaBehind as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 1
-    uvicorn.run(
-        create_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        log_config=None,  # our pipeline, configured above
-        access_log=False,  # replaced by our own http.request line
-        proxy_headers=False,  # X-Forwarded-* are judged by [server].trusted_proxies
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
-    return 0
+    return serve(config)
 
 
 async def _check_schema(config: Config) -> None:

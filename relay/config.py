@@ -88,6 +88,15 @@ class ServerConfig(_Section):
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
     # Client addresses that may read /metrics (through a trusted proxy: the forwarded client).
     metrics_allowed: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    # A second port (on the same host) serving only /healthz, /readyz and /metrics, to anyone
+    # who reaches it; /metrics then leaves the public port.
+    internal_port: int | None = Field(default=None, ge=1, le=65535)
+    # Let several `relay serve` processes share the port (SO_REUSEPORT): one per core.
+    reuse_port: bool = False
+    # After SIGTERM: /readyz says 503 and requests are still served for shutdown_delay (so a
+    # load balancer can take the replica out), then requests in flight get shutdown_timeout.
+    shutdown_delay: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0)] = 0
+    shutdown_timeout: Duration = 10
 
     _check_public_url = field_validator("public_url")(_https_unless_loopback)
 
@@ -100,6 +109,12 @@ class ServerConfig(_Section):
             except ValueError as exc:
                 raise ValueError(f"{entry!r} is not an IP address or CIDR range") from exc
         return value
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ServerConfig:
+        if self.internal_port is not None and self.internal_port == self.port:
+            raise ValueError("internal_port: must differ from server.port")
+        return self
 
     @property
     def path_prefix(self) -> str:

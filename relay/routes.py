@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from relay.endpoints import backchannel, login, probes, session
+from relay.endpoints import INTERNAL, backchannel, login, probes, session
 
 
 def routes(prefix: str) -> list[BaseRoute]:
@@ -25,3 +27,29 @@ def routes(prefix: str) -> list[BaseRoute]:
         Route("/metrics", probes.metrics, methods=["GET"]),
     ]
     return [Mount(prefix, routes=table)] if prefix else table
+
+
+PROBES = ("/healthz", "/readyz", "/metrics")
+
+
+class InternalPort:
+    """Pure ASGI, with [server] internal_port set: that port serves the probes and /metrics
+    (at the same paths as before) and nothing else; the public port no longer serves
+    /metrics."""
+
+    def __init__(self, app: ASGIApp, port: int, prefix: str) -> None:
+        self.app = app
+        self._port = port
+        self._probes = {prefix + path for path in PROBES}
+        self._metrics = prefix + "/metrics"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            server = scope.get("server")
+            internal = server is not None and server[1] == self._port
+            path = scope["path"]
+            if (internal and path not in self._probes) or (not internal and path == self._metrics):
+                await JSONResponse({"error": "not_found"}, status_code=404)(scope, receive, send)
+                return
+            scope[INTERNAL] = internal
+        await self.app(scope, receive, send)

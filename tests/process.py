@@ -35,7 +35,7 @@ class RelayProcess:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self, ready_marker: str = "Uvicorn running on", timeout: float = 30) -> None:
+    def start(self, ready_marker: str = "relay.listening", timeout: float = 30) -> None:
         self.proc = subprocess.Popen(
             [RELAY, "serve", "--config", str(self.config)],
             stdout=subprocess.PIPE,

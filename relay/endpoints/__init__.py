@@ -18,6 +18,8 @@ from relay.store.database import Database
 from relay.store.invalidation import Listener
 from relay.store.sessions import Sessions
 
+INTERNAL = "relay.internal_port"  # scope key: the request came in on [server].internal_port
+
 
 @dataclass
 class Lifecycle:

@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from relay.endpoints import context
+from relay.endpoints import INTERNAL, context
 from relay.errors import DatabaseUnavailable, RelayError
 from relay.forwarded import client_address
 
@@ -50,9 +50,11 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """Prometheus text format, for the addresses in [server].metrics_allowed only: behind a
-    proxy this path is as public as the login, and counts are nobody else's business."""
+    proxy this path is as public as the login, and counts are nobody else's business. On
+    [server].internal_port, for whoever reaches that port."""
     ctx = context(request)
-    if client_address(request, ctx.proxies) not in ctx.metrics_readers:
+    internal = request.scope.get(INTERNAL, False)
+    if not internal and client_address(request, ctx.proxies) not in ctx.metrics_readers:
         return JSONResponse({"error": "not_found"}, status_code=404)
     body = generate_latest(ctx.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,107 @@
+"""Operating a replica: a busy port is one line, probes and metrics on an internal port, the
+drain before a stop, and the gauges and cache counters a scraper reads."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx2
+
+from tests.process import RELAY, RelayProcess, free_port
+from tests.test_serve import write_config
+
+
+def test_a_busy_port_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    """If server.port is taken, serve stops before starting anything, with one line."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", port)
+        result = subprocess.run(
+            [RELAY, "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"relay: cannot listen on 127.0.0.1:{port} (server.port): Address already in use; "
+        "is another process using it?"
+    ]
+    assert "relay.started" not in result.stdout
+
+
+def test_internal_port_serves_probes_and_metrics_only(tmp_path: Path) -> None:
+    """With internal_port, /metrics moves there (open to whoever reaches the port), the
+    public port no longer serves it, and the internal port serves nothing but the probes."""
+    port, internal = free_port(), free_port()
+    config = write_config(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", port)
+    config.write_text(
+        config.read_text().replace("[server]\n", f"[server]\ninternal_port = {internal}\n")
+    )
+    with RelayProcess(config):
+        public, inside = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{internal}"
+        assert httpx2.get(public + "/metrics").status_code == 404
+        assert httpx2.get(public + "/healthz").status_code == 200
+        assert httpx2.get(public + "/auth").status_code == 401
+        scrape = httpx2.get(inside + "/metrics")
+        assert scrape.status_code == 200
+        for name in (
+            "relay_session_cache_hits_total",
+            "relay_session_cache_misses_total",
+            "relay_session_cache_entries",
+            "relay_session_cache_trusted 1.0",
+            'relay_request_duration_seconds_count{route="auth",status="401"} 1.0',
+        ):
+            assert name in scrape.text, name
+        assert httpx2.get(inside + "/readyz").status_code == 200
+        assert httpx2.get(inside + "/auth").status_code == 404
+        assert httpx2.get(inside + "/login").status_code == 404
+
+
+def test_sigterm_drains_before_stopping(tmp_path: Path) -> None:
+    """After SIGTERM, for shutdown_delay, /readyz says 503 shutting_down while requests are
+    still answered; then the process stops."""
+    port = free_port()
+    config = write_config(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", port)
+    config.write_text(config.read_text().replace("[server]\n", "[server]\nshutdown_delay = 3\n"))
+    relay = RelayProcess(config)
+    relay.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx2.Client(base_url=base) as client:
+            assert client.get("/readyz").status_code == 200
+            assert relay.proc is not None
+            signalled = time.monotonic()
+            relay.proc.send_signal(signal.SIGTERM)
+            deadline = signalled + 2
+            while (ready := client.get("/readyz")).status_code == 200:
+                assert time.monotonic() < deadline, "readyz never said shutting_down"
+            assert ready.status_code == 503 and ready.json()["status"] == "shutting_down"
+            assert client.get("/auth").status_code == 401  # still answering
+            assert time.monotonic() - signalled < 2.5
+    finally:
+        code = relay.stop()
+    assert code == -signal.SIGTERM
+    names = [e["event"] for e in relay.events()]
+    assert names.index("relay.draining") < names.index("relay.stopped")
+
+
+def test_sessions_gauge_is_sampled(tmp_path: Path) -> None:
+    """relay_sessions reports the table by state without a count per request."""
+    port = free_port()
+    config = write_config(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", port)
+    with RelayProcess(config):
+        deadline = time.monotonic() + 10
+        text = ""
+        while 'relay_sessions{state="active"}' not in text:
+            assert time.monotonic() < deadline
+            text = httpx2.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'relay_sessions{state="active"} 0.0' in text
+        assert 'relay_sessions{state="pending"} 0.0' in text
