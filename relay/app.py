@@ -180,7 +180,9 @@ def middleware(config: Config, metrics: Metrics) -> list[Middleware]:
     return stack
 
 
-async def ensure_schema(engine: AsyncEngine, config: Config) -> None:
+async def ensure_schema(
+    engine: AsyncEngine, config: Config, *, migrate_sqlite: bool = True
+) -> None:
     """At head, or made so on SQLite (the embedded default migrates itself); else refuse."""
     current, head = await current_revision(engine), head_revision()
     if current == head:

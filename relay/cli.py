@@ -4,6 +4,10 @@ relay serve --config PATH          serve until SIGTERM/SIGINT
 relay migrate --config PATH        bring the schema to head
 relay prune --config PATH          one prune pass; prints how many rows it removed
 relay check-config --config PATH   validate; print the resolved config, secrets masked
+                 [--connect]       ...and reach the database and the provider
+
+Trouble outside the relay (a config mistake, an unreachable database, a busy port) ends a
+command with one line saying what and which key, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 
 from relay.config import Config, ConfigError, load_config, masked
+from relay.errors import DatabaseUnavailable, ProviderError
 from relay.logs import configure_logging
+from relay.store.database import translated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,6 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", required=True, metavar="PATH", help="the TOML config file")
+        if name == "check-config":
+            sub.add_argument(
+                "--connect", action="store_true", help="also reach the database and provider"
+            )
     demo = commands.add_parser("demo", help="try the relay: everything on 127.0.0.1")
     demo.add_argument("--relay-port", type=int, default=4180)
     demo.add_argument("--provider-port", type=int, default=9000)
@@ -50,16 +61,83 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     if args.command == "check-config":
-        print(json.dumps(masked(config), indent=2))
-        return 0
+        return _check_config(config, connect=args.connect)
     # One-shot commands keep stdout for their answer; the server logs to stdout.
     stream = sys.stdout if args.command == "serve" else sys.stderr
     configure_logging(config.logging.level, config.logging.format, stream=stream)
-    if args.command == "serve":
-        return _serve(config)
-    if args.command == "migrate":
-        return asyncio.run(_migrate(config))
-    return asyncio.run(_prune(config))
+    try:
+        if args.command == "serve":
+            return _serve(config)
+        if args.command == "migrate":
+            return asyncio.run(_migrate(config))
+        return asyncio.run(_prune(config))
+    except DatabaseUnavailable as exc:
+        print(f"relay: {_database_problem(config, exc)}", file=sys.stderr)
+        return 1
+
+
+def _database_problem(config: Config, exc: DatabaseUnavailable) -> str:
+    return (
+        f"cannot use the database at {config.database.display_url} (database.url): "
+        f"{exc.detail or exc.reason}"
+    )
+
+
+def _check_config(config: Config, *, connect: bool) -> int:
+    try:
+        print(json.dumps(masked(config), indent=2))
+        if not connect:
+            return 0
+        configure_logging("error", config.logging.format, stream=sys.stderr)
+        problems = asyncio.run(_reach(config))
+        for line in problems:
+            print(f"relay: {line}", file=sys.stderr)
+        if not problems:
+            print("database: ok\nprovider: ok")
+        return 1 if problems else 0
+    except BrokenPipeError:
+        # `relay check-config | head`: the reader has gone, which is no error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+async def _reach(config: Config) -> list[str]:
+    """What a running relay would need: its database at the schema it needs, and the
+    provider's metadata for exactly provider.issuer. One line per problem."""
+    import httpx2
+
+    from relay.app import SchemaBehind, ensure_schema
+    from relay.oidc.discovery import Discovery
+    from relay.store.database import Database, make_engine
+
+    problems = []
+    engine = make_engine(config.database.url, timeout=config.database.timeout)
+    try:
+        with translated():
+            if config.database.is_sqlite:  # `relay serve` migrates SQLite itself
+                await Database(engine, config.database.timeout).ping()
+            else:
+                await ensure_schema(engine, config)
+    except DatabaseUnavailable as exc:
+        problems.append(_database_problem(config, exc))
+    except SchemaBehind as exc:
+        problems.append(str(exc))
+    finally:
+        await engine.dispose()
+    async with httpx2.AsyncClient(timeout=config.provider.timeout) as http:
+        discovery = Discovery(http, config.provider.issuer, config.provider.metadata_ttl, time.time)
+        try:
+            await discovery.get()
+        except ProviderError as exc:
+            cause = exc.__cause__
+            detail = cause.detail if isinstance(cause, ProviderError) else exc.detail
+            reason = cause.reason if isinstance(cause, ProviderError) else exc.reason
+            problems.append(
+                f"cannot use the provider (provider.issuer = {config.provider.issuer}): "
+                f"{detail or reason}"
+            )
+    return problems
 
 
 def _serve(config: Config) -> int:
@@ -78,9 +156,10 @@ async def _check_schema(config: Config) -> None:
     from relay.app import ensure_schema
     from relay.store.database import make_engine
 
-    engine = make_engine(config.database.url)
+    engine = make_engine(config.database.url, timeout=config.database.timeout)
     try:
-        await ensure_schema(engine, config)
+        with translated():
+            await ensure_schema(engine, config)
     finally:
         await engine.dispose()
 
@@ -88,9 +167,10 @@ async def _check_schema(config: Config) -> None:
 async def _migrate(config: Config) -> int:
     from relay.store.database import make_engine, migrate
 
-    engine = make_engine(config.database.url)
+    engine = make_engine(config.database.url, timeout=config.database.timeout)
     try:
-        before, after = await migrate(engine)
+        with translated():
+            before, after = await migrate(engine)
     finally:
         await engine.dispose()
     print(f"schema: {before or 'empty'} -> {after}")
@@ -101,7 +181,9 @@ async def _prune(config: Config) -> int:
     from relay.pruner import prune_once
     from relay.store.database import Database, make_engine
 
-    db = Database(make_engine(config.database.url), config.database.timeout)
+    db = Database(
+        make_engine(config.database.url, timeout=config.database.timeout), config.database.timeout
+    )
     try:
         result = await prune_once(db, int(time.time()), config.session.prune_batch_size)
     finally:

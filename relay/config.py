@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
 
 from limits import parse
@@ -29,6 +29,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.engine import make_url
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -63,6 +64,20 @@ Duration = Annotated[int, BeforeValidator(_parse_duration), Field(ge=1)]
 
 def is_loopback_host(host: str | None) -> bool:
     return host is not None and host.lower() in _LOOPBACK_HOSTS
+
+
+# Values an example or a tutorial puts where a secret goes.
+_PLACEHOLDERS = ("change-me", "changeme", "change_me", "replace-me", "replace_me", "your-secret")
+_GENERATE = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
+def _not_a_placeholder(secret: SecretStr, fix: str) -> SecretStr:
+    value = secret.get_secret_value()
+    if not value.strip():
+        raise ValueError(f"must not be empty: {fix}")
+    if any(marker in value.lower() for marker in _PLACEHOLDERS):
+        raise ValueError(f"is still the example's placeholder: {fix}")
+    return secret
 
 
 def _https_unless_loopback(url: str) -> str:
@@ -184,6 +199,8 @@ class ProviderConfig(_Section):
         method = info.data.get("token_endpoint_auth_method")
         if method != "none" and value is None:
             raise ValueError(f'is required with token_endpoint_auth_method = "{method}"')
+        if value is not None:
+            _not_a_placeholder(value, "set the secret your provider issued for client_id")
         return value
 
 
@@ -208,6 +225,11 @@ class DatabaseConfig(_Section):
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
 
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked, for messages and check-config."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
 
 class SessionConfig(_Section):
     secret: SecretStr
@@ -228,8 +250,9 @@ class SessionConfig(_Section):
     @classmethod
     def _long_enough(cls, value: SecretStr | list[SecretStr]) -> SecretStr | list[SecretStr]:
         for secret in value if isinstance(value, list) else [value]:
+            _not_a_placeholder(secret, f"generate one with {_GENERATE}")
             if len(secret.get_secret_value()) < 32:
-                raise ValueError("must be at least 32 characters")
+                raise ValueError(f"must be at least 32 characters: generate one with {_GENERATE}")
         return value
 
 
@@ -295,15 +318,10 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
-    def _lifetimes(self) -> Config:
-        if self.session.idle_timeout > self.session.absolute_lifetime:
-            raise ValueError("session.idle_timeout: must not exceed session.absolute_lifetime")
-        public = urlsplit(self.server.public_url)
-        if self.session.cookie_secure and public.scheme != "https":
-            raise ValueError(
-                "session.cookie_secure: browsers drop Secure cookies on an http public_url; "
-                "set it to false for local development"
-            )
+    def _across_sections(self) -> Config:
+        problems = cross_section_errors(self.model_dump())
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @property
@@ -311,13 +329,34 @@ class Config(_Section):
         return self.redirects.default_url or self.server.public_url + "/"
 
 
-def _format_errors(error: ValidationError) -> list[str]:
+def cross_section_errors(sections: Mapping[str, Any]) -> list[str]:
+    """Rules that span sections, over the sections that validated on their own (so they are
+    reported together with every other mistake); each line names its key."""
+    problems = []
+    session, server = sections.get("session"), sections.get("server")
+    if session is not None and session["idle_timeout"] > session["absolute_lifetime"]:
+        problems.append("session.idle_timeout: must not exceed session.absolute_lifetime")
+    if (
+        session is not None
+        and server is not None
+        and session["cookie_secure"]
+        and urlsplit(server["public_url"]).scheme != "https"
+    ):
+        problems.append(
+            "session.cookie_secure: browsers drop Secure cookies on an http public_url; "
+            "set it to false for local development"
+        )
+    return problems
+
+
+def _format_errors(error: ValidationError, section: str | None = None) -> list[str]:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
+        loc = [section, *item["loc"]] if section else list(item["loc"])
+        key = ".".join(str(part) for part in loc)
         message = item["msg"].removeprefix("Value error, ")
-        if not key:  # a rule across sections names its key itself
-            lines.append(message)
+        if not item["loc"] and not section:  # a rule across sections names its key itself
+            lines.extend(message.splitlines())
             continue
         if item["type"] == "missing":
             message = "is required"
@@ -340,12 +379,27 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 
 
 def config_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Config:
-    """Validate an already-parsed config with the environment's overrides applied."""
-    try:
-        merged = _apply_environment(data, env)
-        return Config.model_validate(merged)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+    """Validate an already-parsed config with the environment's overrides applied: each
+    section on its own, then the rules across sections, every problem reported at once."""
+    merged = _apply_environment(data, env)
+    problems = [f"{name}: is not a known key" for name in merged if name not in Config.model_fields]
+    sections: dict[str, Any] = {}
+    for name, field in Config.model_fields.items():
+        model = cast(type[_Section], field.annotation)
+        raw = merged.get(name)
+        if raw is None and field.is_required():
+            problems.append(f"{name}: is required")
+            continue
+        try:
+            sections[name] = model.model_validate(raw if raw is not None else {})
+        except ValidationError as exc:
+            problems.extend(_format_errors(exc, section=name))
+    problems.extend(
+        cross_section_errors({name: section.model_dump() for name, section in sections.items()})
+    )
+    if problems:
+        raise ConfigError(problems)
+    return Config(**sections)
 
 
 def _apply_environment(data: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -370,5 +424,8 @@ def _apply_environment(data: Mapping[str, Any], env: Mapping[str, str]) -> dict[
 
 
 def masked(config: Config) -> dict[str, Any]:
-    """The resolved config as plain data, secrets replaced by "**********"."""
-    return config.model_dump(mode="json")
+    """The resolved config as plain data, secrets replaced by "**********" (the database
+    password included)."""
+    data = config.model_dump(mode="json")
+    data["database"]["url"] = config.database.display_url
+    return data

@@ -65,9 +65,8 @@ def test_bad_duration_names_the_key() -> None:
 
 def test_short_secret_is_rejected() -> None:
     """session.secret shorter than 32 characters stops startup."""
-    assert errors(with_("session", secret="short")) == [
-        "session.secret: must be at least 32 characters"
-    ]
+    [line] = errors(with_("session", secret="short"))
+    assert line.startswith("session.secret: must be at least 32 characters: generate one with")
 
 
 def test_missing_issuer_is_rejected() -> None:
@@ -168,13 +167,17 @@ secret = "0123456789abcdef0123456789abcdef-x"
 
 
 def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """check-config prints the resolved config with every secret masked."""
-    assert main(["check-config", "--config", str(write(tmp_path, GOOD_TOML))]) == 0
+    """check-config prints the resolved config with every secret masked, the database
+    password included."""
+    toml = GOOD_TOML + '[database]\nurl = "postgresql+psycopg://relay:db-pass-1@db:5432/relay"\n'
+    assert main(["check-config", "--config", str(write(tmp_path, toml))]) == 0
     out = capsys.readouterr().out
     resolved = json.loads(out)
     assert resolved["provider"]["client_secret"] == "**********"
     assert resolved["session"]["secret"] == "**********"
+    assert resolved["database"]["url"] == "postgresql+psycopg://relay:***@db:5432/relay"
     assert "provider-secret-value" not in out and "0123456789abcdef" not in out
+    assert "db-pass-1" not in out
     assert resolved["session"]["idle_timeout"] == 86400
 
 
@@ -210,6 +213,21 @@ def test_check_config_rejects_with_one_line_naming_the_key(
     assert result.stdout == ""
 
 
+def test_check_config_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """`relay check-config | head -1` ends without a BrokenPipeError traceback."""
+    relay = Path(sys.executable).parent / "relay"
+    result = subprocess.run(
+        f"'{relay}' check-config --config '{write(tmp_path, GOOD_TOML)}' | head -1",
+        shell=True,  # the pipe is the point; every part of the command is ours
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout == "{\n"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
 def test_unreadable_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A missing file or broken TOML is one clear line, not a traceback."""
     assert main(["check-config", "--config", str(tmp_path / "nope.toml")]) == 2
@@ -221,10 +239,46 @@ def test_unreadable_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
 EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
 
 
-def test_example_config_is_valid() -> None:
-    """config.example.toml loads as it is shipped."""
-    config = load_config(EXAMPLE, env={})
+def test_example_config_is_valid_once_its_secrets_are_set() -> None:
+    """config.example.toml loads once the two secrets are real; as shipped it is refused,
+    naming exactly those two keys, so nobody runs on the example's placeholders."""
+    env = {
+        "RELAY_SESSION__SECRET": "Xq3" * 16,
+        "RELAY_PROVIDER__CLIENT_SECRET": "issued-by-the-provider",
+    }
+    config = load_config(EXAMPLE, env=env)
     assert config.server.public_url == "https://auth.example.com"
+    with pytest.raises(ConfigError) as refused:
+        load_config(EXAMPLE, env={})
+    assert [line.split(":")[0] for line in refused.value.lines] == [
+        "provider.client_secret",
+        "session.secret",
+    ]
+    assert all("placeholder" in line for line in refused.value.lines)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("session", "secret", "change-me-please-to-something-of-32-characters"),
+        ("session", "secret", " " * 40),
+        ("provider", "client_secret", ""),
+        ("provider", "client_secret", "CHANGEME"),
+    ],
+)
+def test_placeholder_and_empty_secrets_are_refused(section: str, key: str, value: str) -> None:
+    """An empty secret or one still reading like the example's placeholder stops startup."""
+    [line] = errors(with_(section, **{key: value}))
+    assert line.startswith(f"{section}.{key}: ")
+
+
+def test_cross_section_rules_are_reported_with_other_errors() -> None:
+    """A rule spanning sections (Secure cookies on an http public_url) is reported in the
+    same run as an unrelated field error."""
+    data = with_("provider", scopes=["email"])
+    data["server"]["public_url"] = "http://localhost:4180"
+    keys = sorted(line.split(":")[0] for line in errors(data))
+    assert keys == ["provider.scopes", "session.cookie_secure"]
 
 
 def test_example_config_documents_every_key() -> None:

@@ -34,7 +34,12 @@ class ProviderMetadata:
 def parse_metadata(doc: dict[str, Any], expected_issuer: str) -> ProviderMetadata:
     # Discovery §4.3: the issuer in the document MUST be identical to the one we asked.
     if doc.get("issuer") != expected_issuer:
-        raise ProviderBadResponse("discovery.issuer_mismatch", str(doc.get("issuer"))[:200])
+        advertised = str(doc.get("issuer"))[:200]
+        raise ProviderBadResponse(
+            "discovery.issuer_mismatch",
+            f"the provider says its issuer is {advertised!r}, provider.issuer is "
+            f"{expected_issuer!r}: they must be identical (a trailing slash counts)",
+        )
     endpoints = {}
     for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
         endpoints[name] = _endpoint(doc, name, required=True)
@@ -125,7 +130,13 @@ class Discovery:
         self._failures += 1
         backoff = min(2.0 ** (self._failures - 1), self.MAX_BACKOFF)
         self._next_attempt = self._clock() + backoff
-        log.warning("provider.unavailable", reason=exc.reason, retry_in_s=backoff)
+        log.warning(
+            "provider.unavailable",
+            reason=exc.reason,
+            detail=exc.detail or None,
+            url=self.url,
+            retry_in_s=backoff,
+        )
 
     def _stale(self) -> bool:
         return self._clock() - self._fetched_at >= self._ttl

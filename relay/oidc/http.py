@@ -19,12 +19,27 @@ async def send(client: httpx2.AsyncClient, request: httpx2.Request, what: str) -
     try:
         response = await client.send(request)
     except httpx2.TimeoutException as exc:
-        raise ProviderTimeout(f"{what}.timeout", type(exc).__name__) from exc
+        raise ProviderTimeout(f"{what}.timeout", _describe(exc, request)) from exc
     except httpx2.TransportError as exc:
-        raise ProviderUnavailable(f"{what}.unreachable", type(exc).__name__) from exc
+        raise ProviderUnavailable(f"{what}.unreachable", _describe(exc, request)) from exc
     if response.status_code >= 500:
         raise ProviderBadResponse(f"{what}.status_{response.status_code}")
     return response
+
+
+def _describe(exc: Exception, request: httpx2.Request) -> str:
+    # The URL without its query (a userinfo or token URL carries none we send, but a
+    # configured one might), and the transport's own words: "connection refused", "wrong
+    # version number" for https against an http server...
+    url = request.url.copy_with(query=None)
+    words, depth = "", 0
+    cause: BaseException | None = exc
+    while cause is not None and not words and depth < 5:
+        words = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else ""
+        cause, depth = cause.__cause__ or cause.__context__, depth + 1
+    if "SSL" in words and url.scheme == "https":
+        words += " (does the server at this address speak https?)"
+    return f"{type(exc).__name__} for {url}" + (f": {words}" if words else "")
 
 
 def json_object(response: httpx2.Response, what: str) -> dict[str, Any]:

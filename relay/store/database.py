@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,16 @@ def failure(exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(reason, detail)
 
 
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """The one place a database failure becomes a relay error (used by Database, and by the
+    CLI's one-shot commands around their engine)."""
+    try:
+        yield
+    except _FAILURES as exc:
+        raise failure(exc) from exc
+
+
 class Database:
     """The engine, bounded in time and with its errors translated; the store's only door."""
 
@@ -110,32 +120,26 @@ class Database:
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for statements that need no transaction (one SELECT, one UPDATE)."""
-        try:
+        with translated():
             async with asyncio.timeout(self.timeout + _GRACE):
                 async with self._autocommit.connect() as conn:
                     yield conn
-        except _FAILURES as exc:
-            raise failure(exc) from exc
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction, committed when the block ends, rolled back if it raises."""
-        try:
+        with translated():
             async with asyncio.timeout(self.timeout + _GRACE):
                 async with self.engine.begin() as conn:
                     yield conn
-        except _FAILURES as exc:
-            raise failure(exc) from exc
 
     @contextlib.asynccontextmanager
     async def maintenance(self) -> AsyncIterator[AsyncConnection]:
         """A connection for housekeeping that commits as it goes (the pruner's batches): each
         statement is bounded by the server, the whole pass is not."""
-        try:
+        with translated():
             async with self.engine.connect() as conn:
                 yield conn
-        except _FAILURES as exc:
-            raise failure(exc) from exc
 
     async def ping(self) -> None:
         async with self.read() as conn:
