@@ -162,18 +162,20 @@ def create_app(
 
     return Starlette(
         routes=routes(config.server.path_prefix),
-        middleware=middleware(config, metrics),
+        middleware=middleware(config, metrics, lifecycle),
         # Anything else is caught by RequestContext, inside the request's log context.
         exception_handlers={RelayError: error_response},
         lifespan=lifespan,
     )
 
 
-def middleware(config: Config, metrics: Metrics) -> list[Middleware]:
+def middleware(config: Config, metrics: Metrics, lifecycle: Lifecycle) -> list[Middleware]:
     """Outermost first: request context and access line; the internal port's routes (when
     configured); the forward-auth shortcut, right before routing."""
     prefix = config.server.path_prefix
-    stack = [Middleware(RequestContext, metrics=metrics, logging=config.logging)]
+    stack = [
+        Middleware(RequestContext, metrics=metrics, logging=config.logging, lifecycle=lifecycle)
+    ]
     if config.server.internal_port is not None:
         stack.append(Middleware(InternalPort, port=config.server.internal_port, prefix=prefix))
     stack.append(Middleware(AuthShortcut, prefix=prefix))

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.config import LoggingConfig
+from relay.endpoints import Lifecycle
 from relay.metrics import Metrics
 from relay.pages import error_response
 
@@ -52,8 +53,11 @@ class RequestIds:
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: Metrics, logging: LoggingConfig) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, logging: LoggingConfig, lifecycle: Lifecycle
+    ) -> None:
         self.app = app
+        self.lifecycle = lifecycle
         self.metrics = metrics
         self.access_lines = logging.access_log
         self.auth_sample = logging.auth_success_sample
@@ -91,6 +95,10 @@ class RequestContext:
                 present = {name.lower() for name, _ in headers}
                 headers.extend(h for h in _SECURITY if h[0] not in present)
                 headers.append((b"x-request-id", rid))
+                if self.lifecycle.shutting_down:
+                    # Draining: the proxy should not reuse this connection, so that none is
+                    # idle, and caught in mid-request, when the listener closes.
+                    headers.append((b"connection", b"close"))
                 message["headers"] = headers
             await send(message)
 

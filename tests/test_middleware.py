@@ -19,6 +19,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from relay.config import LoggingConfig
+from relay.endpoints import Lifecycle
 from relay.logs import configure_logging
 from relay.metrics import Metrics
 from relay.middleware import RequestContext
@@ -49,7 +50,12 @@ def app(**logging_config: Any) -> Starlette:
     return Starlette(
         routes=[Route("/auth", auth), Route("/crash", crash)],
         middleware=[
-            Middleware(RequestContext, metrics=Metrics(), logging=LoggingConfig(**logging_config))
+            Middleware(
+                RequestContext,
+                metrics=Metrics(),
+                logging=LoggingConfig(**logging_config),
+                lifecycle=Lifecycle(),
+            )
         ],
     )
 

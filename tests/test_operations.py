@@ -84,6 +84,7 @@ def test_sigterm_drains_before_stopping(tmp_path: Path) -> None:
             while (ready := client.get("/readyz")).status_code == 200:
                 assert time.monotonic() < deadline, "readyz never said shutting_down"
             assert ready.status_code == 503 and ready.json()["status"] == "shutting_down"
+            assert ready.headers["connection"] == "close"  # proxies drop the connection
             assert client.get("/auth").status_code == 401  # still answering
             assert time.monotonic() - signalled < 2.5
     finally:
