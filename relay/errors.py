@@ -7,6 +7,8 @@
     ├── TooManyRequests     429   a browser or client address starting too many logins
     ├── Overloaded          503   too many logins pending across all clients
     ├── DatabaseUnavailable 503   the database failed, refused or took too long (store/database.py)
+    ├── Misconfigured       503   the relay's own configuration is wrong: only its operator can
+    │                             fix it (a refused client secret, replicas with different secrets)
     └── ProviderError             the identity provider failed us
         ├── ProviderUnavailable  503   discovery or a connection failed
         ├── ProviderTimeout      504   the provider did not answer in time
@@ -59,6 +61,14 @@ class Overloaded(RelayError):
 class DatabaseUnavailable(RelayError):
     status = 503
     public_message = "Sign-in is briefly unavailable. Please try again in a moment."
+
+
+class Misconfigured(RelayError):
+    status = 503
+    public_message = (
+        "The sign-in service is misconfigured. Please tell its operator, quoting the request id "
+        "below; trying again will not help until it is fixed."
+    )
 
 
 class ProviderError(RelayError):

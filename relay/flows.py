@@ -17,8 +17,15 @@ import httpx2
 import structlog
 
 from relay.config import Config
-from relay.crypto import hash_id, looks_like_id, new_id, short_hash
-from relay.errors import BadRequest, Overloaded, RelayError, TooManyRequests, Unauthorized
+from relay.crypto import SealError, hash_id, looks_like_id, new_id, short_hash
+from relay.errors import (
+    BadRequest,
+    Misconfigured,
+    Overloaded,
+    RelayError,
+    TooManyRequests,
+    Unauthorized,
+)
 from relay.metrics import Metrics
 from relay.oidc.client import authorization_url, exchange_code, fetch_userinfo
 from relay.oidc.discovery import Discovery, ProviderMetadata
@@ -74,12 +81,20 @@ class Flows:
         return int(self._clock())
 
     def return_url(self, rd: str | None) -> str:
-        return safe_redirect(
-            rd,
-            self.config.redirects.allowed_hosts,
-            self.config.server.origin,
-            self.config.default_redirect,
+        default = self.config.default_redirect
+        chosen = safe_redirect(
+            rd, self.config.redirects.allowed_hosts, self.config.server.origin, default
         )
+        if rd and chosen == default and rd != default:
+            # Said, not silently dropped: a legitimate app missing from allowed_hosts shows
+            # up here (the value is the client's text, so only its start is kept).
+            log.info(
+                "login.rd_refused",
+                rd=rd[:200],
+                using=default,
+                hint="add the host to redirects.allowed_hosts if it is yours",
+            )
+        return chosen
 
     async def start_login(self, rd: str | None, login_id: str | None) -> LoginStarted:
         return_to = self.return_url(rd)
@@ -128,7 +143,14 @@ class Flows:
         # Taken before anything else is checked: whatever happens next, this state is spent.
         pending = None
         if state and looks_like_id(state) and login_id:
-            pending = await self._pending.take(hash_id(state), hash_id(login_id), self.now())
+            try:
+                pending = await self._pending.take(hash_id(state), hash_id(login_id), self.now())
+            except SealError as exc:
+                raise Misconfigured(
+                    "callback.pending_login_unreadable",
+                    "the login was started by a relay with another session.secret: every "
+                    "replica needs the same session.secret (and previous_secrets)",
+                ) from exc
         if "error" in params:
             raise _provider_error(params["error"])
         if not state:

@@ -15,7 +15,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from relay.errors import RelayError
+from relay.errors import BadRequest, RelayError
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;"
@@ -62,9 +62,13 @@ async def error_response(request: Request, exc: Exception) -> Response:
     if wants_json(request):
         body = {"error": exc.reason, "message": exc.public_message, "request_id": request_id}
         return JSONResponse(body, status_code=exc.status, headers=headers)
+    again = ""
+    if isinstance(exc, BadRequest):  # the user can fix it by starting over; not so for others
+        # Relative: refusals come from /callback, a sibling of /login under any prefix.
+        again = '<p><a href="login">Start again</a></p>'
     response = page(
         "Sign-in problem" if exc.status < 500 else "Service problem",
-        f"<p>{html.escape(exc.public_message)}</p>"
+        f"<p>{html.escape(exc.public_message)}</p>{again}"
         f"<p class=muted>Request id: {html.escape(request_id)}</p>",
         status=exc.status,
     )

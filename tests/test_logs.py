@@ -137,3 +137,21 @@ def test_request_id_is_on_every_line_of_a_request(
     rid = response.headers["x-request-id"]
     mine = [e for e in lines(log_stream) if e.get("request_id") == rid]
     assert {e["event"] for e in mine} == {"login.started", "http.request"}
+
+
+def test_callback_refusal_reason_reaches_the_access_line(
+    log_stream: io.StringIO, relay: TestClient
+) -> None:
+    """A refused /callback's access line names the reason (the handler runs in the request's
+    context, not in a thread that lost it)."""
+    relay.get("/callback", params={"code": "x"})
+    [line] = [e for e in lines(log_stream) if e["event"] == "http.request"]
+    assert line["status"] == 400 and line["reason"] == "callback.missing_state"
+
+
+def test_a_refused_return_url_is_logged(log_stream: io.StringIO, relay: TestClient) -> None:
+    """An rd outside redirects.allowed_hosts is replaced by the default, and said so."""
+    relay.get("/login", params={"rd": "https://elsewhere.example/x"})
+    [line] = [e for e in lines(log_stream) if e["event"] == "login.rd_refused"]
+    assert line["rd"] == "https://elsewhere.example/x"
+    assert "redirects.allowed_hosts" in line["hint"]

@@ -497,3 +497,46 @@ def test_metrics_only_for_allowed_addresses(make_relay: Callable[..., Any]) -> N
         server={"public_url": PUBLIC_URL, "metrics_allowed": ["198.51.100.0/24"]}
     ) as relay:
         assert relay.get("/metrics").status_code == 200
+
+
+def test_wrong_client_secret_is_a_misconfiguration_page(
+    make_relay: Callable[..., Any], provider: TestProvider, db: Engine
+) -> None:
+    """The provider refusing our client credentials is the operator's problem: a 503 page
+    saying so, with the request id and no "start again" link, and the reason and the keys to
+    check in the log; no session."""
+    with make_relay(provider={"client_secret": "not-what-the-provider-issued"}) as relay:
+        params = start_login(relay, provider)
+        response = relay.get("/callback?" + urlencode(params))
+    assert response.status_code == 503
+    assert "misconfigured" in response.text and "tell its operator" in response.text
+    assert response.headers["x-request-id"] in response.text
+    assert "Start again" not in response.text
+    assert session_count(db) == 0
+
+
+def test_a_retryable_refusal_offers_to_start_again(
+    relay: TestClient, provider: TestProvider
+) -> None:
+    """A refused callback the user can recover from links back to the login."""
+    params = start_login(relay, provider)
+    params["code"] = "not-a-code"
+    response = relay.get("/callback?" + urlencode(params))
+    assert response.status_code == 400
+    assert '<a href="login">Start again</a>' in response.text
+
+
+def test_a_login_begun_under_another_secret_is_a_misconfiguration(
+    make_relay: Callable[..., Any], provider: TestProvider
+) -> None:
+    """A callback reaching a replica whose session.secret cannot open the pending login (the
+    replicas disagree) is a 503 misconfiguration, not a 500."""
+    with make_relay() as first:
+        params = start_login(first, provider)
+        login_cookie = first.cookies["__Host-relay_session_login"]
+    other = {"secret": "another-secret-of-more-than-32-characters!!"}
+    with make_relay(session=other) as second:
+        second.cookies.set("__Host-relay_session_login", login_cookie, domain="relay.test")
+        response = second.get("/callback?" + urlencode(params))
+    assert response.status_code == 503
+    assert "misconfigured" in response.text

@@ -11,7 +11,7 @@ import httpx2
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from relay.config import ProviderConfig
-from relay.errors import BadRequest, ProviderBadResponse
+from relay.errors import BadRequest, Misconfigured, ProviderBadResponse
 from relay.oidc.discovery import ProviderMetadata
 from relay.oidc.http import json_object, send
 
@@ -76,12 +76,24 @@ async def exchange_code(
     request = client.build_request("POST", metadata.token_endpoint, data=form, headers=headers)
     response = await send(client, request, "token")
     if response.status_code in (400, 401):
-        # RFC 6749 §5.2: invalid_grant and friends. The code was bad or used: the user retries.
         error = _error_code(response)
+        # RFC 6749 §5.2: these say the provider does not accept *us*; no retry by the user
+        # fixes that, only the operator.
+        if response.status_code == 401 or error in _CLIENT_ERRORS:
+            raise Misconfigured(
+                "token.client_rejected",
+                f"the provider answered {response.status_code} {error}: check "
+                "provider.client_id, provider.client_secret and "
+                "provider.token_endpoint_auth_method against the client registered there",
+            )
+        # invalid_grant and friends: the code was bad, used or expired; the user retries.
         raise BadRequest("token.rejected", error)
     if response.status_code != 200:
         raise ProviderBadResponse(f"token.status_{response.status_code}")
     return _parse_token_response(json_object(response, "token"))
+
+
+_CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "unsupported_grant_type"})
 
 
 def _error_code(response: httpx2.Response) -> str:
