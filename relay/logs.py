@@ -7,6 +7,7 @@ that name a secret are masked whatever code logged them.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
@@ -53,6 +54,20 @@ class _Timestamp:
         return event
 
 
+# Which server wrote a line, when one process runs several (`relay demo`). A plain context
+# variable, not structlog's: those are cleared at the start of every request.
+SERVER: contextvars.ContextVar[str | None] = contextvars.ContextVar("relay_server", default=None)
+
+
+def _server(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    server = SERVER.get()
+    if server is not None:
+        event["server"] = server
+    return event
+
+
 def _json(event: Any, **_kw: Any) -> str:
     return orjson.dumps(event, default=repr).decode()
 
@@ -66,6 +81,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         _Timestamp(),
+        _server,
         redact,
     ]
     renderer: Any

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import subprocess
 from pathlib import Path
 
 import httpx2
@@ -28,6 +29,13 @@ def test_demo_signs_a_user_in_and_out(tmp_path: Path) -> None:
         ports = demo.ports
         assert f"open        {demo.app_url}" in demo.banner
         assert "sign in as  alice / alice-demo-password" in demo.banner
+        # Three servers in one process: each of their lines says which one wrote it.
+        running = [line for line in demo.banner.splitlines() if "Uvicorn running on" in line]
+        assert sorted(line.split("server=")[1].split()[0] for line in running) == [
+            "app",
+            "provider",
+            "relay",
+        ]
 
         app = f"http://127.0.0.1:{ports['app']}/"
         with httpx2.Client(follow_redirects=True, timeout=10) as browser:
@@ -77,3 +85,20 @@ def test_development_provider_refuses_other_addresses() -> None:
     """The development provider serves loopback only."""
     with pytest.raises(ValueError, match="loopback"):
         DevProvider("http://0.0.0.0:9000", "c", "s", redirect_uris=[], post_logout_redirect_uris=[])
+
+
+def test_a_warm_install_installs_nothing() -> None:
+    """scripts/install (which scripts/demo and scripts/test run first) says what it does, and
+    with nothing changed since the last install it skips pip: a warm demo starts at once."""
+    root = Path(__file__).parent.parent
+    for _ in range(2):  # the first brings .venv up to date, if it was not
+        result = subprocess.run(
+            [str(root / "scripts" / "install"), "dev"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
+    assert (
+        result.stdout.strip().splitlines()[-1] == "install: .venv is up to date (oidc-relay[dev])"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,6 +94,14 @@ def test_flows_log_no_secrets_and_only_json(
     for name, value in secrets.items():
         assert value not in output, name
     assert "eyJ" not in output  # no JWT anywhere
+    # Nor what the database holds: sealed values (Fernet tokens start "gAAAAA"), full session
+    # or state hashes (logs name them by 12 characters), nonces (43-character ids). At debug,
+    # on SQLite and PostgreSQL both, this is where a driver logging its statements shows.
+    assert "gAAAAA" not in output
+    assert not re.search(r"\b[0-9a-f]{64}\b", output)
+    for code, grant in provider.grants.items():
+        assert code not in output
+        assert grant.nonce and grant.nonce not in output
 
     events = lines(log_stream)
     assert all(isinstance(e, dict) and "event" in e for e in events)

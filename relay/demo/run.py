@@ -12,7 +12,7 @@ from relay.app import create_app
 from relay.config import config_from_mapping
 from relay.demo.provider import ACCOUNTS, BANNER, DevProvider
 from relay.demo.sample_app import sample_app
-from relay.logs import configure_logging
+from relay.logs import SERVER, configure_logging
 
 HOST = "127.0.0.1"
 CLIENT_ID = "oidc-relay-demo"
@@ -72,21 +72,25 @@ def run_demo(relay_port: int, provider_port: int, app_port: int, database_url: s
         f"  stop with   Ctrl+C\n",
         flush=True,
     )
-    servers = [
-        uvicorn.Server(
+    servers = {
+        name: uvicorn.Server(
             uvicorn.Config(
                 app, host=HOST, port=port, log_config=None, access_log=False, proxy_headers=False
             )
         )
-        for app, port in (
-            (provider.app, provider_port),
-            (create_app(config), relay_port),
-            (sample_app(relay_url), app_port),
+        for name, app, port in (
+            ("provider", provider.app, provider_port),
+            ("relay", create_app(config), relay_port),
+            ("app", sample_app(relay_url), app_port),
         )
-    ]
+    }
     asyncio.run(_serve_all(servers))
     return 0
 
 
-async def _serve_all(servers: list[uvicorn.Server]) -> None:
-    await asyncio.gather(*(server.serve() for server in servers))
+async def _serve_all(servers: dict[str, uvicorn.Server]) -> None:
+    async def serve(name: str, server: uvicorn.Server) -> None:
+        SERVER.set(name)  # each line this server's task logs says which server wrote it
+        await server.serve()
+
+    await asyncio.gather(*(serve(name, server) for name, server in servers.items()))
