@@ -172,7 +172,13 @@ class ProviderConfig(_Section):
     jwks_refresh_cooldown: Duration = 60
     post_logout_redirect_url: str | None = None
 
-    _check_issuer = field_validator("issuer")(_https_unless_loopback)
+    @field_validator("issuer")
+    @classmethod
+    def _exact_issuer(cls, value: str) -> str:
+        # Checked like the other URLs, but kept exactly as written: the issuer is compared
+        # character for character with the provider's, and some (Authentik) end in "/".
+        _https_unless_loopback(value)
+        return value
 
     @field_validator("scopes")
     @classmethod

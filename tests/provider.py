@@ -86,6 +86,7 @@ class TestProvider:
         self.behaviour = Behaviour()
         self.grants: dict[str, Grant] = {}
         self.subject = "user-1"
+        self.issuer = ISSUER  # what it calls itself; some providers end it in "/"
         self.sid = "op-session-1"  # the provider's session id, put in ID tokens
         self.profile: dict[str, Any] = {
             "email": "alice@example.com",
@@ -115,7 +116,7 @@ class TestProvider:
     async def discovery(self, request: Request) -> Response:
         self.calls["discovery"] += 1
         doc = {
-            "issuer": ISSUER,
+            "issuer": self.issuer,
             "authorization_endpoint": ISSUER + "/authorize",
             "token_endpoint": ISSUER + "/token",
             "jwks_uri": ISSUER + "/jwks",
@@ -148,7 +149,7 @@ class TestProvider:
             nonce=q.get("nonce"),
             subject=self.subject,
         )
-        params = {"code": code, "state": q.get("state", ""), "iss": ISSUER}
+        params = {"code": code, "state": q.get("state", ""), "iss": self.issuer}
         return RedirectResponse(q["redirect_uri"] + "?" + urlencode(params), status_code=302)
 
     async def token(self, request: Request) -> Response:
@@ -208,7 +209,7 @@ class TestProvider:
     def id_token(self, nonce: str | None, subject: str) -> str:
         now = int(self.clock())
         claims: dict[str, Any] = {
-            "iss": ISSUER,
+            "iss": self.issuer,
             "sub": subject,
             "aud": CLIENT_ID,
             "exp": now + 300,
@@ -232,7 +233,7 @@ class TestProvider:
         """A Back-Channel Logout 1.0 logout token for the current subject and sid."""
         now = int(self.clock())
         claims: dict[str, Any] = {
-            "iss": ISSUER,
+            "iss": self.issuer,
             "aud": CLIENT_ID,
             "iat": now,
             "exp": now + 120,

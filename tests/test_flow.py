@@ -186,3 +186,14 @@ def test_secret_rotation_keeps_tokens_readable(
         assert response.status_code == 303
         assert "id_token_hint" not in query(response.headers["location"])
         assert relay.get("/auth").status_code == 401
+
+
+def test_an_issuer_ending_in_a_slash_is_kept_exactly(
+    make_relay: Any, provider: TestProvider
+) -> None:
+    """A provider whose issuer ends in "/" (Authentik does) is compared with the configured
+    issuer exactly as written: discovery, the iss parameter and the ID token all match."""
+    provider.issuer = ISSUER + "/"
+    with make_relay(provider={"issuer": ISSUER + "/"}) as relay:
+        assert sign_in(relay, provider).status_code == 302
+        assert relay.get("/auth").status_code == 200

@@ -100,7 +100,8 @@ class Discovery:
 
     @property
     def url(self) -> str:
-        return self._issuer + "/.well-known/openid-configuration"
+        # Discovery §4: the issuer, any trailing "/" removed, then the well-known path.
+        return self._issuer.rstrip("/") + "/.well-known/openid-configuration"
 
     def seconds_until_retry(self) -> float:
         return max(0.0, self._next_attempt - self._clock())
