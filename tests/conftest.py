@@ -4,6 +4,9 @@ PostgreSQL, each built with the alembic migrations), and a relay running against
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,11 +18,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx2
 import psycopg
 import pytest
+import structlog
 from sqlalchemy import Engine, create_engine, event
 from starlette.testclient import TestClient
 
 from relay.app import create_app
 from relay.config import Config, config_from_mapping
+from relay.logs import configure_logging
 from relay.store.database import make_engine, migrate
 from tests.provider import CLIENT_ID, CLIENT_SECRET, ISSUER, ProviderTransport, TestProvider
 
@@ -164,6 +169,20 @@ def sign_in(client: TestClient, provider: TestProvider, rd: str = "/") -> httpx2
 
 def query(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Logging configured at debug into a string, as the relay's CLI configures it."""
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream=stream)
+    yield stream
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = []
+
+
+def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 @contextmanager

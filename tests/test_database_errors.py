@@ -7,44 +7,28 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import structlog
 from starlette.testclient import TestClient
 
 from relay.app import create_app
 from relay.errors import DatabaseUnavailable
-from relay.logs import configure_logging
 from relay.store.database import Database, make_engine
 from tests.conftest import (
     PG_ADMIN,
     PUBLIC_URL,
     base_config,
+    log_lines,
     postgres_database,
     run_migrations,
     sign_in,
 )
 from tests.provider import ProviderTransport, TestProvider
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("debug", "json", stream=stream)
-    yield stream
-    structlog.reset_defaults()
-    logging.getLogger().handlers[:] = []
-
-
-def events(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 @pytest.mark.postgres
@@ -133,7 +117,7 @@ def test_database_gone_is_503_with_one_reasoned_line(
             assert "www-authenticate" not in page.headers  # not a 401 in disguise
             assert relay.get("/login").status_code == 503
             assert relay.get("/healthz").status_code == 200
-    lines = events(log_stream)
+    lines = log_lines(log_stream)
     access = [e for e in lines if e["event"] == "http.request" and e["path"] != "/healthz"]
     assert [e["status"] for e in access] == [503, 503, 503]
     assert all(e["reason"] == "database.unavailable" and e["detail"] for e in access)
@@ -167,5 +151,7 @@ def test_sqlite_locked_is_503_within_the_bound(
         assert response.status_code == 503
         assert 0.9 < took < 3.0
         assert relay.get("/login").status_code == 302
-    [line] = [e for e in events(log_stream) if e["event"] == "http.request" and e["status"] == 503]
+    [line] = [
+        e for e in log_lines(log_stream) if e["event"] == "http.request" and e["status"] == 503
+    ]
     assert line["reason"] == "database.unavailable" and "locked" in line["detail"]

@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import structlog
 from joserfc.jwk import RSAKey
 from starlette.testclient import TestClient
 
-from relay.logs import configure_logging
-from tests.conftest import SECRET, callback_path, provider_redirect, query
+from tests.conftest import SECRET, callback_path, log_lines, provider_redirect, query
 from tests.provider import CLIENT_SECRET, TestProvider
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("debug", "json", stream=stream)
-    yield stream
-    structlog.reset_defaults()
-    logging.getLogger().handlers[:] = []
-
-
-def lines(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 def test_flows_log_no_secrets_and_only_json(
@@ -103,7 +86,7 @@ def test_flows_log_no_secrets_and_only_json(
         assert code not in output
         assert grant.nonce and grant.nonce not in output
 
-    events = lines(log_stream)
+    events = log_lines(log_stream)
     assert all(isinstance(e, dict) and "event" in e for e in events)
     names = [e["event"] for e in events]
     for expected in ("login.started", "login.succeeded", "login.failed", "logout", "http.request"):
@@ -127,14 +110,14 @@ def test_flows_log_no_secrets_and_only_json(
 def test_redaction_masks_secret_keys(log_stream: io.StringIO) -> None:
     """A secret handed to the logger by mistake is masked by the pipeline."""
     structlog.get_logger("t").info("oops", code="abc", access_token="def", client_secret="ghi")
-    [event] = [e for e in lines(log_stream) if e["event"] == "oops"]
+    [event] = [e for e in log_lines(log_stream) if e["event"] == "oops"]
     assert event["code"] == event["access_token"] == event["client_secret"] == "[redacted]"
 
 
 def test_foreign_loggers_come_out_as_json(log_stream: io.StringIO) -> None:
     """uvicorn's (stdlib) log records go through the same JSON pipeline."""
     logging.getLogger("uvicorn.error").info("Started server process [%d]", 42)
-    [event] = [e for e in lines(log_stream) if "Started server" in e["event"]]
+    [event] = [e for e in log_lines(log_stream) if "Started server" in e["event"]]
     assert event["event"] == "Started server process [42]" and event["level"] == "info"
 
 
@@ -144,7 +127,7 @@ def test_request_id_is_on_every_line_of_a_request(
     """Lines logged while handling a request carry its id, which is also a response header."""
     response = relay.get("/login")
     rid = response.headers["x-request-id"]
-    mine = [e for e in lines(log_stream) if e.get("request_id") == rid]
+    mine = [e for e in log_lines(log_stream) if e.get("request_id") == rid]
     assert {e["event"] for e in mine} == {"login.started", "http.request"}
 
 
@@ -154,13 +137,13 @@ def test_callback_refusal_reason_reaches_the_access_line(
     """A refused /callback's access line names the reason (the handler runs in the request's
     context, not in a thread that lost it)."""
     relay.get("/callback", params={"code": "x"})
-    [line] = [e for e in lines(log_stream) if e["event"] == "http.request"]
+    [line] = [e for e in log_lines(log_stream) if e["event"] == "http.request"]
     assert line["status"] == 400 and line["reason"] == "callback.missing_state"
 
 
 def test_a_refused_return_url_is_logged(log_stream: io.StringIO, relay: TestClient) -> None:
     """An rd outside redirects.allowed_hosts is replaced by the default, and said so."""
     relay.get("/login", params={"rd": "https://elsewhere.example/x"})
-    [line] = [e for e in lines(log_stream) if e["event"] == "login.rd_refused"]
+    [line] = [e for e in log_lines(log_stream) if e["event"] == "login.rd_refused"]
     assert line["rd"] == "https://elsewhere.example/x"
     assert "redirects.allowed_hosts" in line["hint"]

@@ -4,13 +4,9 @@ and a crash answered inside the request's context."""
 from __future__ import annotations
 
 import io
-import json
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -20,22 +16,9 @@ from starlette.testclient import TestClient
 
 from relay.config import LoggingConfig
 from relay.endpoints import Lifecycle
-from relay.logs import configure_logging
 from relay.metrics import Metrics
 from relay.middleware import RequestContext
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("info", "json", stream=stream)
-    yield stream
-    structlog.reset_defaults()
-    logging.getLogger().handlers[:] = []
-
-
-def lines(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
+from tests.conftest import log_lines
 
 
 async def auth(request: Request) -> Response:
@@ -72,7 +55,7 @@ def test_a_crash_is_a_500_page_with_the_request_id(log_stream: io.StringIO) -> N
         "message": "Something went wrong.",
         "request_id": rid,
     }
-    mine = [e for e in lines(log_stream) if e.get("request_id") == rid]
+    mine = [e for e in log_lines(log_stream) if e.get("request_id") == rid]
     assert [e["event"] for e in mine] == ["request.crashed", "http.request"]
     assert "RuntimeError: boom" in mine[0]["exception"]
     assert mine[1]["status"] == 500 and mine[1]["reason"] == "internal_error"
@@ -101,7 +84,7 @@ def test_successful_auth_lines_follow_the_sample(
         for _ in range(20):
             client.get("/auth")
         client.get("/nope")
-    access = [e for e in lines(log_stream) if e["event"] == "http.request"]
+    access = [e for e in log_lines(log_stream) if e["event"] == "http.request"]
     assert len([e for e in access if e["path"] == "/auth"]) == written
     assert [e["status"] for e in access if e["path"] == "/nope"] == [404]
 
@@ -111,6 +94,6 @@ def test_a_sampled_line_says_what_it_stands_for(log_stream: io.StringIO) -> None
     with TestClient(app(auth_success_sample=0.5)) as client:
         for _ in range(200):
             client.get("/auth")
-    access = [e for e in lines(log_stream) if e["event"] == "http.request"]
+    access = [e for e in log_lines(log_stream) if e["event"] == "http.request"]
     assert 40 < len(access) < 160
     assert all(e["sample_rate"] == 0.5 for e in access)
