@@ -178,7 +178,7 @@ def middleware(config: Config, metrics: Metrics, lifecycle: Lifecycle) -> list[M
     ]
     if config.server.internal_port is not None:
         stack.append(Middleware(InternalPort, port=config.server.internal_port, prefix=prefix))
-    stack.append(Middleware(AuthShortcut, prefix=prefix))
+    stack.append(Middleware(AuthShortcut, prefix=prefix, memo_max=max(config.cache.max_entries, 1)))
     return stack
 
 

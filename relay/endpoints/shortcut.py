@@ -20,17 +20,17 @@ from relay.endpoints import Context, session
 from relay.store.sessions import ActiveSession
 
 _READS = frozenset({"GET", "HEAD"})
-_MEMO_MAX = 100_000  # rendered header lists kept; past it they are dropped and rendered anew
 
 
 class AuthShortcut:
-    def __init__(self, app: ASGIApp, prefix: str) -> None:
+    def __init__(self, app: ASGIApp, prefix: str, memo_max: int) -> None:
         self.app = app
         self._paths = {
             prefix + "/auth": session.auth,
             prefix + "/auth/redirect": session.auth_redirect,
         }
         self._rendered: dict[str, tuple[ActiveSession, list[tuple[bytes, bytes]]]] = {}
+        self._memo_max = memo_max
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self._paths.get(scope.get("path", ""))
@@ -61,7 +61,9 @@ class AuthShortcut:
         memo = self._rendered.get(active.id_hash)
         if memo is not None and memo[0] is active:
             return memo[1]
-        if len(self._rendered) >= _MEMO_MAX:
+        if len(self._rendered) >= self._memo_max:
+            # As many as the cache holds: past that, the entries are for sessions it has let
+            # go of. Start afresh rather than keep them (and their sessions) alive.
             self._rendered.clear()
         headers = session.identity_headers(active)
         self._rendered[active.id_hash] = (active, headers)

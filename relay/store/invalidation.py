@@ -10,8 +10,11 @@ a ``SELECT 1`` on the listening connection; PostgreSQL delivers every notificati
 before that statement ahead of its answer, so when the answer comes, nothing older can still
 be missing. The cache is trusted until ``TRUST`` seconds after the start of the last answered
 heartbeat. A connection that dies, hangs or is terminated stops confirming: within ``TRUST``
-the cache is bypassed (every /auth reads the table), and when the listener is back it flushes
-the cache before trusting it again, because notifications sent meanwhile were lost. A
+the cache is bypassed (every /auth reads the table). A heartbeat that is merely slow (a busy
+machine) resumes trust when it answers, with the notifications that came before it handled
+first; one that gets no answer within the database timeout, or a connection that fails,
+counts as lost: the listener reconnects and flushes the cache before trusting it again,
+because notifications sent meanwhile were lost. A
 session ended on any replica therefore stops working everywhere within ``TRUST`` seconds,
 plus the time the ending transaction takes to commit.
 """
@@ -121,7 +124,10 @@ class Listener:
 
     async def _confirm(self, conn: psycopg.AsyncConnection[object]) -> None:
         started = self._monotonic()
-        async with asyncio.timeout(TRUST):
+        # A slow answer (a busy machine) only lets trust lapse for a moment: the connection
+        # still holds every notification, in order, and nothing needs flushing. Only a
+        # connection that does not answer within the database timeout counts as lost.
+        async with asyncio.timeout(self._timeout):
             await conn.execute("SELECT 1")
             # Notifications that came in ahead of the answer are held by psycopg until asked
             # for: take them before vouching for the cache.
