@@ -22,6 +22,11 @@ def routes(prefix: str) -> list[BaseRoute]:
         Route("/logout", session.logout_page, methods=["GET"]),
         Route("/logout", session.logout, methods=["POST"]),
         Route("/backchannel-logout", backchannel.backchannel_logout, methods=["POST"]),
+        # oauth2-proxy's names (docs/migrating-from-oauth2-proxy.md)
+        Route("/start", login.login, methods=["GET"]),
+        Route("/sign_in", login.login, methods=["GET"]),
+        Route("/sign_out", session.sign_out_page, methods=["GET"]),
+        Route("/sign_out", session.sign_out, methods=["POST"]),
         Route("/healthz", probes.healthz, methods=["GET"]),
         Route("/readyz", probes.readyz, methods=["GET"]),
         Route("/metrics", probes.metrics, methods=["GET"]),

@@ -8,7 +8,7 @@ from starlette.responses import RedirectResponse, Response
 
 from relay.endpoints import Context, context
 from relay.errors import TooManyRequests
-from relay.forwarded import client_address, original_url
+from relay.forwarded import client_address, from_trusted_proxy, original_url
 
 log = structlog.get_logger("relay.login")
 
@@ -27,14 +27,29 @@ async def login(request: Request) -> Response:
 
 
 def _forwarded_return_url(request: Request, ctx: Context) -> str | None:
-    """Without rd, a trusted proxy's X-Forwarded-* name the page to return to: nginx's
-    error_page hands /login the original request this way, with its query string intact.
-    A URL inside the relay itself is never a return target (it would loop back to /login)."""
-    url = original_url(request, ctx.proxies)
-    public_url = ctx.config.server.public_url
-    if url is None or url == public_url or url.startswith(public_url + "/"):
+    """Without rd, a trusted proxy names the page to return to: in oauth2-proxy's
+    X-Auth-Request-Redirect (a URL, or a path on the host the browser is on), else in
+    X-Forwarded-* (nginx's error_page hands /login the original request this way, with its
+    query string intact). A URL inside the relay itself is never a return target (it would
+    loop back to /login): oauth2-proxy's nginx example sets X-Auth-Request-Redirect on every
+    request to /oauth2/, so it often names /oauth2/start itself."""
+    for url in (_auth_request_redirect(request, ctx), original_url(request, ctx.proxies)):
+        if url is not None and not _inside_relay(url, ctx):
+            return url
+    return None
+
+
+def _auth_request_redirect(request: Request, ctx: Context) -> str | None:
+    if not from_trusted_proxy(request, ctx.proxies):
         return None
-    return url
+    return request.headers.get("x-auth-request-redirect") or None
+
+
+def _inside_relay(url: str, ctx: Context) -> bool:
+    server = ctx.config.server
+    if url.startswith("/") and not url.startswith("//"):
+        url = server.origin + url  # a path: on the host the browser is on, the relay's
+    return url == server.public_url or url.startswith(server.public_url + "/")
 
 
 async def callback(request: Request) -> Response:

@@ -1,10 +1,12 @@
-"""GET /auth (forward-auth), GET /userinfo, GET+POST /logout, and the relay's own home page."""
+"""GET /auth (forward-auth), GET /userinfo, GET+POST /logout (and oauth2-proxy's /sign_out),
+and the relay's own home page."""
 
 from __future__ import annotations
 
 import html
 from urllib.parse import urlencode, urlsplit
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.websockets import WebSocket
@@ -13,7 +15,10 @@ from relay.endpoints import Context, context
 from relay.errors import Forbidden, RelayError, Unauthorized
 from relay.forwarded import original_method, original_url
 from relay.pages import error_response, page, wants_json
+from relay.redirects import safe_redirect
 from relay.store.sessions import ActiveSession
+
+log = structlog.get_logger("relay.session")
 
 _CONTROL = dict.fromkeys(range(32)) | {127: None}
 _EMPTY_TEXT = ((b"content-length", b"0"), (b"content-type", b"text/plain; charset=utf-8"))
@@ -107,23 +112,68 @@ async def userinfo(request: Request) -> Response:
 
 
 async def logout_page(request: Request) -> Response:
-    action = html.escape(context(request).config.server.public_url + "/logout")
-    return page(
-        "Sign out",
-        f'<form method=post action="{action}"><p>Sign out of all apps behind this relay?</p>'
-        "<button type=submit>Sign out</button></form>",
-        form_targets=await _logout_targets(context(request)),
-    )
+    return await _confirmation(context(request), "/logout", None)
 
 
 async def logout(request: Request) -> Response:
+    return await _end_session(request, context(request), None)
+
+
+async def sign_out_page(request: Request) -> Response:
+    """oauth2-proxy's GET /sign_out, which signs out on a GET. Here it only asks: a sign-out
+    on GET can be set off by any site (a link, an <img>). An allowed rd rides along."""
     ctx = context(request)
+    return await _confirmation(ctx, "/sign_out", _sign_out_rd(request, ctx))
+
+
+async def sign_out(request: Request) -> Response:
+    """POST /sign_out: /logout, except that an rd passing the redirect allow-list is where
+    the browser goes next, as with oauth2-proxy, instead of the provider's end-session."""
+    ctx = context(request)
+    return await _end_session(request, ctx, _sign_out_rd(request, ctx))
+
+
+async def _confirmation(ctx: Context, path: str, rd: str | None) -> Response:
+    action = ctx.config.server.public_url + path
+    targets = await _logout_targets(ctx)
+    if rd is not None:
+        action += "?" + urlencode({"rd": rd})
+        if not rd.startswith("/"):  # CSP form-action also governs the redirect after the POST
+            parts = urlsplit(rd)
+            targets.append(f"{parts.scheme}://{parts.netloc}")
+    return page(
+        "Sign out",
+        f'<form method=post action="{html.escape(action)}">'
+        "<p>Sign out of all apps behind this relay?</p>"
+        "<button type=submit>Sign out</button></form>",
+        form_targets=targets,
+    )
+
+
+async def _end_session(request: Request, ctx: Context, rd: str | None) -> Response:
     if not _same_origin(request, ctx.config.server.origin):
         raise Forbidden("logout.cross_origin")
     after = await ctx.flows.logout(ctx.cookies.session_id(request))
-    response = RedirectResponse(after, status_code=303)
+    response = RedirectResponse(rd or after, status_code=303)
     ctx.cookies.clear_session(response)
     return response
+
+
+def _sign_out_rd(request: Request, ctx: Context) -> str | None:
+    """rd, if it passes the redirect allow-list; else None (and the refusal is logged)."""
+    rd = request.query_params.get("rd")
+    if not rd:
+        return None
+    config = ctx.config
+    allowed = safe_redirect(rd, config.redirects.allowed_hosts, config.server.origin, "")
+    if not allowed:
+        log.info(
+            "logout.rd_refused",
+            rd=rd[:200],
+            hint="add the host to redirects.allowed_hosts if it is yours",
+        )
+        return None
+    return allowed
 
 
 def _same_origin(request: Request, origin: str) -> bool:
