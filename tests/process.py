@@ -65,6 +65,19 @@ class RelayProcess:
             if marker in line:
                 return line
 
+    def collect(self) -> list[dict[str, Any]]:
+        """Every line printed so far, without waiting, as parsed events."""
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._queue.put(None)  # the end stays visible to wait_for and stop
+                break
+            self.lines.append(line)
+        return self.events()
+
     def stop(self, timeout: float = 20) -> int:
         """SIGTERM, then wait for a graceful exit; return the exit code."""
         assert self.proc is not None

@@ -78,15 +78,17 @@ class ProviderTransport(httpx2.AsyncBaseTransport):
 class TestProvider:
     __test__ = False  # not a pytest class
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], issuer: str = ISSUER) -> None:
         self.clock = clock
+        # Another issuer (an http://127.0.0.1 address) when it is served over a real socket
+        # for relay processes (tests/served.py).
+        self.issuer = issuer  # what it calls itself; some providers end it in "/"
         self.rsa_key = RSAKey.generate_key(2048, parameters={"kid": "rsa-1", "use": "sig"})
         self.ec_key = ECKey.generate_key("P-256", parameters={"kid": "ec-1", "use": "sig"})
         self.published: list[Key] = [self.rsa_key, self.ec_key]
         self.behaviour = Behaviour()
         self.grants: dict[str, Grant] = {}
         self.subject = "user-1"
-        self.issuer = ISSUER  # what it calls itself; some providers end it in "/"
         self.sid = "op-session-1"  # the provider's session id, put in ID tokens
         self.profile: dict[str, Any] = {
             "email": "alice@example.com",
@@ -117,11 +119,11 @@ class TestProvider:
         self.calls["discovery"] += 1
         doc = {
             "issuer": self.issuer,
-            "authorization_endpoint": ISSUER + "/authorize",
-            "token_endpoint": ISSUER + "/token",
-            "jwks_uri": ISSUER + "/jwks",
-            "end_session_endpoint": ISSUER + "/end_session",
-            "userinfo_endpoint": ISSUER + "/userinfo",
+            "authorization_endpoint": self.issuer.rstrip("/") + "/authorize",
+            "token_endpoint": self.issuer.rstrip("/") + "/token",
+            "jwks_uri": self.issuer.rstrip("/") + "/jwks",
+            "end_session_endpoint": self.issuer.rstrip("/") + "/end_session",
+            "userinfo_endpoint": self.issuer.rstrip("/") + "/userinfo",
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256", "ES256"],
