@@ -40,6 +40,9 @@ async def prune(db: Database, now: int, batch_size: int) -> PruneResult:
             return await _delete_in_batches(conn, now, batch_size)
         finally:
             if postgres:
+                # A batch that failed left its transaction aborted, where the unlock would fail
+                # too; and a session-level lock survives the rollback: end the transaction first.
+                await conn.rollback()
                 await conn.execute(_UNLOCK, {"key": ADVISORY_LOCK_KEY})
                 await conn.commit()
 
