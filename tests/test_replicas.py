@@ -260,3 +260,46 @@ def test_only_one_replica_prunes_at_a_time(tmp_path: Path) -> None:
 
 def rows(conn: psycopg.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT subject FROM sessions").fetchall()}
+
+
+def test_a_failed_prune_pass_does_not_keep_the_prune_lock(tmp_path: Path) -> None:
+    """A pass that fails halfway (its DELETE times out behind a table lock) must let go of the
+    advisory lock, or no replica ever prunes again while that pooled connection lives: the
+    lock is a session lock, which a rollback does not release."""
+    with postgres_database() as url:
+        run_migrations(url)
+        seed_session(url, "gone", expires_in=-60)
+        extra = "prune_interval = 1\n"
+        config_a, _ = relay_config(tmp_path, "a", url, extra=extra)
+        config_b, _ = relay_config(tmp_path, "b", url, extra=extra)
+        with (
+            psycopg.connect(libpq(url)) as locker,
+            psycopg.connect(libpq(url), autocommit=True) as probe,
+        ):
+            locker.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+            with replicas(config_a, config_b) as (relay_a, relay_b):
+                eventually(
+                    lambda: "prune.failed" in prune_events(relay_a) + prune_events(relay_b),
+                    6,
+                    "a pass fails behind the table lock",
+                )
+                locker.rollback()
+                # A pass holds the lock for milliseconds once a second: a free lock is
+                # taken at once here, a leaked one never.
+                eventually(
+                    lambda: (
+                        probe.execute(
+                            "SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)
+                        ).fetchone()
+                        == (True,)
+                    ),
+                    3,
+                    "the prune lock is free between passes",
+                )
+                probe.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+                failed = [
+                    e for e in relay_a.events() + relay_b.events() if e["event"] == "prune.failed"
+                ]
+                # The cause is reported (the lock wait ran out), not a later statement's error.
+                assert {e["reason"] for e in failed} == {"database.timeout"}, failed
+                eventually(lambda: rows(probe) == set(), 5, "the expired row is pruned")
