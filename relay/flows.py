@@ -31,7 +31,7 @@ from relay.oidc.client import authorization_url, exchange_code, fetch_userinfo
 from relay.oidc.discovery import Discovery, ProviderMetadata
 from relay.oidc.jwks import JwksCache
 from relay.oidc.tokens import Expectations, validate_id_token, validate_logout_token
-from relay.redirects import safe_redirect
+from relay.redirects import return_url
 from relay.store.pending import PendingLogin, PendingLogins
 from relay.store.sessions import ActiveSession, Sessions, Tokens
 
@@ -81,20 +81,7 @@ class Flows:
         return int(self._clock())
 
     def return_url(self, rd: str | None) -> str:
-        default = self.config.default_redirect
-        chosen = safe_redirect(
-            rd, self.config.redirects.allowed_hosts, self.config.server.origin, default
-        )
-        if rd and chosen == default and rd != default:
-            # Said, not silently dropped: a legitimate app missing from allowed_hosts shows
-            # up here (the value is the client's text, so only its start is kept).
-            log.info(
-                "login.rd_refused",
-                rd=rd[:200],
-                using=default,
-                hint="add the host to redirects.allowed_hosts if it is yours",
-            )
-        return chosen
+        return return_url(rd, self.config)
 
     async def start_login(self, rd: str | None, login_id: str | None) -> LoginStarted:
         return_to = self.return_url(rd)

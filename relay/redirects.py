@@ -13,6 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
+import structlog
+
+from relay.config import Config
+
+log = structlog.get_logger("relay.redirects")
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_LENGTH = 2048
 
@@ -47,6 +53,21 @@ def safe_redirect(
         return default
     netloc = host if port is None else f"{host}:{port}"
     return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, parts.fragment))
+
+
+def return_url(rd: str | None, config: Config) -> str:
+    """safe_redirect with the relay's own settings; a refused rd is said, not silently
+    dropped (a legitimate app missing from allowed_hosts shows up here)."""
+    default = config.default_redirect
+    chosen = safe_redirect(rd, config.redirects.allowed_hosts, config.server.origin, default)
+    if rd and chosen == default and rd != default:
+        log.info(
+            "login.rd_refused",
+            rd=rd[:200],  # the client's text: only its start
+            using=default,
+            hint="add the host to redirects.allowed_hosts if it is yours",
+        )
+    return chosen
 
 
 def _plain_text(value: str) -> bool:
