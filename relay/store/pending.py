@@ -11,6 +11,7 @@ from relay.store.database import Database
 from relay.store.models import sessions
 
 PENDING = "pending"
+_PENDING_LOCK = 0x6F6964632D70656E  # "oidc-pen": the advisory lock writers of pending rows take
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,13 @@ class PendingLogins:
         cannot all pass a count taken before any of them was written: past ``max_per_client``
         live rows for this client the new row is taken back out; past ``max_pending`` rows in
         all, the oldest pending rows (anyone's) are dropped: a full table costs the stalest logins,
-        never every new one.
+        never every new one. On PostgreSQL the transactions take turns (an advisory lock), so
+        concurrent logins cannot each count the table without the others' rows; SQLite has one
+        writer at a time anyway.
         """
         async with self._db.write() as conn:
+            if self._db.is_postgres:
+                await conn.execute(select(func.pg_advisory_xact_lock(_PENDING_LOCK)))
             await conn.execute(
                 insert(sessions).values(
                     id_hash=state_hash,
