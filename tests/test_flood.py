@@ -188,3 +188,16 @@ def test_an_unreachable_shared_storage_lets_logins_through() -> None:
             await limiter.close()
 
     assert asyncio.run(hits()) == [True, True, True]
+
+
+def test_replicas_on_shared_storage_share_the_login_rate(make_relay: Any) -> None:
+    """Two relay processes with [limits] storage_uri on the machine's Redis: one client gets
+    login_rate in all, not login_rate from each."""
+    client = f"2001:db8::{uuid.uuid4().hex[:4]}"  # fresh counters on a long-lived Redis
+    limits = {"login_rate": "6/minute", "storage_uri": "redis://127.0.0.1:6379/0"}
+    with (
+        make_relay(peer="127.0.0.1", limits=limits) as one,
+        make_relay(peer="127.0.0.1", limits=limits) as two,
+    ):
+        statuses = [login_from(relay, client) for relay in (one, two) * 6]
+    assert statuses.count(302) == 6
