@@ -113,6 +113,7 @@ def create_app(
         metrics.watch_cache(cache, listener)
         app.state.engine = engine
         app.state.metrics = metrics
+        login_limiter = LoginLimiter(config.limits.login_rate, config.limits.storage_uri)
         app.state.relay = Context(
             config=config,
             flows=flows,
@@ -122,7 +123,7 @@ def create_app(
             clock=clock,
             cookies=CookiePolicy.from_config(session),
             proxies=AddressSet.parse(config.server.trusted_proxies),
-            login_limiter=LoginLimiter(config.limits.login_rate),
+            login_limiter=login_limiter,
             metrics_readers=AddressSet.parse(config.server.metrics_allowed),
             metrics=metrics,
             listener=listener,
@@ -157,6 +158,7 @@ def create_app(
             for task in stuck:
                 log.error("relay.task_did_not_stop", task=task.get_name())
             await http.aclose()
+            await login_limiter.close()
             await db.dispose()
             log.info("relay.stopped")
 

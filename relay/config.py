@@ -286,9 +286,16 @@ class RedirectsConfig(_Section):
 
 
 class LimitsConfig(_Section):
-    # /login attempts per client address (limits' notation: "30/minute", "5/second").
-    login_rate: str = "30/minute"
-    # Pending logins across all clients; past it /login answers 503 until some expire.
+    # /login attempts per client address (limits' notation: "600/10 minutes", "5/second"),
+    # a sliding window. An office behind one NAT address signs in together on a Monday
+    # morning; a flood from one address is refused after this many.
+    login_rate: str = "600/10 minutes"
+    # Where the rate counters live: "memory://" (each process counts alone: with N replicas
+    # a client gets N times the rate) or shared storage, "redis://host:6379/0".
+    storage_uri: str = "memory://"
+    # Live pending logins per client address, counted in the database (so across replicas).
+    max_pending_per_address: int = Field(default=500, ge=1)
+    # Pending logins in the table; past it the oldest are dropped (never a refusal for all).
     max_pending: int = Field(default=10_000, ge=1)
 
     @field_validator("login_rate")
@@ -297,7 +304,14 @@ class LimitsConfig(_Section):
         try:
             parse(value)
         except ValueError as exc:
-            raise ValueError('must be a rate like "30/minute" or "5/second"') from exc
+            raise ValueError('must be a rate like "600/10 minutes" or "5/second"') from exc
+        return value
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        if value.partition("://")[0] not in ("memory", "redis", "rediss"):
+            raise ValueError('must be "memory://" or a Redis URL like "redis://host:6379/0"')
         return value
 
 

@@ -21,7 +21,6 @@ from relay.crypto import SealError, hash_id, looks_like_id, new_id, short_hash
 from relay.errors import (
     BadRequest,
     Misconfigured,
-    Overloaded,
     RelayError,
     TooManyRequests,
     Unauthorized,
@@ -83,27 +82,45 @@ class Flows:
     def return_url(self, rd: str | None) -> str:
         return return_url(rd, self.config)
 
-    async def start_login(self, rd: str | None, login_id: str | None) -> LoginStarted:
+    async def start_login(
+        self, rd: str | None, login_id: str | None, client: str | None
+    ) -> LoginStarted:
+        """Write a pending login and build the provider URL. ``client`` is the client's
+        address (None when a trusted proxy did not say): its pending logins are capped."""
         return_to = self.return_url(rd)
         metadata = await self.discovery.get()
         now = self.now()
         login_id = login_id or new_id()
         binding_hash = hash_id(login_id)
-        session = self.config.session
+        session, limits = self.config.session, self.config.limits
         pending_here = await self._pending.count_for_browser(binding_hash, now)
         if pending_here >= session.max_pending_per_browser:
             browser = short_hash(binding_hash)
             log.warning("login.refused", reason="too_many_pending", browser=browser)
             raise TooManyRequests("login.too_many_pending")
-        cap = self.config.limits.max_pending
-        if await self._pending.count_all(now, cap) >= cap:
-            log.warning("login.refused", reason="pending_cap", max_pending=cap)
-            raise Overloaded("login.pending_cap")
         state, nonce = new_id(), new_id()
         verifier = secrets.token_urlsafe(48)  # RFC 7636 §4.1: 43-128 unreserved characters
         state_hash = hash_id(state)
         login = PendingLogin(nonce, verifier, return_to, now, now + session.pending_lifetime)
-        await self._pending.add(state_hash, binding_hash, login)
+        client_hash = None if client is None else hash_id(client)
+        added = await self._pending.add(
+            state_hash,
+            binding_hash,
+            login,
+            client_hash=client_hash,
+            max_per_client=limits.max_pending_per_address,
+            max_pending=limits.max_pending,
+        )
+        if not added.stored:
+            log.warning(
+                "login.refused",
+                reason="too_many_pending_for_address",
+                client=client,
+                max_pending_per_address=limits.max_pending_per_address,
+            )
+            raise TooManyRequests("login.too_many_pending")
+        if added.evicted:
+            log.warning("login.evicted", count=added.evicted, max_pending=limits.max_pending)
         log.info("login.started", login=short_hash(state_hash), return_to=return_to)
         url = authorization_url(
             metadata,

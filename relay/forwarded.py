@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from relay.pages import wants_json
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -50,21 +52,42 @@ def original_url(request: Request, proxies: AddressSet) -> str | None:
     return f"{proto}://{host}{uri}"
 
 
-def client_address(request: Request, proxies: AddressSet) -> str:
-    """The address of the client, seen through trusted proxies: the right-most address in
-    X-Forwarded-For that is not a trusted proxy (left of it, anyone can write anything)."""
-    peer = request.client.host if request.client else "unknown"
+def client_address(request: Request, proxies: AddressSet) -> str | None:
+    """The address of the client, seen through trusted proxies; None when a trusted proxy
+    did not say.
+
+    X-Forwarded-For is walked from the right past trusted proxies: each proxy appends the
+    address it saw, so the first untrusted entry is the last one a trusted proxy wrote, and
+    anything left of it is the client's own text. A trusted proxy that sends only X-Real-IP
+    (its single view of the client) is believed too. A trusted proxy that names no client, or
+    a mangled entry where the client should be, gives None: counting the proxy itself would
+    put all its clients in one bucket.
+    """
+    peer = request.client.host if request.client else None
     if not from_trusted_proxy(request, proxies):
         return peer
-    chain = [a.strip() for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
+    chain = [a for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
+    if not chain:
+        chain = [request.headers.get("x-real-ip", "")]
+    address = None
     for entry in reversed(chain):
-        try:
-            address = str(ipaddress.ip_address(entry))
-        except ValueError:
-            return peer  # a mangled header: count the proxy itself, not a made-up name
-        if address not in proxies:
+        address = _address(entry)
+        if address is None or address not in proxies:
             return address
-    return chain[0] if chain else peer
+    return address  # every hop a trusted proxy: the left-most is the client
+
+
+def _address(entry: str) -> str | None:
+    """An address in canonical form; an entry with a port ("1.2.3.4:80", "[::1]:80") too."""
+    entry = entry.strip()
+    if entry.startswith("["):
+        entry = entry[1:].partition("]")[0]
+    elif entry.count(":") == 1:
+        entry = entry.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(entry))
+    except ValueError:
+        return None
 
 
 def original_method(request: Request, proxies: AddressSet) -> str:
@@ -73,6 +96,19 @@ def original_method(request: Request, proxies: AddressSet) -> str:
         if forwarded:
             return forwarded.upper()
     return request.method
+
+
+def is_navigation(request: Request, proxies: AddressSet) -> bool:
+    """Whether a browser is loading a page (and may be sent to the provider), as opposed to
+    a script, an API client or a form post, which get a 401 to act on instead."""
+    headers = request.headers
+    if original_method(request, proxies) not in ("GET", "HEAD"):
+        return False
+    if "x-requested-with" in headers:
+        return False
+    if headers.get("sec-fetch-mode", "navigate") != "navigate":
+        return False
+    return not wants_json(request)
 
 
 def _first(value: str | None) -> str | None:

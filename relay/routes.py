@@ -12,7 +12,8 @@ from relay.endpoints import INTERNAL, backchannel, login, probes, session
 def routes(prefix: str) -> list[BaseRoute]:
     table: list[BaseRoute] = [
         Route("/", session.home, methods=["GET"]),
-        Route("/login", login.login, methods=["GET"]),
+        # Any method: nginx's error_page hands /login every request that lacked a session.
+        Route("/login", login.login, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
         Route("/callback", login.callback, methods=["GET"]),
         Route("/auth", session.auth, methods=["GET", "HEAD"]),
         Route("/auth/redirect", session.auth_redirect, methods=["GET", "HEAD"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
 from relay.crypto import new_id
@@ -118,3 +119,35 @@ def test_callback_response_hides_the_code_from_the_next_page(
     done = sign_in(relay, provider, rd="https://app.test/")
     assert done.headers["referrer-policy"] == "no-referrer"
     assert done.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("method", "headers"),
+    [
+        ("GET", {"Accept": "application/json"}),
+        ("GET", {"X-Requested-With": "XMLHttpRequest"}),
+        ("GET", {"Sec-Fetch-Mode": "cors", "Accept": "*/*"}),
+        ("POST", {"Accept": "text/html"}),
+        ("PUT", {}),
+        ("DELETE", {}),
+        ("GET", {"X-Forwarded-Method": "POST"}),  # from the trusted proxy: the original method
+    ],
+    ids=["json", "xhr", "fetch", "post", "put", "delete", "forwarded-post"],
+)
+def test_login_answers_api_calls_with_401(
+    make_relay: Any, db: Engine, method: str, headers: dict[str, str]
+) -> None:
+    """nginx's error_page hands /login every request that lacked a session: a script, an API
+    client or a form post gets 401 (no redirect to the provider, no pending login)."""
+    with make_relay(peer="127.0.0.1") as relay:
+        response = relay.request(method, "/login", headers=headers)
+    assert response.status_code == 401
+    assert "location" not in response.headers
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sessions")).scalar_one() == 0
+
+
+def test_login_still_sends_a_navigation_to_the_provider(relay: TestClient) -> None:
+    """A browser loading a page (Sec-Fetch-Mode: navigate, Accept: text/html) is redirected."""
+    headers = {"Sec-Fetch-Mode": "navigate", "Accept": "text/html,application/xhtml+xml"}
+    assert relay.get("/login", headers=headers).status_code == 302

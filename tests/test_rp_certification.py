@@ -242,7 +242,7 @@ def test_rp_discovery_issuer_not_matching_config(make_relay: Any, provider: Test
     (Discovery §4.3)."""
     provider.behaviour.discovery_overrides["issuer"] = "https://impostor.test"
     with make_relay() as relay:
-        response = relay.get("/login", headers={"Accept": "application/json"})
+        response = relay.get("/login", headers={"Accept": "text/html"})  # a navigation
         assert response.status_code == 503
         ready = relay.get("/readyz").json()
     assert ready["provider"] == "unavailable: discovery.issuer_mismatch"

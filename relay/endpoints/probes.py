@@ -54,7 +54,10 @@ async def metrics(request: Request) -> Response:
     [server].internal_port, for whoever reaches that port."""
     ctx = context(request)
     internal = request.scope.get(INTERNAL, False)
-    if not internal and client_address(request, ctx.proxies) not in ctx.metrics_readers:
+    # A trusted peer that names no client is taken to be asking for itself (a local scraper).
+    peer = request.client.host if request.client else None
+    reader = client_address(request, ctx.proxies) or peer
+    if not internal and reader not in ctx.metrics_readers:
         return JSONResponse({"error": "not_found"}, status_code=404)
     body = generate_latest(ctx.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

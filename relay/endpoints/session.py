@@ -13,8 +13,8 @@ from starlette.websockets import WebSocket
 
 from relay.endpoints import Context, context
 from relay.errors import Forbidden, RelayError, Unauthorized
-from relay.forwarded import original_method, original_url
-from relay.pages import error_response, page, wants_json
+from relay.forwarded import is_navigation, original_url
+from relay.pages import error_response, page
 from relay.redirects import safe_redirect
 from relay.store.sessions import ActiveSession
 
@@ -38,7 +38,7 @@ async def auth_redirect(request: Request) -> Response:
     try:
         session = await ctx.flows.authenticate(ctx.cookies.session_id(request))
     except Unauthorized:
-        if not _is_navigation(request, ctx):
+        if not is_navigation(request, ctx.proxies):
             raise
         login = ctx.config.server.public_url + "/login"
         rd = original_url(request, ctx.proxies)
@@ -61,17 +61,6 @@ async def auth_handshake(websocket: WebSocket) -> None:
     except RelayError as exc:
         response = await error_response(request, exc)
     await websocket.send_denial_response(response)
-
-
-def _is_navigation(request: Request, ctx: Context) -> bool:
-    headers = request.headers
-    if original_method(request, ctx.proxies) not in ("GET", "HEAD"):
-        return False
-    if "x-requested-with" in headers:
-        return False
-    if headers.get("sec-fetch-mode", "navigate") != "navigate":
-        return False
-    return not wants_json(request)
 
 
 def _identity_response(session: ActiveSession) -> Response:

@@ -19,6 +19,7 @@ sessions = Table(
     Column("status", String(16), nullable=False),  # "pending" | "active"
     # Pending rows: which browser started the login (hash of the binding cookie) and what it needs.
     Column("binding_hash", String(64), nullable=True),
+    Column("client_hash", String(64), nullable=True),  # hash of the client address, if known
     Column("nonce", String(128), nullable=True),
     Column("code_verifier", Text, nullable=True),  # sealed
     Column("return_to", Text, nullable=True),
@@ -34,6 +35,8 @@ sessions = Table(
     Column("expires_at", BigInteger, nullable=False),
     Index("ix_sessions_expires_at", "expires_at"),
     Index("ix_sessions_binding_hash", "binding_hash"),
+    Index("ix_sessions_client_hash", "client_hash"),
+    Index("ix_sessions_status_created_at", "status", "created_at"),
     Index("ix_sessions_sid", "sid"),
     Index("ix_sessions_subject", "subject"),
 )

@@ -19,11 +19,13 @@ from sqlalchemy import Engine, create_engine, text
 from tests.conftest import postgres_database, run_migrations
 from tests.e2e.stack import (
     Service,
+    caddy_root_certificate,
     caddy_service,
     nginx_service,
     provider_service,
     self_signed_certificate,
     upstream_service,
+    wait_for_file,
 )
 from tests.process import RelayProcess, free_port
 
@@ -50,7 +52,18 @@ class Stack:
 
     @property
     def caddy_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['caddy']}"
+        return f"https://127.0.0.1:{self.ports['caddy']}"
+
+    def client(
+        self, source: str = "127.0.0.1", proxy: str = "nginx", **options: Any
+    ) -> httpx2.Client:
+        """An HTTP client whose connections come from ``source`` (any 127.x.y.z: nginx sees
+        each as a client address of its own), trusting the proxy's certificate only."""
+        cafile = self.cert if proxy == "nginx" else caddy_root_certificate(self.workdir)
+        tls = ssl.create_default_context(cafile=str(cafile))
+        transport = httpx2.HTTPTransport(verify=tls, local_address=source)
+        options.setdefault("timeout", 15)
+        return httpx2.Client(transport=transport, verify=tls, **options)
 
     @property
     def public_url(self) -> str:
@@ -108,7 +121,8 @@ allowed_hosts = ["127.0.0.1:{self.ports["nginx"]}", "127.0.0.1:{self.ports["cadd
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("e2e")
-    ports = {name: free_port() for name in ("provider", "relay", "upstream", "nginx", "caddy")}
+    names = ("provider", "relay", "upstream", "nginx", "nginx_http", "caddy", "caddy_http")
+    ports = {name: free_port() for name in names}
     with postgres_database() as url:
         run_migrations(url)
         s = Stack(workdir, url, ports, client_secret=secrets.token_urlsafe(24))
@@ -130,12 +144,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             s.services.append(provider.start(ports["provider"]))
             s.services.append(upstream_service(workdir, ports["upstream"]).start(ports["upstream"]))
             s.start_relay()
+            nginx_ports = (ports["nginx"], ports["nginx_http"])
             nginx = nginx_service(
-                workdir, ports["nginx"], ports["relay"], ports["upstream"], tls=(cert, key)
+                workdir, nginx_ports, ports["relay"], ports["upstream"], tls=(cert, key)
             )
             s.services.append(nginx.start(ports["nginx"]))
-            caddy = caddy_service(workdir, ports["caddy"], ports["relay"], ports["upstream"])
+            caddy_ports = (ports["caddy"], ports["caddy_http"])
+            caddy = caddy_service(workdir, caddy_ports, ports["relay"], ports["upstream"])
             s.services.append(caddy.start(ports["caddy"]))
+            wait_for_file(caddy_root_certificate(workdir))
             yield s
         finally:
             if s.relay is not None and s.relay.proc is not None:
@@ -169,8 +186,7 @@ def scripted_login(client: httpx2.Client, url: str, account: str = ACCOUNT) -> h
 @pytest.fixture
 def http(stack: Stack) -> Iterator[httpx2.Client]:
     """A cookie-keeping HTTP client that trusts nginx's self-signed certificate (and only it)."""
-    tls = ssl.create_default_context(cafile=str(stack.cert))
-    with httpx2.Client(verify=tls, follow_redirects=True, timeout=15) as client:
+    with stack.client(follow_redirects=True) as client:
         yield client
 
 

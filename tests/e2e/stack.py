@@ -39,6 +39,14 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: 
     raise TimeoutError(f"{what} did not listen on {port} within {timeout}s")
 
 
+def wait_for_file(path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout}s")
+        time.sleep(0.05)
+
+
 class Service:
     """A process with its output in a log file, stopped with SIGTERM (then SIGKILL)."""
 
@@ -150,51 +158,75 @@ def upstream_service(workdir: Path, port: int) -> Service:
 
 
 def nginx_service(
-    workdir: Path, port: int, relay_port: int, upstream_port: int, *, tls: tuple[Path, Path]
+    workdir: Path,
+    ports: tuple[int, int],
+    relay_port: int,
+    upstream_port: int,
+    *,
+    tls: tuple[Path, Path],
+    site: str | None = None,
+    name: str = "nginx",
 ) -> Service:
+    """nginx running deploy/nginx.conf as written, inside http {} as its header says, with
+    only the ports (https, http), host and certificate paths replaced. ``site`` runs a changed
+    copy instead (to show a test notices a missing line)."""
+    https_port, http_port = ports
     cert, key = tls
-    site = (ROOT / "deploy" / "nginx.conf").read_text()
-    listen = f"listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};"
-    listen += f"\n    ssl_certificate_key {key};"
-    site = replace_exactly(site, "listen 80;", listen, 1)
-    site = replace_exactly(site, "server_name app.example.com;", "server_name 127.0.0.1;", 1)
-    site = replace_exactly(site, "127.0.0.1:4180", f"127.0.0.1:{relay_port}", 3)
-    site = replace_exactly(site, "127.0.0.1:8080", f"127.0.0.1:{upstream_port}", 1)
-    (workdir / "site.conf").write_text(site)
-    temp = workdir / "nginx-temp"
+    text = (ROOT / "deploy" / "nginx.conf").read_text() if site is None else site
+    text = replace_exactly(text, "listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;", 1)
+    text = replace_exactly(text, "listen 80;", f"listen 127.0.0.1:{http_port};", 1)
+    text = replace_exactly(text, "server_name app.example.com;", "server_name 127.0.0.1;", 2)
+    text = replace_exactly(text, "/etc/ssl/certs/app.example.com.pem", str(cert), 1)
+    text = replace_exactly(text, "/etc/ssl/private/app.example.com.key", str(key), 1)
+    text = replace_exactly(text, "server 127.0.0.1:4180;", f"server 127.0.0.1:{relay_port};", 1)
+    text = replace_exactly(text, "127.0.0.1:8080", f"127.0.0.1:{upstream_port}", 1)
+    (workdir / f"{name}-site.conf").write_text(text)
+    temp = workdir / f"{name}-temp"
     temp.mkdir(exist_ok=True)
-    (workdir / "nginx.conf").write_text(
+    (workdir / f"{name}.conf").write_text(
         f"""
 daemon off;
 worker_processes 1;
 user root;
-pid {workdir}/nginx.pid;
-error_log {workdir}/nginx-error.log info;
-events {{ worker_connections 256; }}
+pid {workdir}/{name}.pid;
+error_log {workdir}/{name}-error.log info;
+events {{ worker_connections 1024; }}
 http {{
-    access_log {workdir}/nginx-access.log;
+    access_log {workdir}/{name}-access.log;
     client_body_temp_path {temp}/body;
     proxy_temp_path {temp}/proxy;
     fastcgi_temp_path {temp}/fastcgi;
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
-    include {workdir}/site.conf;
+    include {workdir}/{name}-site.conf;
 }}
 """
     )
-    return Service("nginx", [require("nginx"), "-c", str(workdir / "nginx.conf")], workdir)
+    return Service(name, [require("nginx"), "-c", str(workdir / f"{name}.conf")], workdir)
 
 
-def caddy_service(workdir: Path, port: int, relay_port: int, upstream_port: int) -> Service:
+def caddy_service(
+    workdir: Path, ports: tuple[int, int], relay_port: int, upstream_port: int
+) -> Service:
+    """Caddy running deploy/Caddyfile as written, with only the site address (https on a
+    free port, a certificate from Caddy's own local CA for 127.0.0.1) and ports replaced."""
+    https_port, http_port = ports
     site = (ROOT / "deploy" / "Caddyfile").read_text()
-    site = replace_exactly(site, "app.example.com {", f"http://127.0.0.1:{port} {{", 1)
+    site = replace_exactly(site, "app.example.com {", f"https://127.0.0.1:{https_port} {{", 1)
     site = replace_exactly(site, "127.0.0.1:4180", f"127.0.0.1:{relay_port}", 2)
     site = replace_exactly(site, "127.0.0.1:8080", f"127.0.0.1:{upstream_port}", 1)
-    # Global options for a throwaway instance: no admin API, no state outside workdir.
-    (workdir / "Caddyfile").write_text("{\n\tadmin off\n}\n\n" + site)
+    # Global options for a throwaway instance: no admin API, no state outside workdir, no
+    # system trust store, the HTTP redirect port out of the way.
+    options = f"{{\n\tadmin off\n\tskip_install_trust\n\thttp_port {http_port}\n}}\n\n"
+    (workdir / "Caddyfile").write_text(options + site)
     return Service(
         "caddy",
         [require("caddy"), "run", "--config", str(workdir / "Caddyfile"), "--adapter", "caddyfile"],
         workdir,
         env={"XDG_DATA_HOME": str(workdir / "caddy-data"), "XDG_CONFIG_HOME": str(workdir)},
     )
+
+
+def caddy_root_certificate(workdir: Path) -> Path:
+    """The root of the local CA Caddy made for its certificate (appears once it serves)."""
+    return workdir / "caddy-data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"

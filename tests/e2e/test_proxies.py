@@ -14,6 +14,7 @@ import httpx2
 import pytest
 
 from tests.e2e.conftest import Stack, scripted_login
+from tests.e2e.stack import caddy_root_certificate
 
 pytestmark = pytest.mark.e2e
 
@@ -78,9 +79,9 @@ def websocket_status(stack: Stack, cookie: str | None, proxy: str = "nginx") -> 
     app's first message."""
     port = stack.ports[proxy]
     conn: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
-    if proxy == "nginx":
-        tls = ssl.create_default_context(cafile=str(stack.cert))
-        conn = tls.wrap_socket(conn, server_hostname="127.0.0.1")
+    cafile = stack.cert if proxy == "nginx" else caddy_root_certificate(stack.workdir)
+    tls = ssl.create_default_context(cafile=str(cafile))
+    conn = tls.wrap_socket(conn, server_hostname="127.0.0.1")
     with conn:
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
@@ -136,7 +137,7 @@ def test_nginx_websocket_needs_a_session(stack: Stack, http: httpx2.Client) -> N
 def test_caddy_sends_browser_navigation_to_login(stack: Stack) -> None:
     """No session: Caddy hands the relay's redirect (to /login with the original URL) to the
     browser."""
-    with httpx2.Client(follow_redirects=False) as client:
+    with stack.client(proxy="caddy") as client:
         response = client.get(stack.caddy_url + "/headers?x=1", headers={"Accept": "text/html"})
     assert response.status_code == 302
     location = response.headers["location"]
@@ -151,7 +152,7 @@ def test_caddy_sends_browser_navigation_to_login(stack: Stack) -> None:
 )
 def test_caddy_gives_api_requests_401(stack: Stack, headers: dict[str, str]) -> None:
     """API and XHR requests without a session get 401, not a login page."""
-    with httpx2.Client(follow_redirects=False) as client:
+    with stack.client(proxy="caddy") as client:
         assert client.get(stack.caddy_url + "/headers", headers=headers).status_code == 401
         assert client.post(stack.caddy_url + "/headers").status_code == 401
 
@@ -161,7 +162,7 @@ def test_caddy_upstream_gets_identity_it_can_trust(stack: Stack, http: httpx2.Cl
     forged ones."""
     scripted_login(http, stack.app_url + "/headers")
     cookie = session_cookie(http)
-    with httpx2.Client(follow_redirects=False) as client:
+    with stack.client(proxy="caddy") as client:
         response = client.get(
             stack.caddy_url + "/headers",
             headers={"Cookie": f"__Host-relay_session={cookie}", **FORGED},

@@ -31,10 +31,22 @@ async def headers(request: Request) -> Response:
     return JSONResponse(identity(dict(request.headers)))
 
 
+async def cookies(request: Request) -> Response:
+    """The Cookie header as the app received it (the proxy strips the relay's cookies)."""
+    return JSONResponse({"cookie": request.headers.get("cookie")})
+
+
 async def ws(websocket: WebSocket) -> None:
     await websocket.accept()
     await websocket.send_json(identity(dict(websocket.headers)))
     await websocket.close()
 
 
-app = Starlette(routes=[Route("/", home), Route("/headers", headers), WebSocketRoute("/ws", ws)])
+app = Starlette(
+    routes=[
+        Route("/", home),
+        Route("/headers", headers),
+        Route("/cookies", cookies),
+        WebSocketRoute("/ws", ws),
+    ]
+)
