@@ -5,7 +5,6 @@
     ├── Unauthorized        401   no valid session
     ├── Forbidden           403   a cross-origin logout and the like
     ├── TooManyRequests     429   a browser or client address starting too many logins
-    ├── Overloaded          503   too many logins pending across all clients
     ├── DatabaseUnavailable 503   the database failed, refused or took too long (store/database.py)
     ├── Misconfigured       503   the relay's own configuration is wrong: only its operator can
     │                             fix it (a refused client secret, replicas with different secrets)
@@ -51,11 +50,6 @@ class Forbidden(RelayError):
 class TooManyRequests(RelayError):
     status = 429
     public_message = "Too many sign-ins are in progress. Please finish or wait a few minutes."
-
-
-class Overloaded(RelayError):
-    status = 503
-    public_message = "Too many sign-ins are in progress. Please try again in a few minutes."
 
 
 class DatabaseUnavailable(RelayError):
