@@ -11,7 +11,14 @@ import structlog
 from joserfc.jwk import RSAKey
 from starlette.testclient import TestClient
 
-from tests.conftest import SECRET, callback_path, log_lines, provider_redirect, query
+from tests.conftest import (
+    SECRET,
+    callback_path,
+    log_lines,
+    provider_redirect,
+    query,
+    sign_in,
+)
 from tests.provider import CLIENT_SECRET, TestProvider
 
 
@@ -147,3 +154,18 @@ def test_a_refused_return_url_is_logged(log_stream: io.StringIO, relay: TestClie
     [line] = [e for e in log_lines(log_stream) if e["event"] == "login.rd_refused"]
     assert line["rd"] == "https://elsewhere.example/x"
     assert "redirects.allowed_hosts" in line["hint"]
+
+
+def test_a_cached_check_names_its_session_when_logged(
+    log_stream: io.StringIO, make_relay: Any, provider: TestProvider
+) -> None:
+    """A successful /auth answered by the shortcut, when its line is written, names the
+    session by its short hash like every other line."""
+    with make_relay(logging={"auth_success_sample": 1.0}) as relay:
+        sign_in(relay, provider)
+        for _ in range(3):
+            assert relay.get("/auth").status_code == 200
+    succeeded = next(e for e in log_lines(log_stream) if e["event"] == "login.succeeded")
+    checks = [e for e in log_lines(log_stream) if e.get("path") == "/auth"]
+    assert len(checks) == 3
+    assert all(e["session"] == succeeded["session"] for e in checks)

@@ -97,3 +97,13 @@ def test_a_sampled_line_says_what_it_stands_for(log_stream: io.StringIO) -> None
     access = [e for e in log_lines(log_stream) if e["event"] == "http.request"]
     assert 40 < len(access) < 160
     assert all(e["sample_rate"] == 0.5 for e in access)
+
+
+def test_no_context_leaks_between_test_client_requests(log_stream: io.StringIO) -> None:
+    """The same holds in-process: a crash's reason does not reach the next request's line."""
+    with TestClient(app(auth_success_sample=1.0), raise_server_exceptions=False) as client:
+        assert client.get("/crash").status_code == 500
+        assert client.get("/auth").status_code == 200
+    access = [e for e in log_lines(log_stream) if e["event"] == "http.request"]
+    assert [e["path"] for e in access] == ["/crash", "/auth"]
+    assert "reason" in access[0] and "reason" not in access[1]

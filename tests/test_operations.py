@@ -106,3 +106,24 @@ def test_sessions_gauge_is_sampled(tmp_path: Path) -> None:
             text = httpx2.get(f"http://127.0.0.1:{port}/metrics").text
         assert 'relay_sessions{state="active"} 0.0' in text
         assert 'relay_sessions{state="pending"} 0.0' in text
+
+
+def test_no_context_leaks_between_requests(tmp_path: Path) -> None:
+    """On one keep-alive connection to a real server, a refusal's reason does not reach the
+    next request's access line: each request starts with a clean log context."""
+    port = free_port()
+    config = write_config(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", port)
+    relay = RelayProcess(config)
+    relay.start()
+    try:
+        with httpx2.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(3):
+                assert client.get("/auth").status_code == 401
+                assert client.get("/healthz").status_code == 200
+    finally:
+        relay.stop()
+    access = [e for e in relay.events() if e["event"] == "http.request"]
+    assert [e["path"] for e in access] == ["/auth", "/healthz"] * 3
+    assert all(e["reason"] == "session.missing" for e in access if e["path"] == "/auth")
+    assert not [e for e in access if e["path"] == "/healthz" and "reason" in e]
+    assert len({e["request_id"] for e in access}) == 6
