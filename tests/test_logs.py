@@ -169,3 +169,17 @@ def test_a_cached_check_names_its_session_when_logged(
     checks = [e for e in log_lines(log_stream) if e.get("path") == "/auth"]
     assert len(checks) == 3
     assert all(e["session"] == succeeded["session"] for e in checks)
+
+
+def test_an_issuer_mismatch_shows_both_issuers(
+    log_stream: io.StringIO, make_relay: Any, provider: TestProvider
+) -> None:
+    """The discovery failure an operator fixes by copying a value names both values and
+    the discovery URL, not just a reason slug."""
+    provider.behaviour.discovery_overrides["issuer"] = "https://impostor.test"
+    with make_relay() as relay:
+        relay.get("/login")
+    [line, *_] = [e for e in log_lines(log_stream) if e["event"] == "provider.unavailable"]
+    assert line["reason"] == "discovery.issuer_mismatch"
+    assert "'https://impostor.test'" in line["detail"] and "'https://idp.test'" in line["detail"]
+    assert line["url"] == "https://idp.test/.well-known/openid-configuration"
