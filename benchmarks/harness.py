@@ -158,6 +158,30 @@ def seed(url: str, rows: int, *, known: int = 0, expired: bool = False) -> list[
     return cookies
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll ``condition`` until it holds; fail loudly, naming ``what``, past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+
+
+def wait_for_backends_gone(url: str) -> None:
+    """Until no other connection is open on the database: a backend flushes its statistics
+    as it exits, so the counters read after this include everything it did."""
+
+    def gone() -> bool:
+        with psycopg.connect(psycopg_url(url), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        return row is not None and row[0] == 0
+
+    wait_until(gone, "the relay's database connections to close")
+
+
 def table_stats(url: str) -> dict[str, int]:
     """Cumulative row counters of the sessions table and commits of the database, read on a
     new connection (so no stats snapshot is reused)."""
@@ -274,6 +298,10 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+    def wait_for_line(self, marker: str, timeout: float = 30) -> None:
+        """Until the server's log has a line containing ``marker``."""
+        wait_until(lambda: marker in self.log.read_text(errors="replace"), marker, timeout)
 
     def problems(self) -> list[str]:
         """Log lines at warning level or above, 5xx access lines, tracebacks."""
@@ -484,6 +512,8 @@ def py_spy(pid: int, seconds: int, out: Path, load: Callable[[], Any]) -> dict[s
     argv = [str(BIN / "py-spy"), "record", "-f", "raw", "-o", str(out), "--pid", str(pid)]
     argv += ["--duration", str(seconds), "--rate", "200", "--nonblocking"]
     spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # py-spy says nothing when it has attached; the load runs longer than this margin and
+    # the profile is a sample of it, so an attach a little late costs samples, not truth.
     time.sleep(1)
     load()
     _, err = spy.communicate(timeout=seconds + 60)

@@ -22,7 +22,9 @@ def run(*, expired: int, window: float, rounds: int) -> dict[str, Any]:
         relay = h.relay_server(config, port, tmp)
         bare = h.bare_server(tmp)
         try:
-            time.sleep(1)  # the background pruner's first pass (an empty one) is done
+            # The background pruner's first pass (an empty one) must be over before the
+            # expired rows arrive, or it would prune them instead of the CLI.
+            relay.wait_for_line('"prune.completed"')
             print(f"  seeding {expired:,} expired rows", flush=True)
             h.seed(url, expired, expired=True)
             rows_before = h.table_stats(url)["rows"]

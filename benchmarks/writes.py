@@ -5,7 +5,6 @@ xact_commit. Bound: updates <= sessions * (duration / touch_interval) + sessions
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from benchmarks import harness as h
@@ -29,7 +28,6 @@ def run(*, seconds: float, rounds: int) -> dict[str, Any]:
             h.wrk(bare, script, 2)
             for number in range(rounds):
                 bare_runs.append(h.wrk(bare, script, seconds))
-                time.sleep(1)
                 before = h.table_stats(url)
                 relay = h.relay_server(config, port, tmp, name=f"relay-{number}")
                 try:
@@ -40,7 +38,7 @@ def run(*, seconds: float, rounds: int) -> dict[str, Any]:
                     result["warmup_requests"] = warmup
                 finally:
                     relay.stop()
-                time.sleep(1.5)  # the backends' last statistics reach the collector
+                h.wait_for_backends_gone(url)  # their statistics are flushed as they exit
                 after = h.table_stats(url)
                 problems += relay.problems()
                 delta = {k: after[k] - before[k] for k in ("ins", "upd", "del", "xact_commit")}
