@@ -110,7 +110,7 @@ def create_app(
             metrics=metrics,
             clock=clock,
         )
-        metrics.watch_cache(cache, listener)
+        metrics.watch(cache, listener, discovery)
         app.state.engine = engine
         app.state.metrics = metrics
         login_limiter = LoginLimiter(config.limits.login_rate, config.limits.storage_uri)

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from relay.oidc.discovery import Discovery
 from relay.store.cache import SessionCache
 from relay.store.invalidation import Listener
 
@@ -43,22 +44,26 @@ class Metrics:
             ["state"],
             registry=self.registry,
         )
-        self.provider_ready = Gauge(
-            "relay_provider_ready",
-            "1 when the provider's metadata is loaded, 0 when it could not be fetched.",
-            registry=self.registry,
-        )
 
-    def watch_cache(self, cache: SessionCache, listener: Listener | None) -> None:
-        self.registry.register(_CacheCollector(cache, listener))
+    def watch(self, cache: SessionCache, listener: Listener | None, discovery: Discovery) -> None:
+        """Read when scraped: the cache's counters, the listener's and the provider's state."""
+        self.registry.register(_StateCollector(cache, listener, discovery))
 
 
-class _CacheCollector(Collector):
-    def __init__(self, cache: SessionCache, listener: Listener | None) -> None:
+class _StateCollector(Collector):
+    def __init__(
+        self, cache: SessionCache, listener: Listener | None, discovery: Discovery
+    ) -> None:
         self._cache = cache
         self._listener = listener
+        self._discovery = discovery
 
     def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "relay_provider_ready",
+            "1 when the provider's metadata was last fetched successfully, else 0.",
+            value=1 if self._discovery.last_error is None else 0,
+        )
         cache = self._cache
         yield CounterMetricFamily(
             "relay_session_cache_hits", "/auth answered from the cache.", value=cache.hits

@@ -57,6 +57,7 @@ def test_internal_port_serves_probes_and_metrics_only(tmp_path: Path) -> None:
             "relay_session_cache_misses_total",
             "relay_session_cache_entries",
             "relay_session_cache_trusted 1.0",
+            "relay_provider_ready 0.0",  # nobody listens at the configured issuer
             'relay_request_duration_seconds_count{route="auth",status="401"} 1.0',
         ):
             assert name in scrape.text, name

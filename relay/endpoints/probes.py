@@ -33,10 +33,8 @@ async def readyz(request: Request) -> Response:
         body["database"] = f"unavailable: {exc.reason}"
     try:
         await ctx.discovery.get()  # cached, or one attempt when the backoff allows
-        ctx.metrics.provider_ready.set(1)
     except RelayError:
         body["provider"] = f"unavailable: {ctx.discovery.last_error}"
-        ctx.metrics.provider_ready.set(0)
     if ctx.listener is not None:
         body["session_cache"] = "trusted" if ctx.listener.trusted() else "bypassed"
     if ctx.lifecycle.shutting_down:
