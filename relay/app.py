@@ -22,6 +22,7 @@ from relay.endpoints.shortcut import AuthShortcut
 from relay.errors import RelayError
 from relay.flows import Flows
 from relay.forwarded import AddressSet
+from relay.gate import Gate
 from relay.metrics import Metrics
 from relay.middleware import RequestContext
 from relay.oidc.discovery import Discovery
@@ -120,6 +121,7 @@ def create_app(
             discovery=discovery,
             db=db,
             sessions=sessions,
+            gate=Gate(sessions, clock),
             clock=clock,
             cookies=CookiePolicy.from_config(session),
             proxies=AddressSet.parse(config.server.trusted_proxies),

@@ -23,7 +23,6 @@ from relay.errors import (
     Misconfigured,
     RelayError,
     TooManyRequests,
-    Unauthorized,
 )
 from relay.metrics import Metrics
 from relay.oidc.client import authorization_url, exchange_code, fetch_userinfo
@@ -32,7 +31,7 @@ from relay.oidc.jwks import JwksCache
 from relay.oidc.tokens import Expectations, validate_id_token, validate_logout_token
 from relay.redirects import return_url
 from relay.store.pending import PendingLogin, PendingLogins
-from relay.store.sessions import ActiveSession, Sessions, Tokens
+from relay.store.sessions import Sessions, Tokens
 
 log = structlog.get_logger("relay.flows")
 
@@ -242,15 +241,6 @@ class Flows:
         ended = await self.sessions.delete_for_provider_session(sub, sid)
         log.info("backchannel_logout", subject=sub, sid_given=sid is not None, ended=ended)
         return ended
-
-    async def authenticate(self, session_id: str | None) -> ActiveSession:
-        if session_id is None:
-            raise Unauthorized("session.missing")
-        session = await self.sessions.get(hash_id(session_id), self.now())
-        if session is None:
-            raise Unauthorized("session.unknown_or_expired")
-        structlog.contextvars.bind_contextvars(session=short_hash(session.id_hash))
-        return session
 
     async def logout(self, session_id: str | None) -> str:
         """End the session, if any; return where to send the browser next."""

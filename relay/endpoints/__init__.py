@@ -11,6 +11,7 @@ from relay.config import Config
 from relay.cookies import CookiePolicy
 from relay.flows import Flows
 from relay.forwarded import AddressSet
+from relay.gate import Gate
 from relay.metrics import Metrics
 from relay.oidc.discovery import Discovery
 from relay.ratelimit import LoginLimiter
@@ -38,6 +39,7 @@ class Context:
     discovery: Discovery
     db: Database
     sessions: Sessions
+    gate: Gate
     clock: Callable[[], float]
     cookies: CookiePolicy
     proxies: AddressSet

@@ -27,7 +27,7 @@ _EMPTY_TEXT = ((b"content-length", b"0"), (b"content-type", b"text/plain; charse
 async def auth(request: Request) -> Response:
     """nginx auth_request flavour: 2xx with identity headers, or 401."""
     ctx = context(request)
-    session = await ctx.flows.authenticate(ctx.cookies.session_id(request))
+    session = await ctx.gate.session(ctx.cookies.session_id(request))
     return _identity_response(session)
 
 
@@ -36,7 +36,7 @@ async def auth_redirect(request: Request) -> Response:
     to /login with the original URL as rd; API and XHR requests still get 401."""
     ctx = context(request)
     try:
-        session = await ctx.flows.authenticate(ctx.cookies.session_id(request))
+        session = await ctx.gate.session(ctx.cookies.session_id(request))
     except Unauthorized:
         if not is_navigation(request, ctx.proxies):
             raise
@@ -96,7 +96,7 @@ def _header_value(value: str) -> bytes:
 
 async def userinfo(request: Request) -> Response:
     ctx = context(request)
-    session = await ctx.flows.authenticate(ctx.cookies.session_id(request))
+    session = await ctx.gate.session(ctx.cookies.session_id(request))
     return JSONResponse(session.claims | {"sub": session.subject})
 
 
@@ -195,7 +195,7 @@ async def home(request: Request) -> Response:
     ctx = context(request)
     prefix = html.escape(ctx.config.server.public_url)
     try:
-        session = await ctx.flows.authenticate(ctx.cookies.session_id(request))
+        session = await ctx.gate.session(ctx.cookies.session_id(request))
     except Unauthorized:
         return page("Not signed in", f'<p><a href="{prefix}/login">Sign in</a></p>')
     name = session.claims.get("email") or session.subject

@@ -30,6 +30,8 @@ sessions = Table(
     Column("id_token", Text, nullable=True),
     Column("access_token", Text, nullable=True),
     Column("refresh_token", Text, nullable=True),
+    Column("access_expires_at", BigInteger, nullable=True),  # None: the provider did not say
+    Column("refresh_lease_until", BigInteger, nullable=True),  # a replica is refreshing until
     Column("created_at", BigInteger, nullable=False),
     Column("last_accessed_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),
@@ -39,4 +41,14 @@ sessions = Table(
     Index("ix_sessions_status_created_at", "status", "created_at"),
     Index("ix_sessions_sid", "sid"),
     Index("ix_sessions_subject", "subject"),
+)
+
+# Back-channel logout tokens already accepted, by the hash of their jti, kept until the token
+# could no longer be accepted anyway (its age past the maximum): a replay is refused.
+logout_tokens = Table(
+    "logout_tokens",
+    metadata,
+    Column("jti_hash", String(64), primary_key=True),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("ix_logout_tokens_expires_at", "expires_at"),
 )
