@@ -234,6 +234,7 @@ def write_config(directory: Path, url: str, port: int, **sections: dict[str, Any
         "provider": {"issuer": "http://127.0.0.1:9", "client_id": "bench"},
         "database": {"url": url},
         "session": {"secret": SECRET, "cookie_secure": False},
+        "access": {"email_domains": ["*"]},
     }
     data["provider"]["client_secret"] = "bench"
     for name, values in sections.items():

@@ -34,6 +34,8 @@ from sqlalchemy.engine import make_url
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _ENV_PREFIX = "RELAY_"
+# Required sections validated as empty when absent, so the line says what to set in them.
+_JUDGED_WHEN_ABSENT = {"access"}
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -315,6 +317,131 @@ class LimitsConfig(_Section):
         return value
 
 
+_EMAIL_DOMAIN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.\-]*[a-z0-9])?$")
+_CLAIM_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]{0,63}$")
+_NO_RULE = (
+    'no rule lets anyone in: set email_domains = ["*"] to let everyone the provider signs '
+    "in through, or name the email_domains, allowed_emails, allowed_groups or "
+    "required_claims that may pass"
+)
+
+
+def _email_domains(value: list[str]) -> list[str]:
+    lowered = [entry.strip().lower() for entry in value]
+    for entry in lowered:
+        if entry != "*" and not _EMAIL_DOMAIN.match(entry):
+            raise ValueError(f'{entry!r} is not a domain, "*.domain" (subdomains) or "*" (any)')
+    return lowered
+
+
+def _emails(value: list[str]) -> list[str]:
+    for entry in value:
+        if entry.count("@") != 1 or entry.startswith("@") or entry.endswith("@"):
+            raise ValueError(f"{entry!r} is not an email address")
+    return [entry.strip().lower() for entry in value]
+
+
+class HostRules(_Section):
+    """Narrower rules for one app, by the host the proxy forwards (X-Forwarded-Host): on top
+    of the [access] rules, every key given here must pass too. The same names as /auth's
+    query parameters."""
+
+    allowed_groups: list[str] = Field(default_factory=list)
+    allowed_emails: list[str] = Field(default_factory=list)
+    allowed_email_domains: list[str] = Field(default_factory=list)
+
+    _check_domains = field_validator("allowed_email_domains")(_email_domains)
+    _check_emails = field_validator("allowed_emails")(_emails)
+
+
+class AccessConfig(_Section):
+    """Who may pass, judged at login and again at every /auth. Fail closed: with no rule at
+    all nobody may, and startup says so."""
+
+    # Email domains whose users may pass ("example.com"; "*.example.com" for its
+    # subdomains; "*" for anyone the provider signs in). Or'ed with allowed_emails.
+    email_domains: list[str] = Field(default_factory=list)
+    allowed_emails: list[str] = Field(default_factory=list)
+    # Groups (any one of them) a user must be in, read from groups_claim.
+    allowed_groups: list[str] = Field(default_factory=list)
+    # Where the groups are: a claim, or a dotted path to a nested one ("realm_access.roles").
+    groups_claim: str = "groups"
+    # Claims that must have these values (a list claim must contain the value).
+    required_claims: dict[str, str | bool | int] = Field(default_factory=dict)
+    # An email the provider says is unverified (email_verified = false) matches no email rule.
+    allow_unverified_email: bool = False
+    # Narrower rules per app, keyed by the forwarded host ("wiki.example.com").
+    hosts: dict[str, HostRules] = Field(default_factory=dict)
+
+    _check_domains = field_validator("email_domains")(_email_domains)
+    _check_emails = field_validator("allowed_emails")(_emails)
+
+    @field_validator("groups_claim")
+    @classmethod
+    def _claim_path(cls, value: str) -> str:
+        if not _CLAIM_PATH.match(value):
+            raise ValueError('must be a claim name or a dotted path like "realm_access.roles"')
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _lowercase_hosts(cls, value: dict[str, HostRules]) -> dict[str, HostRules]:
+        return {host.lower(): rules for host, rules in value.items()}
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> AccessConfig:
+        if not (
+            self.email_domains or self.allowed_emails or self.allowed_groups or self.required_claims
+        ):
+            raise ValueError(_NO_RULE)
+        return self
+
+
+class HeadersConfig(_Section):
+    """What /auth tells the app about the user, as X-Auth-Request-* headers. Claims are
+    named by claim or dotted path; the groups header comes from access.groups_claim."""
+
+    user_claim: str = "preferred_username"  # X-Auth-Request-User (else the email, else sub)
+    email_claim: str = "email"  # X-Auth-Request-Email
+    preferred_username_claim: str = "preferred_username"  # X-Auth-Request-Preferred-Username
+    # More headers from claims: { "X-Auth-Request-Department" = "department" }.
+    extra: dict[str, str] = Field(default_factory=dict)
+    # The session's current access token as X-Auth-Request-Access-Token (oauth2-proxy's
+    # pass_access_token) and/or Authorization: Bearer (set_authorization_header). Off:
+    # whoever reads the app's requests can use the token as the user, at the provider.
+    pass_access_token: bool = False
+    set_authorization_header: bool = False
+
+    @field_validator("user_claim", "email_claim", "preferred_username_claim")
+    @classmethod
+    def _claim_path(cls, value: str) -> str:
+        if not _CLAIM_PATH.match(value):
+            raise ValueError('must be a claim name or a dotted path like "realm_access.roles"')
+        return value
+
+    @field_validator("extra")
+    @classmethod
+    def _extra(cls, value: dict[str, str]) -> dict[str, str]:
+        standard = {
+            "x-auth-request-subject",
+            "x-auth-request-user",
+            "x-auth-request-email",
+            "x-auth-request-groups",
+            "x-auth-request-preferred-username",
+            "x-auth-request-access-token",
+            "authorization",
+        }
+        for header, claim in value.items():
+            if not _HEADER_NAME.match(header):
+                raise ValueError(f"{header!r} is not a header name")
+            if header.lower() in standard:
+                raise ValueError(f"{header!r} is set by the relay already")
+            if not _CLAIM_PATH.match(claim):
+                raise ValueError(f"{claim!r} (for {header}) is not a claim name or dotted path")
+        return {header.lower(): claim for header, claim in value.items()}
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -336,6 +463,9 @@ class Config(_Section):
     redirects: RedirectsConfig = RedirectsConfig()
     limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
+    # No default: AccessConfig() refuses itself (no rule), and says what to set.
+    access: AccessConfig
+    headers: HeadersConfig = HeadersConfig()
 
     @model_validator(mode="after")
     def _across_sections(self) -> Config:
@@ -407,7 +537,7 @@ def config_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Conf
     for name, field in Config.model_fields.items():
         model = cast(type[_Section], field.annotation)
         raw = merged.get(name)
-        if raw is None and field.is_required():
+        if raw is None and field.is_required() and name not in _JUDGED_WHEN_ABSENT:
             problems.append(f"{name}: is required")
             continue
         try:

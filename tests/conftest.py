@@ -114,6 +114,7 @@ def base_config(database_url: str, **sections: dict[str, Any]) -> Config:
         "session": {"secret": SECRET},
         "redirects": {"allowed_hosts": ["app.test"]},
         "logging": {"level": "debug"},
+        "access": {"email_domains": ["*"]},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

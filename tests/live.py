@@ -88,6 +88,8 @@ client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
 [database]
 url = "{database_url}"
+[access]
+email_domains = ["*"]
 [session]
 secret = "{SECRET}"
 cookie_secure = false

@@ -23,6 +23,8 @@ client_secret = "provider-secret-value"
 url = "{url}"
 [session]
 secret = "0123456789abcdef0123456789abcdef-x"
+[access]
+email_domains = ["*"]
 """
 DEAD_DB = "postgresql+psycopg://relay:hunter2-secret@127.0.0.1:{port}/relay"
 

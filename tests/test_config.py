@@ -23,6 +23,7 @@ GOOD: dict[str, Any] = {
         "client_secret": "provider-secret-value",
     },
     "session": {"secret": "s" * 32},
+    "access": {"email_domains": ["*"]},
 }
 
 
@@ -163,6 +164,8 @@ client_id = "relay"
 client_secret = "provider-secret-value"
 [session]
 secret = "0123456789abcdef0123456789abcdef-x"
+[access]
+email_domains = ["*"]
 """
 
 

@@ -170,6 +170,8 @@ client_secret = "s"
 url = "{url}"
 [session]
 secret = "{"x" * 40}"
+[access]
+email_domains = ["*"]
 """
     )
     result = subprocess.run(

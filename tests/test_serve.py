@@ -31,6 +31,8 @@ url = "{database_url}"
 [session]
 secret = "0123456789abcdef0123456789abcdef"
 cookie_secure = false
+[access]
+email_domains = ["*"]
 """
     )
     return path

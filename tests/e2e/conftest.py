@@ -96,6 +96,9 @@ url = "{self.database_url}"
 secret = "e2e-session-secret-{"x" * 32}"
 cookie_secure = true
 
+[access]
+email_domains = ["*"]
+
 [redirects]
 allowed_hosts = ["127.0.0.1:{self.ports["nginx"]}", "127.0.0.1:{self.ports["caddy"]}"]
 """

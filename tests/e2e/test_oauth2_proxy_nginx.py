@@ -153,6 +153,9 @@ url = "{database_url}"
 [session]
 secret = "e2e-session-secret-{"y" * 32}"
 cookie_secure = true
+
+[access]
+email_domains = ["*"]
 """
     )
     return path

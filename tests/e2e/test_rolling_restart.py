@@ -72,6 +72,8 @@ url = "{database_url}"
 [session]
 secret = "rolling-restart-secret-{"r" * 32}"
 cookie_secure = false
+[access]
+email_domains = ["*"]
 [logging]
 level = "info"
 """
