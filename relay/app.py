@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from relay.access import Access
 from relay.config import Config
 from relay.cookies import CookiePolicy
 from relay.crypto import Sealer
@@ -23,6 +24,7 @@ from relay.errors import RelayError
 from relay.flows import Flows
 from relay.forwarded import AddressSet
 from relay.gate import Gate
+from relay.headers import IdentityHeaders
 from relay.metrics import Metrics
 from relay.middleware import RequestContext
 from relay.oidc.discovery import Discovery
@@ -101,6 +103,7 @@ def create_app(
             listener = Listener(database.url, cache, timeout=database.timeout)
         sessions = Sessions(db, sealer, lifetimes, cache)
         discovery = Discovery(http, config.provider.issuer, config.provider.metadata_ttl, clock)
+        access = Access(config.access)
         flows = Flows(
             config=config,
             http=http,
@@ -110,6 +113,7 @@ def create_app(
             sessions=sessions,
             metrics=metrics,
             clock=clock,
+            access=access,
         )
         metrics.watch(cache, listener, discovery)
         app.state.engine = engine
@@ -121,7 +125,8 @@ def create_app(
             discovery=discovery,
             db=db,
             sessions=sessions,
-            gate=Gate(sessions, clock),
+            gate=Gate(sessions, access, config.server.public_url + "/logout", clock),
+            identity=IdentityHeaders(config.headers, access),
             clock=clock,
             cookies=CookiePolicy.from_config(session),
             proxies=AddressSet.parse(config.server.trusted_proxies),
