@@ -57,11 +57,14 @@ class AuthShortcut:
 
     def _answer(self, ctx: Context, scope: Scope) -> list[tuple[bytes, bytes]] | None:
         access = ctx.gate.access
+        by_host = access.has_host_rules
         cookie = host = None
         for name, value in scope["headers"]:
             if name == b"cookie" and cookie is None:
                 cookie = value
-            elif name == b"x-forwarded-host" and access.has_host_rules:
+                if not by_host:
+                    break
+            elif name == b"x-forwarded-host" and by_host:
                 host = value
         if cookie is None:
             return None
