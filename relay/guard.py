@@ -144,7 +144,9 @@ class RelayGuard:
         if cached is not None:
             return cached
         task = self._in_flight.get(key)
-        if task is None:
+        # (A task of another event loop, left by a request cancelled as its loop closed, is
+        # not one this loop can wait for.)
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
             # One /auth call per cookie at a time: a page's burst of requests shares it.
             task = asyncio.ensure_future(self._ask(key, cookie))
             self._in_flight[key] = task

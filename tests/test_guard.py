@@ -162,8 +162,9 @@ def test_skip_rules_pass_without_a_session_and_without_asking_the_relay(
     /auth call (relay_identity is None there); neighbours of the rules are still guarded."""
     counting = CountingRelay(relay)
     app = TestClient(skipping_app(counting), base_url="http://app.test", follow_redirects=False)
+    cookie = session_cookie(relay, provider)
     for path in ("/healthz", "/static/app.css", "/static/img/logo.png", "/static/"):
-        response = app.get(path, headers={"cookie": session_cookie(relay, provider)})
+        response = app.get(path, headers={"cookie": cookie})
         assert response.status_code == 200, path
         assert response.json() == {"path": path, "email": None}
     assert counting.calls == 0
@@ -198,8 +199,9 @@ def served_guard(request: pytest.FixtureRequest) -> Iterator[int]:
         host="127.0.0.1",
         port=port,
         http=request.param,
+        # No log_level: uvicorn would set it on its loggers for the rest of the session.
         log_config=None,
-        log_level="critical",
+        log_level=None,
         ws="none",
         lifespan="off",
     )
