@@ -22,6 +22,7 @@ request (the snippets in deploy/ do); anyone who can reach the app directly can 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 import time
@@ -150,9 +151,13 @@ class RelayGuard:
             # One /auth call per cookie at a time: a page's burst of requests shares it.
             task = asyncio.ensure_future(self._ask(key, cookie))
             self._in_flight[key] = task
-            task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+            task.add_done_callback(functools.partial(self._forget, key))
         # Shielded: a client that goes away does not cancel the answer others wait for.
         return await asyncio.shield(task)
+
+    def _forget(self, key: bytes, done: asyncio.Task[Verdict]) -> None:
+        if self._in_flight.get(key) is done:
+            del self._in_flight[key]
 
     async def _ask(self, key: bytes, cookie: str) -> Verdict:
         try:
