@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from sqlalchemy import Engine, insert, text
 from starlette.testclient import TestClient
@@ -15,7 +19,18 @@ from starlette.testclient import TestClient
 from relay.config import ConfigError
 from relay.crypto import hash_id
 from relay.store.models import sessions
-from tests.conftest import FakeClock, base_config, log_lines, sign_in
+from tests.conftest import (
+    FakeClock,
+    base_config,
+    log_lines,
+    postgres_database,
+    run_migrations,
+    sign_in,
+)
+from tests.live import auth as live_auth
+from tests.live import metric, relay_config, replicas, served_provider
+from tests.live import sign_in as live_sign_in
+from tests.process import RELAY
 from tests.provider import TestProvider
 
 TOKEN = "admin-token-for-the-tests-0123456789-abcdef"
@@ -364,3 +379,68 @@ def test_weak_admin_tokens_are_refused_at_startup(database_url: str, token: str)
     with pytest.raises(ConfigError) as refused:
         base_config(database_url, admin={"token": token})
     assert any(line.startswith("admin.token: ") for line in refused.value.lines)
+
+
+# Two `relay serve` processes on one PostgreSQL database (as tests/test_replicas.py runs
+# them): a revocation made through one, or by the CLI, reaches the other's cache in 1 s.
+BOUND = 1.0  # seconds: the documented bound (README "Sessions on the hot path")
+HITS = "relay_session_cache_hits_total"
+
+
+@pytest.fixture
+def two_replicas(tmp_path: Path) -> Iterator[tuple[TestProvider, str, str, Path]]:
+    """(provider, replica A's base URL, replica B's, A's config file); A has the admin API."""
+    with postgres_database() as url, served_provider() as provider:
+        run_migrations(url)
+        admin_on = f'[admin]\ntoken = "{TOKEN}"\n'
+        config_a, a = relay_config(tmp_path, "a", url, issuer=provider.issuer, extra=admin_on)
+        config_b, b = relay_config(tmp_path, "b", url, issuer=provider.issuer)
+        with replicas(config_a, config_b):
+            yield provider, a, b, config_a
+
+
+def cached_at(http: httpx2.Client, base: str, cookie: str) -> None:
+    """/auth at ``base`` answers 200 from its cache (the hit counter moves)."""
+    assert live_auth(http, base, cookie) == 200
+    before = metric(http, base, HITS)
+    assert live_auth(http, base, cookie) == 200
+    assert metric(http, base, HITS) == before + 1
+
+
+def seconds_to_401(http: httpx2.Client, base: str, cookie: str, since: float) -> float:
+    """Poll /auth at ``base`` until a 401 (200 before it; no 401 within 3 x BOUND fails)."""
+    while True:
+        status = live_auth(http, base, cookie)
+        elapsed = time.monotonic() - since
+        if status == 401:
+            return elapsed
+        assert status == 200, status
+        assert elapsed < 3 * BOUND, "the revoked session still works"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("via", ["cli", "api"])
+def test_a_revocation_reaches_the_other_replica_within_a_second(
+    two_replicas: tuple[TestProvider, str, str, Path], via: str
+) -> None:
+    """alice's session, cached on replica B, is revoked through A's admin API or by `relay
+    sessions revoke` with A's config: B answers 401 within 1 s; bob's session stays."""
+    provider, a, b, config_a = two_replicas
+    alice = live_sign_in(a, provider, "alice", "op-1")
+    bob = live_sign_in(a, provider, "bob", "op-2")
+    with httpx2.Client(timeout=10) as http:
+        for cookie in (alice, bob):
+            cached_at(http, b, cookie)
+        if via == "api":
+            response = http.post(
+                a + "/admin/sessions/revoke", json={"sub": "alice"}, headers=bearer()
+            )
+            assert response.json() == {"ended": 1}
+        else:
+            command = [RELAY, "sessions", "revoke", "--sub", "alice", "--config", str(config_a)]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+            assert (done.returncode, done.stdout) == (0, "ended 1 session of alice\n"), done.stderr
+        revoked = time.monotonic()
+        assert seconds_to_401(http, b, alice, revoked) < BOUND
+        assert live_auth(http, a, alice) == 401
+        assert live_auth(http, b, bob) == 200
