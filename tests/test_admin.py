@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import psycopg
 import pytest
 from sqlalchemy import Engine, insert, text
 from starlette.testclient import TestClient
 
+from relay.app import create_app
 from relay.config import ConfigError
 from relay.crypto import hash_id
 from relay.store.models import sessions
 from tests.conftest import (
+    PG_ADMIN,
+    PUBLIC_URL,
     FakeClock,
     base_config,
     log_lines,
@@ -31,7 +35,7 @@ from tests.live import auth as live_auth
 from tests.live import metric, relay_config, replicas, served_provider
 from tests.live import sign_in as live_sign_in
 from tests.process import RELAY
-from tests.provider import TestProvider
+from tests.provider import ProviderTransport, TestProvider
 
 TOKEN = "admin-token-for-the-tests-0123456789-abcdef"
 COOKIE = "__Host-relay_session"
@@ -444,3 +448,32 @@ def test_a_revocation_reaches_the_other_replica_within_a_second(
         assert seconds_to_401(http, b, alice, revoked) < BOUND
         assert live_auth(http, a, alice) == 401
         assert live_auth(http, b, bob) == 200
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=ENDPOINT_IDS)
+def test_database_gone_is_503_json(
+    provider: TestProvider,
+    clock: FakeClock,
+    log_stream: io.StringIO,
+    endpoint: tuple[str, str, Any],
+) -> None:
+    """With the database dropped, each endpoint answers 503 JSON naming the reason (never a
+    500 or a 401), logged as admin.failed, without a traceback."""
+    with postgres_database() as url:
+        run_migrations(url)
+        app = create_app(
+            base_config(url, admin={"token": TOKEN}),
+            transport=ProviderTransport(provider),
+            clock=clock,
+            run_pruner_task=False,
+        )
+        with TestClient(app, base_url=PUBLIC_URL, client=("127.0.0.1", 40000)) as relay:
+            with psycopg.connect(PG_ADMIN, autocommit=True) as pg:
+                pg.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+            response = call(relay, *endpoint, bearer())
+    assert response.status_code == 503
+    assert response.json() == {"error": "database.unavailable"}
+    events = log_lines(log_stream)
+    assert [e["reason"] for e in events if e["event"] == "admin.failed"] == ["database.unavailable"]
+    assert not [e for e in events if "exception" in e or "Traceback" in json.dumps(e)]
