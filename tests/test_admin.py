@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -394,6 +395,18 @@ HITS = "relay_session_cache_hits_total"
 @pytest.fixture
 def two_replicas(tmp_path: Path) -> Iterator[tuple[TestProvider, str, str, Path]]:
     """(provider, replica A's base URL, replica B's, A's config file); A has the admin API."""
+    # served_provider's uvicorn sets its loggers' levels for the whole process (to warning):
+    # put them back, or a later test of uvicorn's log lines (tests/test_logs.py) sees none.
+    loggers = [logging.getLogger(f"uvicorn.{name}") for name in ("error", "access", "asgi")]
+    levels = [logger.level for logger in loggers]
+    try:
+        yield from _two_replicas(tmp_path)
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _two_replicas(tmp_path: Path) -> Iterator[tuple[TestProvider, str, str, Path]]:
     with postgres_database() as url, served_provider() as provider:
         run_migrations(url)
         admin_on = f'[admin]\ntoken = "{TOKEN}"\n'
