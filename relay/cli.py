@@ -5,6 +5,9 @@ relay migrate --config PATH        bring the schema to head
 relay prune --config PATH          one prune pass; prints how many rows it removed
 relay check-config --config PATH   validate; print the resolved config, secrets masked
                  [--connect]       ...and reach the database and the provider
+relay sessions list --config PATH [--sub SUB] [--json]   who is signed in
+relay sessions revoke --config PATH (--sub SUB | --id HASHPREFIX)   end sessions now
+relay sessions stats --config PATH [--json]   sessions by state
 
 Trouble outside the relay (a config mistake, an unreachable database, a busy port) ends a
 command with one line saying what and which key, never a traceback.
@@ -19,11 +22,14 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from relay.config import Config, ConfigError, load_config, masked
 from relay.errors import DatabaseUnavailable, ProviderError
 from relay.logs import configure_logging
-from relay.store.database import translated
+from relay.store.database import Database, translated
+from relay.store.listing import MIN_PREFIX
+from relay.store.sessions import Sessions
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sub.add_argument(
                 "--connect", action="store_true", help="also reach the database and provider"
             )
+    _add_sessions_parser(commands)
     demo = commands.add_parser("demo", help="try the relay: everything on 127.0.0.1")
     demo.add_argument("--relay-port", type=int, default=4180)
     demo.add_argument("--provider-port", type=int, default=9000)
@@ -70,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(config)
         if args.command == "migrate":
             return asyncio.run(_migrate(config))
+        if args.command == "sessions":
+            return asyncio.run(_sessions(config, args))
         return asyncio.run(_prune(config))
     except DatabaseUnavailable as exc:
         print(f"relay: {_database_problem(config, exc)}", file=sys.stderr)
@@ -192,6 +201,140 @@ async def _prune(config: Config) -> int:
         print("skipped: another relay is pruning this database")
     else:
         print(f"removed {result.removed} expired rows")
+    return 0
+
+
+def _add_sessions_parser(commands: Any) -> None:  # argparse's _SubParsersAction is private
+    sessions = commands.add_parser("sessions", help="list, revoke and count sessions")
+    actions = sessions.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the sessions, a table (or JSON lines)")
+    listing.add_argument("--sub", metavar="SUB", help="only this user's")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    revoke = actions.add_parser("revoke", help="end sessions now, on every replica")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sub", metavar="SUB", help="every session of this user")
+    which.add_argument(
+        "--id",
+        metavar="HASHPREFIX",
+        help=f"the one session whose id (as the logs show it) starts so; {MIN_PREFIX}+ hex",
+    )
+    stats = actions.add_parser("stats", help="how many sessions are active, pending, expired")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    for action in (listing, revoke, stats):
+        action.add_argument("--config", required=True, metavar="PATH", help="the TOML config file")
+
+
+async def _sessions(config: Config, args: argparse.Namespace) -> int:
+    from relay.crypto import Sealer
+    from relay.store.cache import SessionCache
+    from relay.store.database import make_engine
+    from relay.store.sessions import Lifetimes
+
+    db = Database(
+        make_engine(config.database.url, timeout=config.database.timeout), config.database.timeout
+    )
+    session = config.session
+    try:
+        if args.action == "list":
+            return await _list_sessions(db, args.sub, as_json=args.json)
+        if args.action == "stats":
+            return await _session_stats(db, as_json=args.json)
+        sealer = Sealer(session.secret.get_secret_value())
+        lifetimes = Lifetimes(
+            session.absolute_lifetime, session.idle_timeout, session.touch_interval
+        )
+        return await _revoke(Sessions(db, sealer, lifetimes, SessionCache(0)), args.sub, args.id)
+    finally:
+        await db.dispose()
+
+
+async def _list_sessions(db: Database, subject: str | None, *, as_json: bool) -> int:
+    from relay.store.listing import MAX_PAGE, list_sessions
+
+    now = int(time.time())
+    rows, after = [], None
+    while True:
+        page = await list_sessions(db, now, subject=subject, after=after)
+        rows.extend(page)
+        if len(page) < MAX_PAGE:
+            break
+        after = page[-1].id_hash
+    if as_json:
+        for row in rows:
+            print(json.dumps(row.public()))
+        return 0
+    table = [("ID", "SUBJECT", "EMAIL", "STATE", "CREATED", "LAST ACCESS", "EXPIRES")]
+    table += [
+        (
+            row.short_id,
+            row.subject or "-",
+            row.email or "-",
+            row.state,
+            _when(row.created_at),
+            _when(row.last_accessed_at),
+            _when(row.expires_at),
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def _when(epoch: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
+
+
+async def _session_stats(db: Database, *, as_json: bool) -> int:
+    from relay.store.stats import count_sessions
+
+    counts = await count_sessions(db, int(time.time()))
+    values = {"active": counts.active, "pending": counts.pending, "expired": counts.expired}
+    if as_json:
+        print(json.dumps(values))
+    else:
+        for name, value in values.items():
+            print(f"{name}: {value}")
+    return 0
+
+
+async def _revoke(sessions: Sessions, subject: str | None, id_prefix: str | None) -> int:
+    import structlog
+
+    from relay.crypto import short_hash
+    from relay.store.listing import AmbiguousPrefix, hash_prefix
+
+    log = structlog.get_logger("relay.cli")
+    if subject is not None:
+        ended = await sessions.revoke_subject(subject)
+        log.info("admin.revoked", via="cli", subject=subject, ended=len(ended))
+        print(f"ended {len(ended)} session{'' if len(ended) == 1 else 's'} of {subject}")
+        return 0
+    prefix = hash_prefix(id_prefix or "")
+    if prefix is None:
+        print(
+            f"relay: --id: give {MIN_PREFIX} to 64 hex characters of a session's id "
+            "(as `relay sessions list` and the logs show it)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        ended = await sessions.revoke_prefix(prefix)
+    except AmbiguousPrefix as exc:
+        print(
+            f"relay: {exc.matches} active sessions' ids start with {prefix}: nothing ended; "
+            "give more characters",
+            file=sys.stderr,
+        )
+        return 1
+    if not ended:
+        print(f"relay: no active session's id starts with {prefix}", file=sys.stderr)
+        return 1
+    log.info("admin.revoked", via="cli", session=short_hash(ended[0]), ended=1)
+    print(f"ended 1 session ({short_hash(ended[0])})")
     return 0
 
 

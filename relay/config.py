@@ -173,6 +173,9 @@ class ProviderConfig(_Section):
     metadata_ttl: Duration = 3600
     jwks_refresh_cooldown: Duration = 60
     post_logout_redirect_url: str | None = None
+    # Back-channel logout tokens issued longer ago than this (plus clock_skew) are refused;
+    # each accepted token's jti is remembered for as long, so a replay is refused too.
+    logout_token_max_age: Duration = 300
 
     @field_validator("issuer")
     @classmethod
@@ -442,6 +445,30 @@ class HeadersConfig(_Section):
         return {header.lower(): claim for header, claim in value.items()}
 
 
+class AdminConfig(_Section):
+    """The admin HTTP API under /admin (list, revoke, stats, prune): off without a token."""
+
+    # The bearer token the API asks for; none: the API answers 404 to everyone.
+    token: SecretStr | None = None
+    # Client addresses that may use the API (through a trusted proxy: the forwarded client);
+    # on [server].internal_port, whoever reaches that port (with the token).
+    allowed: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+
+    @field_validator("token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _not_a_placeholder(value, f"generate one with {_GENERATE}")
+            if len(value.get_secret_value()) < 32:
+                raise ValueError(f"must be at least 32 characters: generate one with {_GENERATE}")
+        return value
+
+    @field_validator("allowed")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return ServerConfig._networks(value)
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -466,6 +493,7 @@ class Config(_Section):
     # No default: AccessConfig() refuses itself (no rule), and says what to set.
     access: AccessConfig
     headers: HeadersConfig = HeadersConfig()
+    admin: AdminConfig = AdminConfig()
 
     @model_validator(mode="after")
     def _across_sections(self) -> Config:

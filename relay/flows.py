@@ -250,18 +250,29 @@ class Flows:
 
     async def backchannel_logout(self, logout_token: str | None) -> int:
         """Back-Channel Logout 1.0: the provider says a session ended; end ours. Returns how
-        many relay sessions ended."""
+        many relay sessions ended. Each token is accepted once, on whichever replica."""
+        provider = self.config.provider
         try:
             if not logout_token:
                 raise BadRequest("logout_token.missing")
             metadata = await self.discovery.get()
             expect = self._expectations(metadata, nonce=None)
-            sub, sid = await validate_logout_token(logout_token, self._jwks, expect)
+            token = await validate_logout_token(
+                logout_token, self._jwks, expect, max_age=provider.logout_token_max_age
+            )
+            # Kept while the token could still pass the age check, with the clock skew.
+            keep_until = token.iat + provider.logout_token_max_age + provider.clock_skew + 1
+            ended = await self.sessions.end_by_logout_token(
+                hash_id(token.jti), keep_until, token.sub, token.sid
+            )
+            if ended is None:
+                raise BadRequest("logout_token.replayed")
         except RelayError as exc:
             log.warning("backchannel_logout.refused", reason=exc.reason, detail=exc.detail or None)
             raise
-        ended = await self.sessions.delete_for_provider_session(sub, sid)
-        log.info("backchannel_logout", subject=sub, sid_given=sid is not None, ended=ended)
+        log.info(
+            "backchannel_logout", subject=token.sub, sid_given=token.sid is not None, ended=ended
+        )
         return ended
 
     async def logout(self, session_id: str | None) -> str:

@@ -6,7 +6,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from relay.endpoints import INTERNAL, backchannel, login, probes, session
+from relay.endpoints import INTERNAL, admin, backchannel, login, probes, session
 
 
 def routes(prefix: str) -> list[BaseRoute]:
@@ -31,6 +31,10 @@ def routes(prefix: str) -> list[BaseRoute]:
         Route("/healthz", probes.healthz, methods=["GET"]),
         Route("/readyz", probes.readyz, methods=["GET"]),
         Route("/metrics", probes.metrics, methods=["GET"]),
+        Route("/admin/stats", admin.stats, methods=["GET"]),
+        Route("/admin/sessions", admin.sessions, methods=["GET"]),
+        Route("/admin/sessions/revoke", admin.revoke, methods=["POST"]),
+        Route("/admin/prune", admin.prune, methods=["POST"]),
     ]
     return [Mount(prefix, routes=table)] if prefix else table
 
@@ -40,21 +44,25 @@ PROBES = ("/healthz", "/readyz", "/metrics")
 
 class InternalPort:
     """Pure ASGI, with [server] internal_port set: that port serves the probes and /metrics
-    (at the same paths as before) and nothing else; the public port no longer serves
-    /metrics."""
+    (at the same paths as before) and the admin API, and nothing else; the public port no
+    longer serves /metrics nor /admin (operators' calls stay off the port the proxy exposes)."""
 
     def __init__(self, app: ASGIApp, port: int, prefix: str) -> None:
         self.app = app
         self._port = port
         self._probes = {prefix + path for path in PROBES}
         self._metrics = prefix + "/metrics"
+        self._admin = prefix + "/admin/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             server = scope.get("server")
             internal = server is not None and server[1] == self._port
             path = scope["path"]
-            if (internal and path not in self._probes) or (not internal and path == self._metrics):
+            admin = path.startswith(self._admin)
+            if (internal and path not in self._probes and not admin) or (
+                not internal and (path == self._metrics or admin)
+            ):
                 await JSONResponse({"error": "not_found"}, status_code=404)(scope, receive, send)
                 return
             scope[INTERNAL] = internal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -9,7 +10,10 @@ from joserfc.jwk import RSAKey
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
-from tests.conftest import sign_in
+from relay.crypto import hash_id
+from relay.store.database import Database, make_engine
+from relay.store.prune import prune
+from tests.conftest import log_lines, sign_in
 from tests.provider import TestProvider
 
 
@@ -134,3 +138,138 @@ def test_an_id_token_is_not_a_logout_token(
 def test_missing_or_garbage_logout_token(three_sessions: TestClient, token: str | None) -> None:
     """No token, an empty one, nonsense, or an oversized body: 4xx, nothing ends."""
     assert post(three_sessions, token).status_code in (400, 413)
+
+
+# Replay and age: §2.4 makes jti REQUIRED, §2.6 (3) leaves "recent" to the receiver, and
+# §2.6 (7)'s replay check needs each accepted jti remembered while the token could pass.
+MAX_AGE, SKEW = 300, 60  # provider.logout_token_max_age's and provider.clock_skew's defaults
+
+
+def used_jtis(db: Engine) -> list[tuple[str, int]]:
+    with db.connect() as conn:
+        rows = conn.execute(text("SELECT jti_hash, expires_at FROM logout_tokens"))
+        return [(r.jti_hash, r.expires_at) for r in rows]
+
+
+def test_a_logout_token_without_jti_is_refused(
+    three_sessions: TestClient, provider: TestProvider, db: Engine
+) -> None:
+    """No jti (§2.4: REQUIRED): 400 logout_token.no_jti, nothing ends, nothing remembered."""
+    provider.subject = "alice"
+    response = post(three_sessions, provider.logout_token(drop=("jti",)))
+    assert response.status_code == 400
+    assert response.json()["error_description"] == "logout_token.no_jti"
+    assert len(active(db)) == 3
+    assert used_jtis(db) == []
+
+
+def test_a_replayed_logout_token_is_refused(
+    three_sessions: TestClient, provider: TestProvider, db: Engine, log_stream: Any
+) -> None:
+    """The same token twice: 200, then 400 logout_token.replayed, and the replay does not end
+    the session the user signed in to since."""
+    provider.subject, provider.sid = "alice", "s1"
+    token = provider.logout_token()
+    assert post(three_sessions, token).status_code == 200
+    assert active(db) == [("alice", "s2"), ("bob", "s3")]
+    provider.subject, provider.sid = "alice", "s1"
+    sign_in(three_sessions, provider)  # alice back in provider session s1
+    three_sessions.cookies.clear()
+    response = post(three_sessions, token)
+    assert response.status_code == 400
+    assert response.json()["error_description"] == "logout_token.replayed"
+    assert active(db) == [("alice", "s1"), ("alice", "s2"), ("bob", "s3")]
+    refusals = [e for e in log_lines(log_stream) if e["event"] == "backchannel_logout.refused"]
+    assert [e["reason"] for e in refusals] == ["logout_token.replayed"]
+
+
+def test_a_logout_token_replayed_at_another_relay_is_refused(
+    make_relay: Any, provider: TestProvider, db: Engine
+) -> None:
+    """Two relays on one database (replicas): a token one accepted, the other refuses."""
+    with make_relay() as first, make_relay() as second:
+        provider.subject, provider.sid = "alice", "s1"
+        sign_in(first, provider)
+        token = provider.logout_token()
+        assert post(first, token).status_code == 200
+        assert active(db) == []
+        sign_in(second, provider)  # alice again, in the same provider session
+        response = post(second, token)
+        assert response.status_code == 400
+        assert response.json()["error_description"] == "logout_token.replayed"
+        assert active(db) == [("alice", "s1")]
+
+
+def test_a_jti_is_remembered_by_its_hash_until_the_token_could_not_pass(
+    three_sessions: TestClient, provider: TestProvider, db: Engine, clock: Any
+) -> None:
+    """The row holds the jti's SHA-256 and keeps it until iat + max_age + skew has passed."""
+    provider.subject = "bob"
+    token = provider.logout_token(jti="jti-of-this-token", iat=int(clock()) - 10)
+    assert post(three_sessions, token).status_code == 200
+    assert used_jtis(db) == [(hash_id("jti-of-this-token"), int(clock()) - 10 + MAX_AGE + SKEW + 1)]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (MAX_AGE + SKEW, {}, 200),
+        (MAX_AGE + SKEW + 1, {}, 400),
+        (600 + SKEW, {"logout_token_max_age": "10m"}, 200),
+        (600 + SKEW + 1, {"logout_token_max_age": "10m"}, 400),
+        (MAX_AGE + 1, {"clock_skew": "1s"}, 200),
+        (MAX_AGE + 2, {"clock_skew": "1s"}, 400),
+    ],
+    ids=["at-max-age", "past-max-age", "at-10m", "past-10m", "at-small-skew", "past-small-skew"],
+)
+def test_logout_tokens_older_than_the_max_age_are_refused(
+    make_relay: Any,
+    provider: TestProvider,
+    db: Engine,
+    clock: Any,
+    case: tuple[int, dict[str, str], int],
+) -> None:
+    """A token whose iat is more than provider.logout_token_max_age + clock_skew ago is
+    refused (logout_token.too_old) and ends nothing; one just within is accepted."""
+    age, config, status = case
+    with make_relay(provider=config) as relay:
+        provider.subject, provider.sid = "alice", "s1"
+        sign_in(relay, provider)
+        now = int(clock())
+        response = post(relay, provider.logout_token(iat=now - age, exp=now + 60))
+        assert response.status_code == status
+        if status == 400:
+            assert response.json()["error_description"] == "logout_token.too_old"
+            assert active(db) == [("alice", "s1")]
+        else:
+            assert active(db) == []
+
+
+def test_used_jtis_are_pruned_once_their_token_could_not_pass(
+    three_sessions: TestClient, provider: TestProvider, database_url: str, db: Engine, clock: Any
+) -> None:
+    """The pruner keeps a used jti while its token could still pass the age check, deletes
+    it after; the token, still unexpired by exp, is then refused as too old."""
+    provider.subject = "bob"
+    issued = int(clock())
+    token = provider.logout_token(exp=issued + 10 * MAX_AGE)
+    assert post(three_sessions, token).status_code == 200
+    last_acceptable = issued + MAX_AGE + SKEW
+    run_prune(database_url, last_acceptable)
+    assert len(used_jtis(db)) == 1
+    run_prune(database_url, last_acceptable + 1)
+    assert used_jtis(db) == []
+    clock.advance(MAX_AGE + SKEW + 1)
+    response = post(three_sessions, token)
+    assert response.json()["error_description"] == "logout_token.too_old"
+
+
+def run_prune(database_url: str, now: int) -> None:
+    async def go() -> None:
+        database = Database(make_engine(database_url), timeout=2)
+        try:
+            await prune(database, now, batch_size=100)
+        finally:
+            await database.dispose()
+
+    asyncio.run(go())

@@ -54,7 +54,7 @@ def run_prune(url: str, batch_size: int) -> tuple[PruneResult, int]:
     async def go() -> tuple[PruneResult, int]:
         db = Database(make_engine(url), timeout=2)
         try:
-            with count_statements(db.engine.sync_engine, "DELETE") as deletes:
+            with count_statements(db.engine.sync_engine, "DELETE FROM SESSIONS") as deletes:
                 result = await prune(db, NOW, batch_size)
             return result, len(deletes)
         finally:

@@ -56,10 +56,21 @@ async def validate_id_token(token: str, keys: JwksCache, expect: Expectations) -
     return claims
 
 
+@dataclass(frozen=True)
+class LogoutToken:
+    """What a valid logout token says: whose sessions end, and what names the token."""
+
+    sub: str | None
+    sid: str | None
+    jti: str
+    iat: int
+
+
 async def validate_logout_token(
-    token: str, keys: JwksCache, expect: Expectations
-) -> tuple[str | None, str | None]:
-    """OpenID Connect Back-Channel Logout 1.0 §2.6; returns (sub, sid)."""
+    token: str, keys: JwksCache, expect: Expectations, *, max_age: int
+) -> LogoutToken:
+    """OpenID Connect Back-Channel Logout 1.0 §2.6. ``max_age``: seconds after its iat (plus
+    the skew) that a token is still accepted; the caller remembers its jti that long."""
     claims = await _verified_claims(token, keys, expect, "logout_token")
     # (3): iss, aud, iat (and exp when present) as for an ID token.
     _validate_common(claims, expect, "logout_token", exp_required=False)
@@ -76,7 +87,16 @@ async def validate_logout_token(
     # (6) no nonce: a logout token must never pass for an ID token, nor the reverse.
     if "nonce" in claims:
         raise InvalidToken("logout_token.has_nonce")
-    return sub, sid
+    # §2.4: jti is REQUIRED; it is what lets a replay be told apart (§2.6 (7)).
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not 0 < len(jti) <= 255:
+        raise InvalidToken("logout_token.no_jti")
+    # §2.6 (3) leaves "recent" to the receiver: a token older than max_age is refused, so a
+    # jti need only be remembered that long. iat is an integer here (_validate_common).
+    iat = int(claims["iat"])
+    if expect.now - iat > max_age + expect.skew:
+        raise InvalidToken("logout_token.too_old")
+    return LogoutToken(sub, sid, jti, iat)
 
 
 def _is_subject(value: object) -> bool:

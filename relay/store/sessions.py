@@ -11,12 +11,15 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Delete, bindparam, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.crypto import Sealer, SealError
 from relay.store.cache import CachedSession, SessionCache
 from relay.store.database import Database
 from relay.store.invalidation import announce
+from relay.store.listing import AmbiguousPrefix, hash_prefix
+from relay.store.logout_tokens import remember as remember_logout_token
 from relay.store.models import sessions
 
 ACTIVE = "active"
@@ -223,3 +226,59 @@ class Sessions:
             await announce(conn, ended)
         self.cache.invalidate(ended)
         return len(ended)
+
+    async def revoke_subject(self, subject: str) -> list[str]:
+        """End every active session of this user (an operator's revocation); return their
+        hashes. Every replica drops them from its cache (store/invalidation.py)."""
+        statement = delete(sessions).where(
+            sessions.c.status == ACTIVE, sessions.c.subject == subject
+        )
+        async with self._db.write() as conn:
+            ended = await self._end(conn, statement)
+        self.cache.invalidate(ended)
+        return ended
+
+    async def revoke_prefix(self, prefix: str) -> list[str]:
+        """End the one active session whose hash starts with ``prefix`` (see
+        store/listing.py ``hash_prefix``); [] when none does. Raises AmbiguousPrefix, ending
+        nothing, when several do."""
+        if hash_prefix(prefix) != prefix:
+            raise ValueError("not a session hash prefix")
+        matching = sessions.c.status == ACTIVE, sessions.c.id_hash.like(prefix + "%")
+        async with self._db.write() as conn:
+            found = (await conn.execute(select(sessions.c.id_hash).where(*matching).limit(2))).all()
+            if len(found) > 1:
+                count = select(func.count()).select_from(sessions).where(*matching)
+                raise AmbiguousPrefix((await conn.execute(count)).scalar_one())
+            if not found:
+                return []
+            only = sessions.c.id_hash == found[0].id_hash
+            ended = await self._end(conn, delete(sessions).where(only, sessions.c.status == ACTIVE))
+        self.cache.invalidate(ended)
+        return ended
+
+    async def end_by_logout_token(
+        self, jti_hash: str, keep_until: int, subject: str | None, sid: str | None
+    ) -> int | None:
+        """Back-channel logout: remember the token's jti and end the sessions it names, in one
+        transaction (a token is used up exactly when its sessions end). None: the jti was
+        used before, a replay, and nothing ended."""
+        statement = delete(sessions).where(sessions.c.status == ACTIVE)
+        if sid is not None:
+            statement = statement.where(sessions.c.sid == sid)
+        if subject is not None:
+            statement = statement.where(sessions.c.subject == subject)
+        async with self._db.write() as conn:
+            if not await remember_logout_token(conn, jti_hash, keep_until):
+                return None
+            ended = await self._end(conn, statement)
+        self.cache.invalidate(ended)
+        return len(ended)
+
+    async def _end(self, conn: AsyncConnection, statement: Delete) -> list[str]:
+        """Run a DELETE of sessions and tell every replica, in ``conn``'s transaction. The
+        caller drops them from this cache after the commit, as delete_for_provider_session
+        does: a read between an early drop and the commit would cache them again."""
+        ended = [row.id_hash for row in await conn.execute(statement.returning(sessions.c.id_hash))]
+        await announce(conn, ended)
+        return ended

@@ -1,0 +1,120 @@
+"""Sessions as an operator sees them: who, since when, until when. Read-only; for the
+``relay sessions list`` command and GET /admin/sessions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from relay.crypto import short_hash
+from relay.store.database import Database
+from relay.store.models import sessions
+
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    id_hash: str
+    subject: str | None  # None for a pending login
+    email: str | None
+    state: str  # "active", "pending", or "expired" (waiting for the pruner)
+    created_at: int
+    last_accessed_at: int
+    expires_at: int
+
+    @property
+    def short_id(self) -> str:
+        return short_hash(self.id_hash)
+
+    def public(self) -> dict[str, Any]:
+        """As GET /admin/sessions and `relay sessions list --json` show it: the id as the logs
+        name the session, times in epoch seconds."""
+        return {
+            "id": self.short_id,
+            "subject": self.subject,
+            "email": self.email,
+            "state": self.state,
+            "created_at": self.created_at,
+            "last_accessed_at": self.last_accessed_at,
+            "expires_at": self.expires_at,
+        }
+
+
+async def list_sessions(
+    db: Database,
+    now: int,
+    *,
+    subject: str | None = None,
+    after: str | None = None,
+    limit: int = MAX_PAGE,
+) -> list[SessionRow]:
+    """Up to ``limit`` rows ordered by id_hash, those after ``after`` (the last id_hash of the
+    previous page): a page holds still while sessions come and go around it."""
+    statement = (
+        select(
+            sessions.c.id_hash,
+            sessions.c.status,
+            sessions.c.subject,
+            sessions.c.claims,
+            sessions.c.created_at,
+            sessions.c.last_accessed_at,
+            sessions.c.expires_at,
+        )
+        .order_by(sessions.c.id_hash)
+        .limit(max(1, min(limit, MAX_PAGE)))
+    )
+    if subject is not None:
+        statement = statement.where(sessions.c.subject == subject)
+    if after is not None:
+        statement = statement.where(sessions.c.id_hash > after)
+    async with db.read() as conn:
+        rows = (await conn.execute(statement)).all()
+    return [
+        SessionRow(
+            id_hash=row.id_hash,
+            subject=row.subject,
+            email=_email(row.claims),
+            state=row.status if row.expires_at > now else "expired",
+            created_at=row.created_at,
+            last_accessed_at=row.last_accessed_at,
+            expires_at=row.expires_at,
+        )
+        for row in rows
+    ]
+
+
+def _email(claims: str | None) -> str | None:
+    if not claims:
+        return None
+    try:
+        value = json.loads(claims).get("email")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+# A session named by the start of its hash, as the logs and `relay sessions list` show it
+# (12 characters). Shorter than this names too many sessions to be a deliberate choice.
+MIN_PREFIX = 8
+_HEX = frozenset("0123456789abcdef")
+
+
+class AmbiguousPrefix(Exception):
+    """More than one active session's hash starts with the prefix: nothing was ended."""
+
+    def __init__(self, matches: int) -> None:
+        super().__init__(f"{matches} sessions match")
+        self.matches = matches
+
+
+def hash_prefix(value: str) -> str | None:
+    """``value`` as a session hash prefix (lowercase hex, MIN_PREFIX to 64 characters), or
+    None. Only hex gets through: the prefix goes into a LIKE pattern."""
+    prefix = value.strip().lower()
+    if not MIN_PREFIX <= len(prefix) <= 64 or not set(prefix) <= _HEX:
+        return None
+    return prefix

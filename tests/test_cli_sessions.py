@@ -1,0 +1,224 @@
+"""`relay sessions list | revoke | stats`: what an operator runs against the relay's config,
+as a real process, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, insert, text
+
+from relay.crypto import hash_id, new_id
+from relay.store.models import sessions
+from tests.conftest import FakeClock, sign_in
+from tests.process import RELAY, free_port
+from tests.provider import TestProvider
+
+CONFIG = """
+[server]
+public_url = "https://relay.test"
+[provider]
+issuer = "https://idp.test"
+client_id = "relay"
+client_secret = "provider-secret-value"
+[database]
+url = "{url}"
+[session]
+secret = "0123456789abcdef0123456789abcdef-x"
+[access]
+email_domains = ["*"]
+"""
+DEAD_DB = "postgresql+psycopg://relay:hunter2-secret@127.0.0.1:{port}/relay"
+COOKIE = "__Host-relay_session"
+
+
+def relay_cli(tmp_path: Path, url: str, *args: str) -> tuple[int, str, list[str]]:
+    """Run `relay sessions ARGS --config ...`; (exit code, stdout, stderr lines)."""
+    config = tmp_path / "relay.toml"
+    config.write_text(CONFIG.format(url=url))
+    result = subprocess.run(
+        [RELAY, "sessions", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result.returncode, result.stdout, result.stderr.strip().splitlines()
+
+
+def add_session(
+    db: Engine,
+    subject: str | None,
+    *,
+    email: str | None = None,
+    status: str = "active",
+    expires_in: int = 3600,
+    id_hash: str | None = None,
+) -> str:
+    """A row written straight into the table, on the wall clock the CLI reads; returns its
+    hash."""
+    id_hash = id_hash or hash_id(new_id())
+    now = int(time.time())
+    claims = None if subject is None else json.dumps({"sub": subject, "email": email})
+    with db.begin() as conn:
+        conn.execute(
+            insert(sessions).values(
+                id_hash=id_hash,
+                status=status,
+                subject=subject,
+                claims=claims,
+                created_at=now - 100,
+                last_accessed_at=now - 10,
+                expires_at=now + expires_in,
+            )
+        )
+    return id_hash
+
+
+def remaining(db: Engine) -> list[str | None]:
+    with db.connect() as conn:
+        rows = conn.execute(text("SELECT subject FROM sessions ORDER BY subject"))
+        return [row.subject for row in rows]
+
+
+def test_list_prints_a_table(tmp_path: Path, database_url: str, db: Engine) -> None:
+    """A header and one line per row: short id, subject, email, state, times in UTC."""
+    alice = add_session(db, "alice", email="alice@example.com")
+    add_session(db, None, status="pending", expires_in=600)
+    add_session(db, "bob", email="bob@example.com", expires_in=-5)
+    code, out, err = relay_cli(tmp_path, database_url, "list")
+    assert code == 0, err
+    lines = out.splitlines()
+    header = "ID SUBJECT EMAIL STATE CREATED LAST ACCESS EXPIRES"
+    assert lines[0].split() == header.split()
+    rows = {line.split()[0]: line.split()[1:4] for line in lines[1:]}
+    assert rows[alice[:12]] == ["alice", "alice@example.com", "active"]
+    assert sorted(tuple(r) for r in rows.values()) == [
+        ("-", "-", "pending"),
+        ("alice", "alice@example.com", "active"),
+        ("bob", "bob@example.com", "expired"),
+    ]
+    created = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 100))
+    assert created in lines[1]
+
+
+def test_list_as_json_lines_and_by_subject(tmp_path: Path, database_url: str, db: Engine) -> None:
+    """--json: one object per line; --sub: only that user's sessions."""
+    alice = add_session(db, "alice", email="alice@example.com")
+    add_session(db, "bob", email="bob@example.com")
+    code, out, _ = relay_cli(tmp_path, database_url, "list", "--json", "--sub", "alice")
+    assert code == 0
+    [row] = [json.loads(line) for line in out.splitlines()]
+    assert row["id"] == alice[:12]
+    assert (row["subject"], row["email"], row["state"]) == ("alice", "alice@example.com", "active")
+    assert row["expires_at"] > row["last_accessed_at"] > row["created_at"]
+    code, out, _ = relay_cli(tmp_path, database_url, "list", "--json")
+    assert sorted(json.loads(line)["subject"] for line in out.splitlines()) == ["alice", "bob"]
+
+
+def test_stats(tmp_path: Path, database_url: str, db: Engine) -> None:
+    """Active, pending, and expired rows awaiting the pruner; as text and as JSON."""
+    add_session(db, "alice")
+    add_session(db, "bob")
+    add_session(db, None, status="pending", expires_in=600)
+    add_session(db, "carol", expires_in=-1)
+    code, out, _ = relay_cli(tmp_path, database_url, "stats")
+    assert (code, out) == (0, "active: 2\npending: 1\nexpired: 1\n")
+    code, out, _ = relay_cli(tmp_path, database_url, "stats", "--json")
+    assert json.loads(out) == {"active": 2, "pending": 1, "expired": 1}
+
+
+def test_revoke_by_subject(tmp_path: Path, database_url: str, db: Engine) -> None:
+    """--sub ends every active session of the user and says how many; a user with none: 0."""
+    add_session(db, "alice")
+    add_session(db, "alice")
+    add_session(db, "bob")
+    code, out, err = relay_cli(tmp_path, database_url, "revoke", "--sub", "alice")
+    assert (code, out) == (0, "ended 2 sessions of alice\n"), err
+    assert remaining(db) == ["bob"]
+    assert any(json.loads(line)["event"] == "admin.revoked" for line in err)
+    code, out, _ = relay_cli(tmp_path, database_url, "revoke", "--sub", "alice")
+    assert (code, out) == (0, "ended 0 sessions of alice\n")
+
+
+def test_revoke_by_id_prefix(tmp_path: Path, database_url: str, db: Engine) -> None:
+    """--id with the 12 characters `list` shows ends that one session."""
+    alice = add_session(db, "alice")
+    add_session(db, "alice")
+    code, out, _ = relay_cli(tmp_path, database_url, "revoke", "--id", alice[:12])
+    assert (code, out) == (0, f"ended 1 session ({alice[:12]})\n")
+    with db.connect() as conn:
+        left = conn.execute(text("SELECT id_hash FROM sessions")).scalars().all()
+    assert len(left) == 1 and left[0] != alice
+
+
+def test_revoke_refuses_a_prefix_that_does_not_name_one_session(
+    tmp_path: Path, database_url: str, db: Engine
+) -> None:
+    """Too short or not hex (exit 2), naming nothing or several sessions (exit 1): a line
+    saying so, and nothing ends."""
+    add_session(db, "alice", id_hash="abcdef0123" + "0" * 54)
+    add_session(db, "bob", id_hash="abcdef0123" + "f" * 54)
+    for prefix, code_wanted, says in (
+        ("abcdef0", 2, "--id: give 8 to 64 hex characters"),
+        ("abcdefgh", 2, "--id: give 8 to 64 hex characters"),
+        ("abcdef01", 1, "2 active sessions' ids start with abcdef01: nothing ended"),
+        ("0123456789", 1, "no active session's id starts with 0123456789"),
+    ):
+        code, out, err = relay_cli(tmp_path, database_url, "revoke", "--id", prefix)
+        assert (code, out) == (code_wanted, "")
+        assert says in err[-1]
+    assert remaining(db) == ["alice", "bob"]
+
+
+@pytest.mark.parametrize(
+    "args", [("list",), ("stats",), ("revoke", "--sub", "alice"), ("revoke", "--id", "abcdef01")]
+)
+def test_an_unreachable_database_is_one_line(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Database trouble: exit 1 and one line naming database.url, password masked."""
+    code, out, err = relay_cli(tmp_path, DEAD_DB.format(port=free_port()), *args)
+    assert (code, out) == (1, "")
+    assert len(err) == 1, err
+    assert err[0].startswith("relay: cannot use the database at postgresql+psycopg://relay:***@")
+    assert "(database.url)" in err[0]
+    assert "hunter2-secret" not in err[0]
+
+
+def test_revoke_needs_exactly_one_of_sub_and_id(tmp_path: Path, database_url: str) -> None:
+    """Neither or both: argparse's usage error (exit 2)."""
+    assert relay_cli(tmp_path, database_url, "revoke")[0] == 2
+    both = relay_cli(tmp_path, database_url, "revoke", "--sub", "a", "--id", "abcdef01")
+    assert both[0] == 2
+
+
+def test_a_revoked_session_stops_working_at_the_running_relay(
+    tmp_path: Path,
+    database_url: str,
+    make_relay: Callable[..., Any],
+    provider: TestProvider,
+    clock: FakeClock,
+) -> None:
+    """A relay holding the session in its cache: on PostgreSQL, NOTIFY drops it (polled with
+    a 1 s deadline); on SQLite, which has no NOTIFY, at the latest when the session's next
+    touch (session.touch_interval) reads the table."""
+    with make_relay() as relay:
+        sign_in(relay, provider)
+        cookie = relay.cookies[COOKIE]
+        relay.cookies.clear()
+        headers = {"cookie": f"{COOKIE}={cookie}"}
+        assert relay.get("/auth", headers=headers).status_code == 200
+        code, _, err = relay_cli(tmp_path, database_url, "revoke", "--sub", provider.subject)
+        assert code == 0, err
+        revoked = time.monotonic()
+        if database_url.startswith("postgresql"):
+            while relay.get("/auth", headers=headers).status_code == 200:
+                assert time.monotonic() - revoked < 1.0, "still accepted after 1 s"
+        else:
+            assert relay.get("/auth", headers=headers).status_code == 200  # cached
+            clock.advance(60)
+        assert relay.get("/auth", headers=headers).status_code == 401
