@@ -7,6 +7,7 @@ import re
 import secrets
 import ssl
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ pytestmark = pytest.mark.e2e
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ACCOUNT = "alice"
+# The [access] section every test runs under unless it asks for another (Stack.access_rules).
+ANYONE = 'email_domains = ["*"]'
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Stack:
     relay: RelayProcess | None = None
     services: list[Service] = field(default_factory=list)
     db: Engine | None = None
+    access: str = ANYONE
 
     @property
     def app_url(self) -> str:
@@ -97,7 +101,7 @@ secret = "e2e-session-secret-{"x" * 32}"
 cookie_secure = true
 
 [access]
-email_domains = ["*"]
+{self.access}
 
 [redirects]
 allowed_hosts = ["127.0.0.1:{self.ports["nginx"]}", "127.0.0.1:{self.ports["caddy"]}"]
@@ -113,6 +117,25 @@ allowed_hosts = ["127.0.0.1:{self.ports["nginx"]}", "127.0.0.1:{self.ports["cadd
         assert self.relay is not None
         self.relay.stop()
         self.start_relay()
+
+    @contextmanager
+    def access_rules(self, rules: str) -> Iterator[None]:
+        """The relay restarted with ``rules`` as its [access] section (TOML, subtables
+        included), and restarted with the usual rules afterwards, whatever happened."""
+        self.access = rules
+        try:
+            self.restart_relay()
+            yield
+        finally:
+            self.access = ANYONE
+            self.restart_relay()
+
+    def sessions_of(self, subject: str) -> int:
+        """How many active sessions ``subject`` has at the relay."""
+        assert self.db is not None
+        with self.db.connect() as conn:
+            query = text("SELECT count(*) FROM sessions WHERE status = 'active' AND subject = :s")
+            return int(conn.execute(query, {"s": subject}).scalar_one())
 
     def sessions(self, status: str = "active") -> int:
         assert self.db is not None

@@ -36,6 +36,18 @@ async def cookies(request: Request) -> Response:
     return JSONResponse({"cookie": request.headers.get("cookie")})
 
 
+async def healthz(request: Request) -> Response:
+    """The app's own health check, which the proxies pass without a session."""
+    return JSONResponse({"status": "ok", "identity": identity(dict(request.headers))})
+
+
+async def admin(request: Request) -> Response:
+    """The part of the app only the "admins" group may open (the proxies narrow the check)."""
+    return JSONResponse(
+        {"area": "admin", "path": request.url.path} | identity(dict(request.headers))
+    )
+
+
 async def ws(websocket: WebSocket) -> None:
     await websocket.accept()
     await websocket.send_json(identity(dict(websocket.headers)))
@@ -47,6 +59,8 @@ app = Starlette(
         Route("/", home),
         Route("/headers", headers),
         Route("/cookies", cookies),
+        Route("/healthz", healthz),
+        Route("/admin/{rest:path}", admin),
         WebSocketRoute("/ws", ws),
     ]
 )
