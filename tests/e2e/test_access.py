@@ -88,7 +88,9 @@ def session_cookie(page: Any) -> str:
     return str(value)
 
 
-def raw_get(stack: Stack, proxy: str, target: str, cookie: str) -> tuple[int, str]:
+def raw_get(
+    stack: Stack, proxy: str, target: str, cookie: str, extra: dict[str, str] | None = None
+) -> tuple[int, str]:
     """GET ``target`` exactly as written (no client normalizes it: http.client sends the
     request line as given), as a browser with this session cookie would."""
     cafile = stack.cert if proxy == "nginx" else caddy_root_certificate(stack.workdir)
@@ -99,7 +101,11 @@ def raw_get(stack: Stack, proxy: str, target: str, cookie: str) -> tuple[int, st
         conn.request(
             "GET",
             target,
-            headers={"Accept": "text/html", "Cookie": f"__Host-relay_session={cookie}"},
+            headers={
+                "Accept": "text/html",
+                "Cookie": f"__Host-relay_session={cookie}",
+                **(extra or {}),
+            },
         )
         response = conn.getresponse()
         return response.status, response.read().decode(errors="replace")
@@ -193,6 +199,24 @@ def test_app_health_check_answers_without_a_session(stack: Stack, proxy: str) ->
         assert response.status_code == 200
         assert response.json()["status"] == "ok"
         assert client.get(proxy_url(stack, proxy) + "/").status_code == 401
+
+
+@pytest.mark.parametrize("proxy", ["nginx", "caddy"])
+def test_the_health_check_skip_is_exactly_one_path(stack: Stack, proxy: str) -> None:
+    """The path that skips the check reaches the app as /healthz whatever its spelling (the
+    proxies match a normalized path but would forward the raw one: /admin/%2e%2e/healthz
+    must not land in the admin area), and forged identity headers never reach it."""
+    forged = {"X-Auth-Request-User": "mallory", "X-Auth-Request-Groups": "admins"}
+    for target in ("/healthz", "/admin/%2e%2e/healthz", "/x/../healthz", "/%68ealthz"):
+        status, body = raw_get(stack, proxy, target, "", extra=forged)
+        if status == 200:
+            answer = json.loads(body)
+            assert answer["path"] == "/healthz", (target, answer)
+            assert answer["identity"] == {}, (target, answer)
+        else:
+            assert status in (401, 403, 404), (target, status)
+    status, _ = raw_get(stack, proxy, "/healthz", "")
+    assert status == 200
 
 
 # -- 3. a login the rules refuse -------------------------------------------------------------

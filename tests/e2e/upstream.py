@@ -38,7 +38,9 @@ async def cookies(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     """The app's own health check, which the proxies pass without a session."""
-    return JSONResponse({"status": "ok", "identity": identity(dict(request.headers))})
+    return JSONResponse(
+        {"status": "ok", "path": request.url.path, "identity": identity(dict(request.headers))}
+    )
 
 
 async def admin(request: Request) -> Response:
