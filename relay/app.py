@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from relay.access import Access
+from relay.background import stop_tasks
 from relay.config import Config
 from relay.cookies import CookiePolicy
 from relay.crypto import Sealer
@@ -138,7 +139,10 @@ def create_app(
         )
         # The relay starts whether or not the provider answers; /readyz tells which.
         tasks = [asyncio.create_task(discovery.warm_up(), name="discovery-warm-up")]
-        tasks.append(asyncio.create_task(run_sampler(db, metrics, clock), name="sampler"))
+        stop_sampling = asyncio.Event()
+        sampler = asyncio.create_task(
+            run_sampler(db, metrics, clock, stop_sampling), name="sampler"
+        )
         if listener is not None:
             tasks.append(asyncio.create_task(listener.run(), name="invalidation-listener"))
         app.state.pruner = None
@@ -158,12 +162,9 @@ def create_app(
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            # Bounded: a background task that will not stop must not hold up a deploy.
-            _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
-            for task in stuck:
-                log.error("relay.task_did_not_stop", task=task.get_name())
+            # The sampler stops at its next pause (see run_sampler), the others are cancelled.
+            stop_sampling.set()
+            await stop_tasks([sampler], tasks, SHUTDOWN_GRACE)
             await http.aclose()
             await login_limiter.close()
             await db.dispose()

@@ -4,6 +4,7 @@ every interval, never a count per request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import structlog
@@ -23,9 +24,12 @@ async def run_sampler(
     db: Database,
     metrics: Metrics,
     clock: Callable[[], float],
+    stop: asyncio.Event,
     interval: float = SAMPLE_INTERVAL,
 ) -> None:
-    while True:
+    """Sample until ``stop`` is set. Stopped between samples rather than cancelled: a
+    cancellation that lands while a connection is being checked out leaks it."""
+    while not stop.is_set():
         try:
             counts = await count_sessions(db, int(clock()))
         except DatabaseUnavailable as exc:
@@ -35,4 +39,5 @@ async def run_sampler(
             metrics.sessions.labels(state="active").set(counts.active)
             metrics.sessions.labels(state="pending").set(counts.pending)
             metrics.sessions.labels(state="expired").set(counts.expired)
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
