@@ -38,10 +38,11 @@ class Rules:
     domains: tuple[str, ...] = ()
     groups: frozenset[str] = frozenset()
     claims: tuple[tuple[str, tuple[str, ...], str | bool | int], ...] = ()
+    unknown: tuple[str, ...] = ()  # query parameters that look like rules but are not ours
 
     @property
     def empty(self) -> bool:
-        return not (self.emails or self.domains or self.groups or self.claims)
+        return not (self.emails or self.domains or self.groups or self.claims or self.unknown)
 
 
 def claim(claims: Mapping[str, Any], path: Sequence[str]) -> Any:
@@ -118,6 +119,14 @@ class Access:
         return rules
 
     def _judge(self, claims: Mapping[str, Any], rules: Rules) -> Refusal | None:
+        if rules.unknown:
+            # A misspelt rule (allowed_group=), or one a proxy mangled (Caddy escapes "=" in
+            # a placeholder: allowed_groups%3Dadmins), must not pass as no rule at all.
+            return Refusal(
+                "access.unknown_rule",
+                "This page asks for an access rule the relay does not know; tell its operator.",
+                rules.unknown[0][:64],
+            )
         if rules.emails or rules.domains:
             refused = self._email(claims, rules.emails, rules.domains)
             if refused is not None:
@@ -158,16 +167,21 @@ class Access:
 
 
 def query_rules(query: str) -> Rules:
-    """The narrower rules in /auth's query string (comma-separated values); other parameters
-    are not ours and are ignored."""
+    """The narrower rules in /auth's query string (comma-separated values). Other parameters
+    are not ours and are ignored, except those named like a rule ("allowed..."): a rule the
+    relay cannot read refuses, rather than letting everyone through."""
     given: dict[str, list[str]] = {}
-    for name, value in parse_qsl(query):
+    unknown: list[str] = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
         if name in _NARROWING:
             given.setdefault(name, []).extend(v.strip() for v in value.split(",") if v.strip())
+        elif name.lower().startswith("allowed"):
+            unknown.append(name)
     return Rules(
         emails=frozenset(e.lower() for e in given.get(QUERY_EMAILS, ())),
         domains=tuple(d.lower() for d in given.get(QUERY_DOMAINS, ()) if d != "*"),
         groups=frozenset(given.get(QUERY_GROUPS, ())),
+        unknown=tuple(unknown),
     )
 
 

@@ -154,6 +154,10 @@ def test_groups_come_from_a_dotted_groups_claim() -> None:
         ("allowed_groups=admins&allowed_email_domains=example.org", "access.email_not_allowed"),
         ("allowed_groups=&allowed_emails=", None),
         ("rd=%2F&other=1", None),
+        # A rule the relay cannot read refuses: a misspelling, or "=" escaped by a proxy.
+        ("allowed_group=admins", "access.unknown_rule"),
+        ("allowed_groups%3Dadmins", "access.unknown_rule"),
+        ("Allowed_Groups=admins", "access.unknown_rule"),
     ],
 )
 def test_query_narrowing(query: str, expected: str | None) -> None:
