@@ -12,13 +12,20 @@ import structlog
 
 from relay.crypto import hash_id, short_hash
 from relay.errors import Unauthorized
+from relay.refresh import Refresher
 from relay.store.sessions import ActiveSession, Sessions
 
 
 class Gate:
-    def __init__(self, sessions: Sessions, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        sessions: Sessions,
+        clock: Callable[[], float],
+        refresher: Refresher | None = None,
+    ) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._refresher = refresher
 
     async def session(self, session_id: str | None) -> ActiveSession:
         """The live session behind this cookie value, or Unauthorized."""
@@ -28,4 +35,10 @@ class Gate:
         if session is None:
             raise Unauthorized("session.unknown_or_expired")
         structlog.contextvars.bind_contextvars(session=short_hash(session.id_hash))
+        if self._refresher is not None:
+            # Refreshed when due (relay/refresh.py): what is judged next is what it brought.
+            refreshed = await self._refresher.fresh(session)
+            if refreshed is None:
+                raise Unauthorized("session.refresh_rejected")
+            session = refreshed
         return session
