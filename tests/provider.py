@@ -7,6 +7,7 @@ whoever the test names, and keeps its state in memory.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import warnings
@@ -73,6 +74,7 @@ class Behaviour:
     refresh_id_token_claims: dict[str, Any] = field(default_factory=dict)
     refresh_status: int = 200  # answered (with refresh_body or server_error) to refreshes only
     refresh_body: Any = None
+    refresh_delay: float = 0.0  # seconds a refresh takes: keeps it in flight while others ask
 
 
 class ProviderTransport(httpx2.AsyncBaseTransport):
@@ -186,7 +188,7 @@ class TestProvider:
         if not self._client_authenticated(request):
             return JSONResponse({"error": "invalid_client"}, status_code=401)
         if form.get("grant_type") == "refresh_token":
-            return self._refresh(form)
+            return await self._refresh(form)
         grant = self.grants.get(form.get("code", ""))
         if grant is None or grant.used or form.get("redirect_uri") != grant.redirect_uri:
             return JSONResponse({"error": "invalid_grant"}, status_code=400)
@@ -209,10 +211,12 @@ class TestProvider:
         self.issued.extend(tokens.values())
         return self._tokens(tokens)
 
-    def _refresh(self, form: dict[str, str]) -> Response:
+    async def _refresh(self, form: dict[str, str]) -> Response:
         """RFC 6749 §6, with rotation; OIDC Core §12.2's ID token (no nonce by default)."""
         self.refresh_requests.append(form)
         b = self.behaviour
+        if b.refresh_delay:
+            await asyncio.sleep(b.refresh_delay)
         if b.refresh_status != 200 or b.refresh_body is not None:
             body = b.refresh_body or {"error": "server_error"}
             return JSONResponse(body, status_code=b.refresh_status)
