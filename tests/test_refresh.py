@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -17,7 +19,17 @@ from starlette.testclient import TestClient
 
 from relay.crypto import Sealer
 from relay.store.models import sessions
-from tests.conftest import PUBLIC_URL, SECRET, log_lines, sign_in
+from tests.conftest import (
+    PUBLIC_URL,
+    SECRET,
+    count_statements,
+    log_lines,
+    postgres_database,
+    run_migrations,
+    sign_in,
+)
+from tests.live import auth, relay_config, replicas, served_provider
+from tests.live import sign_in as live_sign_in
 from tests.provider import TestProvider
 
 LIFETIME = 3600  # the test provider's expires_in
@@ -192,8 +204,9 @@ def test_an_outage_keeps_the_session_within_the_grace_and_503_after(
 def test_concurrent_checks_share_one_refresh(
     relay: TestClient, provider: TestProvider, clock: Any
 ) -> None:
-    """Twenty /auth at once for a session whose token expired: one grant at the provider, and
-    every one of them answers 200."""
+    """Twenty /auth at once for a session whose token expired: one grant at the provider, one
+    claim of the row (the others wait on the same refresh in process), and every one of them
+    answers 200."""
     clock.now = signed_in(relay, provider, clock)
     provider.behaviour.refresh_delay = 0.05  # in flight while the others come in
     cookie = relay.cookies[COOKIE]
@@ -207,8 +220,12 @@ def test_concurrent_checks_share_one_refresh(
             )
         return [answer.status_code for answer in answers]
 
-    assert relay.portal.call(hammer) == [200] * 20
+    engine = relay.app.state.engine.sync_engine
+    with count_statements(engine, "UPDATE") as updates:
+        assert relay.portal.call(hammer) == [200] * 20
     assert len(provider.refresh_requests) == 1
+    claims = [u for u in updates if "RETURNING" in u.upper()]
+    assert len(claims) == 1, updates
 
 
 def hold_lease(db: Engine, until: int) -> None:
@@ -252,7 +269,9 @@ def test_another_replica_with_an_old_copy_does_not_refresh_again(
     """Two relays on one database. B cached the session before A refreshed it; B's next check
     finds the row refreshed and uses it: one grant, and the rotated-away refresh token is
     never sent again (a provider would take that for theft)."""
-    with make_relay() as a, make_relay() as b:
+    # No touch due on B in between: B's copy is not re-read on that account.
+    slow = {"touch_interval": "2h"}
+    with make_relay(session=slow) as a, make_relay(session=slow) as b:
         expires = signed_in(a, provider, clock)
         b.cookies.set(COOKIE, a.cookies[COOKIE], domain="relay.test")
         assert b.get("/auth").status_code == 200  # cached on B
@@ -291,7 +310,7 @@ def test_a_refreshed_id_token_with_the_original_nonce_is_accepted(
     assert row(db).access_expires_at == int(clock()) + LIFETIME
 
 
-BAD_ID_TOKENS = {
+BAD_ID_TOKENS: dict[str, tuple[dict[str, Any] | None, str]] = {
     "another sub": ({"sub": "mallory"}, "id_token.sub_changed"),
     "wrong iss": ({"iss": "https://evil.test"}, "id_token.iss_mismatch"),
     "another nonce": ({"nonce": "not-the-logins"}, "id_token.nonce_mismatch"),
@@ -301,28 +320,31 @@ BAD_ID_TOKENS = {
 }
 
 
-@pytest.mark.parametrize("case", BAD_ID_TOKENS, ids=list(BAD_ID_TOKENS))
+@pytest.fixture(params=list(BAD_ID_TOKENS))
+def bad_id_token(request: pytest.FixtureRequest) -> tuple[dict[str, Any] | None, str]:
+    """(claims of a refreshed ID token, or None for a bad signature; the rule it breaks)"""
+    return BAD_ID_TOKENS[request.param]
+
+
 def test_a_refreshed_id_token_that_fails_validation_changes_nothing(
     make_relay: Any,
     provider: TestProvider,
-    clock: Any,
     db: Engine,
     log_stream: io.StringIO,
-    case: str,
+    bad_id_token: tuple[dict[str, Any] | None, str],
 ) -> None:
     """OIDC Core §12.2 (same iss and sub, aud with client_id, no nonce or the login's,
     auth_time unchanged) and §3.1.3.7: a refreshed ID token failing any is not stored, nor
     the tokens with it. The session is kept as it was and answers as in an outage (200
     within the grace), the failure counted as rejected and logged with its rule."""
-    claims, reason = BAD_ID_TOKENS[case]
+    claims, reason = bad_id_token
+    clock = provider.clock  # the test's FakeClock
     provider.behaviour.id_token_claims = {"auth_time": 1_700_000_000}
     with make_relay() as relay:
         clock.now = signed_in(relay, provider, clock)
         before = row(db)
         if claims is None:
-            provider.behaviour.signing_key = RSAKey.generate_key(
-                2048, parameters={"kid": "rsa-1"}
-            )
+            provider.behaviour.signing_key = RSAKey.generate_key(2048, parameters={"kid": "rsa-1"})
         else:
             provider.behaviour.refresh_id_token_claims = claims
         assert relay.get("/auth").status_code == 200
@@ -373,3 +395,24 @@ def test_refresh_logs_every_outcome_and_never_a_token(
     ]
     assert all(len(e["session"]) == 12 for e in events)
 
+
+@pytest.mark.postgres
+def test_two_replicas_hammered_for_one_expired_session_make_one_grant(tmp_path: Path) -> None:
+    """Two `relay serve` processes on one PostgreSQL, asked at once and many times over for
+    one session whose access token has expired: exactly one refresh grant reaches the
+    provider (the lease), and every check answers 200 (the loser waits for the winner)."""
+    with postgres_database() as url, served_provider() as provider:
+        run_migrations(url)
+        extra = "[refresh]\nmargin = 0\n"
+        config_a, a = relay_config(tmp_path, "a", url, issuer=provider.issuer, extra=extra)
+        config_b, b = relay_config(tmp_path, "b", url, issuer=provider.issuer, extra=extra)
+        with replicas(config_a, config_b):
+            provider.behaviour.expires_in = 0  # expired as soon as it is issued
+            cookie = live_sign_in(a, provider, "alice", "op-1")
+            provider.behaviour.expires_in = LIFETIME
+            provider.behaviour.refresh_delay = 0.3  # in flight while the others ask
+            bases = [a, b] * 24
+            with httpx2.Client(timeout=10) as http, ThreadPoolExecutor(16) as pool:
+                statuses = list(pool.map(lambda base: auth(http, base, cookie), bases))
+            assert statuses == [200] * len(bases)
+            assert len(provider.refresh_requests) == 1
