@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -144,8 +145,11 @@ class Refresher:
         if claim is None:
             return await self._claimed_elsewhere(session, now)
         try:
+            # Only the provider's part is cut off at provider.timeout: what it answered is
+            # then stored, within the lease, whatever the time.
             async with asyncio.timeout(self._attempt_timeout):
-                return await self._exchange(session, claim)
+                answer = await self._ask_provider(session, claim)
+            return await self._store(session, claim, answer)
         except InvalidGrant:
             await self._end(session)
             return None
@@ -159,7 +163,8 @@ class Refresher:
         self._failed(session, failure.reason, failure.detail, retry_at, failure)
         return session
 
-    async def _exchange(self, session: ActiveSession, claim: RefreshClaim) -> ActiveSession | None:
+    async def _ask_provider(self, session: ActiveSession, claim: RefreshClaim) -> _Answer:
+        """The grant, and the claims the answer gives the session; raises on any failure."""
         metadata = await self._discovery.get()
         provider = self._config.provider
         tokens = await refresh_tokens(
@@ -196,6 +201,12 @@ class Refresher:
         claims = session.claims
         if tokens.id_token is not None or info is not None:
             claims = identity((info or {}) | id_claims)
+        return _Answer(tokens, claims, nonce)
+
+    async def _store(
+        self, session: ActiveSession, claim: RefreshClaim, answer: _Answer
+    ) -> ActiveSession | None:
+        tokens = answer.tokens
         stored = await self._sessions.store_refreshed(
             session,
             claim,
@@ -203,8 +214,8 @@ class Refresher:
             refresh_token=tokens.refresh_token,
             id_token=tokens.id_token,
             expires_in=tokens.expires_in,
-            claims=claims,
-            nonce=nonce,
+            claims=answer.claims,
+            nonce=answer.nonce,
             now=self.now(),
         )
         if stored is None:
@@ -293,6 +304,13 @@ class Refresher:
             if len(self._not_before) >= _MEMORY:
                 self._not_before.clear()
         self._not_before[id_hash] = not_before
+
+
+@dataclass(frozen=True)
+class _Answer:
+    tokens: Refreshed
+    claims: dict[str, Any]
+    nonce: str | None  # the login's, kept with the session for the next refresh's §12.2 check
 
 
 def _expired(session: ActiveSession, now: int) -> bool:

@@ -8,7 +8,7 @@ invalidates it on every replica (store/invalidation.py).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -48,17 +48,18 @@ class ActiveSession:
     created_at: int
     last_accessed_at: int
     expires_at: int
-    access_token: str | None = None  # unsealed: what a later change may hand to apps
+    # Unsealed: what a later change may hand to apps. Never in a repr (nor a log line).
+    access_token: str | None = field(default=None, repr=False)
     access_expires_at: int | None = None  # None: the provider did not say
     has_refresh_token: bool = False
 
 
 @dataclass(frozen=True)
 class RefreshClaim:
-    """What a replica that claimed a session's refresh needs, unsealed."""
+    """What a replica that claimed a session's refresh needs, unsealed (never in a repr)."""
 
-    refresh_token: str
-    id_token: str | None
+    refresh_token: str = field(repr=False)
+    id_token: str | None = field(repr=False)
     nonce: str | None  # the login's, once a refresh has recorded it
     lease_until: int
 
