@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from relay.access import Access
 from relay.config import Config
 from relay.cookies import CookiePolicy
 from relay.crypto import Sealer
@@ -23,6 +24,7 @@ from relay.errors import RelayError
 from relay.flows import Flows
 from relay.forwarded import AddressSet
 from relay.gate import Gate
+from relay.headers import IdentityHeaders
 from relay.metrics import Metrics
 from relay.middleware import RequestContext
 from relay.oidc.discovery import Discovery
@@ -118,6 +120,7 @@ def create_app(
             metrics=metrics,
             clock=clock,
         )
+        access = Access(config.access)
         flows = Flows(
             config=config,
             http=http,
@@ -127,6 +130,7 @@ def create_app(
             sessions=sessions,
             metrics=metrics,
             clock=clock,
+            access=access,
         )
         metrics.watch(cache, listener, discovery)
         app.state.engine = engine
@@ -138,7 +142,8 @@ def create_app(
             discovery=discovery,
             db=db,
             sessions=sessions,
-            gate=Gate(sessions, clock, refresher),
+            gate=Gate(sessions, access, config.server.public_url + "/logout", clock, refresher),
+            identity=IdentityHeaders(config.headers, access),
             clock=clock,
             cookies=CookiePolicy.from_config(session),
             proxies=AddressSet.parse(config.server.trusted_proxies),

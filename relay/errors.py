@@ -4,6 +4,7 @@
     ├── BadRequest          400   the browser sent something we refuse (bad state, bad code...)
     ├── Unauthorized        401   no valid session
     ├── Forbidden           403   a cross-origin logout and the like
+    │   └── AccessDenied    403   signed in, but the [access] rules say no (relay/access.py)
     ├── TooManyRequests     429   a browser or client address starting too many logins
     ├── DatabaseUnavailable 503   the database failed, refused or took too long (store/database.py)
     ├── Misconfigured       503   the relay's own configuration is wrong: only its operator can
@@ -45,6 +46,17 @@ class Unauthorized(RelayError):
 class Forbidden(RelayError):
     status = 403
     public_message = "This request is not allowed."
+
+
+class AccessDenied(Forbidden):
+    """Signed in, but the access rules say no: the page says which rule, and offers a
+    sign-out to try another account."""
+
+    def __init__(self, reason: str, message: str, detail: str, sign_out_url: str) -> None:
+        super().__init__(
+            reason, detail, public_message=f"You are signed in, but not allowed here. {message}"
+        )
+        self.sign_out_url = sign_out_url
 
 
 class TooManyRequests(RelayError):

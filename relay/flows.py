@@ -16,16 +16,18 @@ from urllib.parse import urlencode
 import httpx2
 import structlog
 
+from relay.access import Access
 from relay.config import Config
 from relay.crypto import SealError, hash_id, looks_like_id, new_id, short_hash
 from relay.errors import (
+    AccessDenied,
     BadRequest,
     Misconfigured,
     RelayError,
     TooManyRequests,
 )
 from relay.metrics import Metrics
-from relay.oidc.client import authorization_url, exchange_code, fetch_userinfo
+from relay.oidc.client import TokenResponse, authorization_url, exchange_code, fetch_userinfo
 from relay.oidc.discovery import Discovery, ProviderMetadata
 from relay.oidc.jwks import JwksCache
 from relay.oidc.tokens import Expectations, validate_id_token, validate_logout_token
@@ -35,8 +37,11 @@ from relay.store.sessions import Sessions, Tokens
 
 log = structlog.get_logger("relay.flows")
 
-# The claims kept with a session: what the identity headers and /userinfo hand out.
-IDENTITY_CLAIMS = ("sub", "email", "email_verified", "preferred_username", "name", "groups")
+# Claims about the token rather than the user: not kept with a session. Everything else is,
+# so that a rule or header added later can use any claim without a new login.
+PROTOCOL_CLAIMS = frozenset(
+    {"iss", "aud", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "s_hash", "azp", "jti", "sid"}
+)
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
@@ -65,8 +70,10 @@ class Flows:
         sessions: Sessions,
         metrics: Metrics,
         clock: Callable[[], float],
+        access: Access,
     ) -> None:
         self.config = config
+        self._access = access
         self._http = http
         self.discovery = discovery
         self._jwks = jwks
@@ -135,8 +142,10 @@ class Flows:
         try:
             done = await self._finish_login(params, login_id)
         except RelayError as exc:
-            self._metrics.logins.labels(result="failed").inc()
-            log.warning("login.failed", reason=exc.reason, detail=exc.detail or None)
+            forbidden = isinstance(exc, AccessDenied)
+            self._metrics.logins.labels(result="forbidden" if forbidden else "failed").inc()
+            event = "login.forbidden" if forbidden else "login.failed"
+            log.warning(event, reason=exc.reason, detail=exc.detail or None)
             raise
         self._metrics.logins.labels(result="succeeded").inc()
         return done
@@ -181,25 +190,19 @@ class Flows:
             code=code,
             code_verifier=pending.code_verifier,
         )
-        expect = self._expectations(metadata, nonce=pending.nonce)
-        claims = await validate_id_token(tokens.id_token, self._jwks, expect)
-        if (
-            self.config.provider.fetch_userinfo
-            and metadata.userinfo_endpoint
-            and tokens.access_token
-        ):
-            info = await fetch_userinfo(self._http, metadata.userinfo_endpoint, tokens.access_token)
-            # OIDC Core §5.3.2: a userinfo sub that differs from the ID token's is not used;
-            # the login it belongs to is not trusted either.
-            if info.get("sub") != claims["sub"]:
-                raise BadRequest("userinfo.sub_mismatch")
-            claims = info | claims  # the signed ID token wins where both speak
+        claims = await self._claims(metadata, tokens, pending.nonce)
+        kept = identity(claims)
+        refused = self._access.refusal(kept)
+        if refused is not None:
+            # Signed in at the provider, but not allowed here: no session is stored.
+            sign_out = self.config.server.public_url + "/logout"
+            raise AccessDenied(refused.reason, refused.message, refused.detail, sign_out)
         session_id = new_id()
         sid = claims.get("sid")
         session = await self.sessions.create(
             hash_id(session_id),
             claims["sub"],
-            identity(claims),
+            kept,
             Tokens(tokens.id_token, tokens.access_token, tokens.refresh_token, tokens.expires_in),
             self.now(),
             sid=sid if isinstance(sid, str) and len(sid) <= 255 else None,
@@ -212,6 +215,25 @@ class Flows:
             # so an active user is not logged out when a first idle window would have ended.
             max_age=self.config.session.absolute_lifetime,
         )
+
+    async def _claims(
+        self, metadata: ProviderMetadata, tokens: TokenResponse, nonce: str
+    ) -> dict[str, Any]:
+        """The validated ID token's claims, with userinfo's where the token is silent."""
+        expect = self._expectations(metadata, nonce=nonce)
+        claims = await validate_id_token(tokens.id_token, self._jwks, expect)
+        if (
+            self.config.provider.fetch_userinfo
+            and metadata.userinfo_endpoint
+            and tokens.access_token
+        ):
+            info = await fetch_userinfo(self._http, metadata.userinfo_endpoint, tokens.access_token)
+            # OIDC Core §5.3.2: a userinfo sub that differs from the ID token's is not used;
+            # the login it belongs to is not trusted either.
+            if info.get("sub") != claims["sub"]:
+                raise BadRequest("userinfo.sub_mismatch")
+            claims = info | claims  # the signed ID token wins where both speak
+        return claims
 
     def _expectations(self, metadata: ProviderMetadata, nonce: str | None) -> Expectations:
         provider = self.config.provider
@@ -266,13 +288,8 @@ class Flows:
 
 
 def identity(claims: Mapping[str, Any]) -> dict[str, Any]:
-    kept = {name: claims[name] for name in IDENTITY_CLAIMS if name in claims}
-    groups = kept.get("groups")
-    if groups is not None and not (
-        isinstance(groups, list) and all(isinstance(g, str) for g in groups)
-    ):
-        del kept["groups"]
-    return kept
+    """The claims kept with a session: the user's, not the token's."""
+    return {name: value for name, value in claims.items() if name not in PROTOCOL_CLAIMS}
 
 
 def _provider_error(code: str) -> BadRequest:

@@ -52,6 +52,13 @@ def original_url(request: Request, proxies: AddressSet) -> str | None:
     return f"{proto}://{host}{uri}"
 
 
+def forwarded_host(request: Request, proxies: AddressSet) -> str | None:
+    """The host the browser asked the proxy for (X-Forwarded-Host), from a trusted proxy."""
+    if not from_trusted_proxy(request, proxies):
+        return None
+    return _first(request.headers.get("x-forwarded-host"))
+
+
 def client_address(request: Request, proxies: AddressSet) -> str | None:
     """The address of the client, seen through trusted proxies; None when a trusted proxy
     did not say.

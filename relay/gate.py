@@ -1,7 +1,8 @@
-"""Who may pass: the session behind a cookie, judged on every check that is not answered by
-the forward-auth shortcut (endpoints/shortcut.py answers only what this would answer alike).
+"""Who may pass: the session behind a cookie, judged by the access rules, on every check that
+is not answered by the forward-auth shortcut (endpoints/shortcut.py answers only what this
+would answer alike).
 
-The store knows sessions; this module knows what a check asks of one.
+The store knows sessions, relay/access.py knows rules; this module knows what a check asks.
 """
 
 from __future__ import annotations
@@ -10,20 +11,27 @@ from collections.abc import Callable
 
 import structlog
 
+from relay.access import Access
 from relay.crypto import hash_id, short_hash
-from relay.errors import Unauthorized
+from relay.errors import AccessDenied, Unauthorized
 from relay.refresh import Refresher
 from relay.store.sessions import ActiveSession, Sessions
+
+log = structlog.get_logger("relay.gate")
 
 
 class Gate:
     def __init__(
         self,
         sessions: Sessions,
+        access: Access,
+        sign_out_url: str,
         clock: Callable[[], float],
         refresher: Refresher | None = None,
     ) -> None:
         self._sessions = sessions
+        self.access = access
+        self._sign_out_url = sign_out_url
         self._clock = clock
         self._refresher = refresher
 
@@ -41,4 +49,22 @@ class Gate:
             if refreshed is None:
                 raise Unauthorized("session.refresh_rejected")
             session = refreshed
+        return session
+
+    async def admit(
+        self, session_id: str | None, host: str | None = None, query: str = ""
+    ) -> ActiveSession:
+        """The live session, if its claims pass the rules (the config's, the forwarded host's,
+        the query string's) now: rules changed since login apply at once. Else AccessDenied
+        (a 403: the user is known, so a proxy shows "not allowed", not a login loop)."""
+        session = await self.session(session_id)
+        refused = self.access.refusal(session.claims, host, query)
+        if refused is not None:
+            log.info(
+                "access.denied",
+                reason=refused.reason,
+                detail=refused.detail or None,
+                subject=session.subject,
+            )
+            raise AccessDenied(refused.reason, refused.message, refused.detail, self._sign_out_url)
         return session

@@ -15,7 +15,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from relay.errors import BadRequest, RelayError
+from relay.errors import AccessDenied, BadRequest, RelayError
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;"
@@ -66,8 +66,13 @@ async def error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, BadRequest):  # the user can fix it by starting over; not so for others
         # Relative: refusals come from /callback, a sibling of /login under any prefix.
         again = '<p><a href="login">Start again</a></p>'
+    title = "Sign-in problem" if exc.status < 500 else "Service problem"
+    if isinstance(exc, AccessDenied):
+        title = "Not allowed"
+        url = html.escape(exc.sign_out_url)
+        again = f'<p><a href="{url}">Sign out</a> to use another account.</p>'
     response = page(
-        "Sign-in problem" if exc.status < 500 else "Service problem",
+        title,
         f"<p>{html.escape(exc.public_message)}</p>{again}"
         f"<p class=muted>Request id: {html.escape(request_id)}</p>",
         status=exc.status,

@@ -97,7 +97,7 @@ def test_cached_auth_sends_no_statement(relay: TestClient, provider: TestProvide
     assert first.status_code == again.status_code == redirect.status_code == 200
     identity = {k: v for k, v in first.headers.items() if k.startswith("x-auth-request-")}
     assert identity == {k: v for k, v in again.headers.items() if k.startswith("x-auth-")}
-    assert len(identity) == 4
+    assert len(identity) == 5
     for name in ("cache-control", "content-type", "content-length", "x-request-id"):
         assert again.headers[name] == first.headers[name] or name == "x-request-id"
 

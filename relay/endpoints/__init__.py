@@ -12,6 +12,7 @@ from relay.cookies import CookiePolicy
 from relay.flows import Flows
 from relay.forwarded import AddressSet
 from relay.gate import Gate
+from relay.headers import IdentityHeaders
 from relay.metrics import Metrics
 from relay.oidc.discovery import Discovery
 from relay.ratelimit import LoginLimiter
@@ -40,6 +41,7 @@ class Context:
     db: Database
     sessions: Sessions
     gate: Gate
+    identity: IdentityHeaders
     clock: Callable[[], float]
     cookies: CookiePolicy
     proxies: AddressSet

@@ -13,22 +13,18 @@ from starlette.websockets import WebSocket
 
 from relay.endpoints import Context, context
 from relay.errors import Forbidden, RelayError, Unauthorized
-from relay.forwarded import is_navigation, original_url
+from relay.forwarded import forwarded_host, is_navigation, original_url
 from relay.pages import error_response, page
 from relay.redirects import safe_redirect
 from relay.store.sessions import ActiveSession
 
 log = structlog.get_logger("relay.session")
 
-_CONTROL = dict.fromkeys(range(32)) | {127: None}
-_EMPTY_TEXT = ((b"content-length", b"0"), (b"content-type", b"text/plain; charset=utf-8"))
-
 
 async def auth(request: Request) -> Response:
     """nginx auth_request flavour: 2xx with identity headers, or 401."""
     ctx = context(request)
-    session = await ctx.gate.session(ctx.cookies.session_id(request))
-    return _identity_response(session)
+    return _identity_response(ctx, await _admit(request, ctx))
 
 
 async def auth_redirect(request: Request) -> Response:
@@ -36,7 +32,7 @@ async def auth_redirect(request: Request) -> Response:
     to /login with the original URL as rd; API and XHR requests still get 401."""
     ctx = context(request)
     try:
-        session = await ctx.gate.session(ctx.cookies.session_id(request))
+        session = await _admit(request, ctx)
     except Unauthorized:
         if not is_navigation(request, ctx.proxies):
             raise
@@ -45,7 +41,7 @@ async def auth_redirect(request: Request) -> Response:
         if rd is not None:
             login += "?" + urlencode({"rd": rd})
         return RedirectResponse(login, status_code=302)
-    return _identity_response(session)
+    return _identity_response(ctx, session)
 
 
 async def auth_handshake(websocket: WebSocket) -> None:
@@ -63,40 +59,25 @@ async def auth_handshake(websocket: WebSocket) -> None:
     await websocket.send_denial_response(response)
 
 
-def _identity_response(session: ActiveSession) -> Response:
+def _identity_response(ctx: Context, session: ActiveSession) -> Response:
     response = Response(status_code=200)
-    response.raw_headers = identity_headers(session)
+    response.raw_headers = ctx.identity.render(session)
     return response
 
 
-def identity_headers(session: ActiveSession) -> list[tuple[bytes, bytes]]:
-    """The whole header list of a 200 from /auth: an empty text body and who is signed in."""
-    claims = session.claims
-    user = claims.get("preferred_username") or claims.get("email") or session.subject
-    email = claims.get("email")
-    # All four, always, empty when unknown: a proxy that copies them onto the upstream request
-    # then replaces a header the client forged instead of letting it through.
-    identity = (
-        (b"x-auth-request-subject", session.subject),
-        (b"x-auth-request-user", str(user)),
-        (b"x-auth-request-email", email if isinstance(email, str) else ""),
-        (b"x-auth-request-groups", ",".join(claims.get("groups") or [])),
+async def _admit(request: Request, ctx: Context) -> ActiveSession:
+    """The session behind the request's cookie, judged by the rules for the app asking: the
+    forwarded host's and the query string's (/auth?allowed_groups=admins)."""
+    return await ctx.gate.admit(
+        ctx.cookies.session_id(request),
+        forwarded_host(request, ctx.proxies),
+        request.url.query,
     )
-    # Claims are the provider's text: no control characters may reach a header. Non-ASCII
-    # values go out as UTF-8 bytes, as the provider sent them.
-    return [*_EMPTY_TEXT, *((name, _header_value(value)) for name, value in identity)]
-
-
-def _header_value(value: str) -> bytes:
-    # isprintable() is one C loop; translate() with a table, a dict lookup per character.
-    if not value.isprintable():
-        value = value.translate(_CONTROL)
-    return value.encode("utf-8")
 
 
 async def userinfo(request: Request) -> Response:
     ctx = context(request)
-    session = await ctx.gate.session(ctx.cookies.session_id(request))
+    session = await ctx.gate.admit(ctx.cookies.session_id(request))
     return JSONResponse(session.claims | {"sub": session.subject})
 
 

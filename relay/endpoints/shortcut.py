@@ -19,6 +19,19 @@ from relay.endpoints import SESSION, Context, session
 from relay.store.sessions import ActiveSession
 
 _READS = frozenset({"GET", "HEAD"})
+# Per session: the apps (query strings, forwarded hosts) one user checks against at once.
+_VERDICTS_MAX = 32
+
+
+class _Memo:
+    """One session's rendered headers and its verdicts per (query string, forwarded host)."""
+
+    __slots__ = ("headers", "session", "verdicts")
+
+    def __init__(self, session: ActiveSession, headers: list[tuple[bytes, bytes]]) -> None:
+        self.session = session
+        self.headers = headers
+        self.verdicts: dict[tuple[bytes, bytes | None], bool] = {}
 
 
 class AuthShortcut:
@@ -28,7 +41,7 @@ class AuthShortcut:
             prefix + "/auth": session.auth,
             prefix + "/auth/redirect": session.auth_redirect,
         }
-        self._rendered: dict[str, tuple[ActiveSession, list[tuple[bytes, bytes]]]] = {}
+        self._memo: dict[str, _Memo] = {}
         self._memo_max = memo_max
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -43,29 +56,45 @@ class AuthShortcut:
         await self.app(scope, receive, send)
 
     def _answer(self, ctx: Context, scope: Scope) -> list[tuple[bytes, bytes]] | None:
+        access = ctx.gate.access
+        by_host = access.has_host_rules
+        cookie = host = None
         for name, value in scope["headers"]:
-            if name == b"cookie":
-                cookie = cookie_id(value.decode("latin-1"), ctx.cookies.session_name)
-                break
-        else:
-            return None
+            if name == b"cookie" and cookie is None:
+                cookie = value
+                if not by_host:
+                    break
+            elif name == b"x-forwarded-host" and by_host:
+                host = value
         if cookie is None:
             return None
-        active = ctx.sessions.cached(hash_id(cookie), ctx.now())
+        session_id = cookie_id(cookie.decode("latin-1"), ctx.cookies.session_name)
+        if session_id is None:
+            return None
+        active = ctx.sessions.cached(hash_id(session_id), ctx.now())
         if active is None:
             return None
         # For the access line, if one is written (most successful checks are not logged):
         # cheaper in the scope than bound to the log context on every check.
         scope[SESSION] = short_hash(active.id_hash)
         # The cache hands out the same ActiveSession until the session changes (a touch, a
-        # new read): its headers are rendered once per change, not once per request.
-        memo = self._rendered.get(active.id_hash)
-        if memo is not None and memo[0] is active:
-            return memo[1]
-        if len(self._rendered) >= self._memo_max:
-            # As many as the cache holds: past that, the entries are for sessions it has let
-            # go of. Start afresh rather than keep them (and their sessions) alive.
-            self._rendered.clear()
-        headers = session.identity_headers(active)
-        self._rendered[active.id_hash] = (active, headers)
-        return headers
+        # new read): its headers and verdicts are worked out once per change, not per request.
+        memo = self._memo.get(active.id_hash)
+        if memo is None or memo.session is not active:
+            if len(self._memo) >= self._memo_max:
+                # As many as the cache holds: past that, the entries are for sessions it has
+                # let go of. Start afresh rather than keep them (and their sessions) alive.
+                self._memo.clear()
+            memo = self._memo[active.id_hash] = _Memo(active, ctx.identity.render(active))
+        if host is not None and (scope.get("client") or ("",))[0] not in ctx.proxies:
+            host = None  # only a trusted proxy names the app
+        key = (scope["query_string"], host)
+        allowed = memo.verdicts.get(key)
+        if allowed is None:
+            if len(memo.verdicts) >= _VERDICTS_MAX:
+                memo.verdicts.clear()
+            forwarded = None if host is None else host.decode("latin-1").split(",")[0].strip()
+            query = scope["query_string"].decode("latin-1")
+            allowed = memo.verdicts[key] = access.refusal(active.claims, forwarded, query) is None
+        # A refusal is the routed endpoint's to give: it logs the reason and renders the page.
+        return memo.headers if allowed else None

@@ -179,7 +179,7 @@ def nginx_service(
     text = replace_exactly(text, "/etc/ssl/certs/app.example.com.pem", str(cert), 1)
     text = replace_exactly(text, "/etc/ssl/private/app.example.com.key", str(key), 1)
     text = replace_exactly(text, "server 127.0.0.1:4180;", f"server 127.0.0.1:{relay_port};", 1)
-    text = replace_exactly(text, "127.0.0.1:8080", f"127.0.0.1:{upstream_port}", 1)
+    text = replace_exactly(text, "127.0.0.1:8080", f"127.0.0.1:{upstream_port}", 3)
     (workdir / f"{name}-site.conf").write_text(text)
     temp = workdir / f"{name}-temp"
     temp.mkdir(exist_ok=True)
@@ -214,7 +214,7 @@ def caddy_service(
     site = (ROOT / "deploy" / "Caddyfile").read_text()
     site = replace_exactly(site, "app.example.com {", f"https://127.0.0.1:{https_port} {{", 1)
     site = replace_exactly(site, "127.0.0.1:4180", f"127.0.0.1:{relay_port}", 2)
-    site = replace_exactly(site, "127.0.0.1:8080", f"127.0.0.1:{upstream_port}", 1)
+    site = replace_exactly(site, "127.0.0.1:8080", f"127.0.0.1:{upstream_port}", 2)
     # Global options for a throwaway instance: no admin API, no state outside workdir, no
     # system trust store, the HTTP redirect port out of the way.
     options = f"{{\n\tadmin off\n\tskip_install_trust\n\thttp_port {http_port}\n}}\n\n"

@@ -23,12 +23,15 @@ FORGED = {
     "X-Auth-Request-User": "mallory",
     "X-Auth-Request-Subject": "mallory",
     "X-Auth-Request-Groups": "admins",
+    "X-Auth-Request-Preferred-Username": "mallory",
+    "X-Auth-Request-Access-Token": "forged-token",
 }
 ALICE = {
     "x-auth-request-email": "alice@example.com",
     "x-auth-request-user": "alice",
     "x-auth-request-subject": "alice",
     "x-auth-request-groups": "admins,staff",
+    "x-auth-request-preferred-username": "alice",
 }
 
 

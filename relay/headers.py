@@ -1,0 +1,64 @@
+"""What /auth tells the app about the user: the X-Auth-Request-* headers of a 200, from the
+session's claims as [headers] maps them (and the groups from access.groups_claim)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.access import Access, claim, strings
+from relay.config import HeadersConfig
+from relay.store.sessions import ActiveSession
+
+_CONTROL = dict.fromkeys(range(32)) | {127: None}
+_EMPTY_TEXT = ((b"content-length", b"0"), (b"content-type", b"text/plain; charset=utf-8"))
+
+
+class IdentityHeaders:
+    def __init__(self, config: HeadersConfig, access: Access) -> None:
+        self._access = access
+        self._user = tuple(config.user_claim.split("."))
+        self._email = tuple(config.email_claim.split("."))
+        self._username = tuple(config.preferred_username_claim.split("."))
+        self._extra = [
+            (header.encode("ascii"), tuple(path.split(".")))
+            for header, path in config.extra.items()
+        ]
+
+    def render(self, session: ActiveSession) -> list[tuple[bytes, bytes]]:
+        """The whole header list of a 200 from /auth: an empty text body and who is signed in."""
+        claims = session.claims
+        email = _text(claim(claims, self._email))
+        username = _text(claim(claims, self._username))
+        user = _text(claim(claims, self._user)) or email or session.subject
+        # Every header, always, empty when unknown: a proxy that copies them onto the upstream
+        # request then replaces a header the client forged instead of letting it through.
+        identity = [
+            (b"x-auth-request-subject", session.subject),
+            (b"x-auth-request-user", user),
+            (b"x-auth-request-email", email),
+            (b"x-auth-request-preferred-username", username),
+            (b"x-auth-request-groups", ",".join(self._access.groups(claims))),
+        ]
+        identity.extend((header, _text(claim(claims, path))) for header, path in self._extra)
+        return [*_EMPTY_TEXT, *((name, _header_value(value)) for name, value in identity)]
+
+
+def _text(value: Any) -> str:
+    """A claim as header text: a string as is, a list of strings comma-joined, a number or
+    boolean spelled as in JSON; anything else (an object) is not for a header."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return ",".join(strings(value))
+
+
+def _header_value(value: str) -> bytes:
+    # Claims are the provider's text: no control characters may reach a header. Non-ASCII
+    # values go out as UTF-8 bytes, as the provider sent them. isprintable() is one C loop;
+    # translate() with a table, a dict lookup per character.
+    if not value.isprintable():
+        value = value.translate(_CONTROL)
+    return value.encode("utf-8")

@@ -1,0 +1,351 @@
+"""Access rules: who may pass, at login and at every /auth, narrowed per app by forwarded host
+or /auth's query string; and the identity headers the app then receives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from relay.access import Access
+from relay.config import AccessConfig, ConfigError, config_from_mapping
+from tests.conftest import PUBLIC_URL, callback_path, provider_redirect, sign_in
+from tests.provider import TestProvider
+from tests.test_config import GOOD
+
+ALICE: dict[str, Any] = {
+    "sub": "user-1",
+    "email": "alice@example.com",
+    "email_verified": True,
+    "groups": ["admins", "staff"],
+}
+
+
+def judge(claims: dict[str, Any], host: str | None = None, query: str = "", **rules: Any) -> Any:
+    refused = Access(AccessConfig(**rules)).refusal(claims, host, query)
+    return None if refused is None else refused.reason
+
+
+@pytest.mark.parametrize(
+    ("rules", "claims", "expected"),
+    [
+        ({"email_domains": ["example.com"]}, {}, None),
+        ({"email_domains": ["EXAMPLE.com"]}, {"email": "Alice@Example.COM"}, None),
+        ({"email_domains": ["example.org"]}, {}, "access.email_not_allowed"),
+        # A domain names that domain: not its subdomains, not a suffix.
+        (
+            {"email_domains": ["example.com"]},
+            {"email": "a@dev.example.com"},
+            "access.email_not_allowed",
+        ),
+        (
+            {"email_domains": ["example.com"]},
+            {"email": "a@badexample.com"},
+            "access.email_not_allowed",
+        ),
+        ({"email_domains": ["*.example.com"]}, {"email": "a@dev.example.com"}, None),
+        (
+            {"email_domains": ["*.example.com"]},
+            {"email": "a@example.com"},
+            "access.email_not_allowed",
+        ),
+        (
+            {"email_domains": ["*.example.com"]},
+            {"email": "a@evilexample.com"},
+            "access.email_not_allowed",
+        ),
+        # "*" is anyone the provider signs in, with or without an address.
+        ({"email_domains": ["*"]}, {"email": None}, None),
+        ({"allowed_emails": ["alice@example.com"]}, {}, None),
+        ({"allowed_emails": ["bob@example.com"]}, {}, "access.email_not_allowed"),
+        # allowed_emails and email_domains are or'ed, as in oauth2-proxy.
+        ({"email_domains": ["example.org"], "allowed_emails": ["ALICE@example.com"]}, {}, None),
+        ({"email_domains": ["example.com"]}, {"email": None}, "access.email_missing"),
+        ({"email_domains": ["example.com"]}, {"email": "a@b@example.com"}, "access.email_missing"),
+        # OIDC Core 5.1: an address the provider has not verified is anybody's.
+        ({"email_domains": ["example.com"]}, {"email_verified": False}, "access.email_unverified"),
+        (
+            {"email_domains": ["example.com"]},
+            {"email_verified": "false"},
+            "access.email_unverified",
+        ),
+        (
+            {"email_domains": ["example.com"], "allow_unverified_email": True},
+            {"email_verified": False},
+            None,
+        ),
+        ({"allowed_groups": ["staff"]}, {}, None),
+        ({"allowed_groups": ["auditors", "admins"]}, {}, None),
+        ({"allowed_groups": ["auditors"]}, {}, "access.group_not_allowed"),
+        ({"allowed_groups": ["staff"]}, {"groups": None}, "access.group_not_allowed"),
+        ({"allowed_groups": ["staff"]}, {"groups": "staff"}, None),
+        ({"allowed_groups": ["staff"]}, {"groups": {"staff": True}}, "access.group_not_allowed"),
+        # Every part a rule set names must pass: the email and the group.
+        (
+            {"email_domains": ["example.com"], "allowed_groups": ["auditors"]},
+            {},
+            "access.group_not_allowed",
+        ),
+        (
+            {"email_domains": ["example.org"], "allowed_groups": ["staff"]},
+            {},
+            "access.email_not_allowed",
+        ),
+        ({"required_claims": {"email_verified": True}}, {}, None),
+        (
+            {"required_claims": {"email_verified": True}},
+            {"email_verified": False},
+            "access.claim_mismatch",
+        ),
+        (
+            {"required_claims": {"email_verified": True}},
+            {"email_verified": None},
+            "access.claim_mismatch",
+        ),
+        # Strictly typed: 1 is not true, "true" is not true.
+        (
+            {"required_claims": {"email_verified": True}},
+            {"email_verified": 1},
+            "access.claim_mismatch",
+        ),
+        (
+            {"required_claims": {"email_verified": True}},
+            {"email_verified": "true"},
+            "access.claim_mismatch",
+        ),
+        ({"required_claims": {"acr": "mfa"}}, {"acr": "mfa"}, None),
+        ({"required_claims": {"amr": "otp"}}, {"amr": ["pwd", "otp"]}, None),
+        ({"required_claims": {"amr": "otp"}}, {"amr": ["pwd"]}, "access.claim_mismatch"),
+        ({"required_claims": {"org.tier": 2}}, {"org": {"tier": 2}}, None),
+        ({"required_claims": {"org.tier": 2}}, {"org": {"tier": 3}}, "access.claim_mismatch"),
+    ],
+)
+def test_the_rules(rules: dict[str, Any], claims: dict[str, Any], expected: str | None) -> None:
+    """Each rule of [access], judged on a user's claims."""
+    assert judge(ALICE | claims, **rules) == expected
+
+
+def test_groups_come_from_a_dotted_groups_claim() -> None:
+    """groups_claim reaches nested claims, such as Keycloak's realm_access.roles."""
+    claims = {"email": "a@example.com", "realm_access": {"roles": ["editor", 7]}}
+    rules = {"allowed_groups": ["editor"], "groups_claim": "realm_access.roles"}
+    assert judge(claims, **rules) is None
+    assert judge(claims | {"realm_access": {"roles": ["viewer"]}}, **rules) == (
+        "access.group_not_allowed"
+    )
+    assert judge(claims | {"realm_access": "editor"}, **rules) == "access.group_not_allowed"
+    assert Access(AccessConfig(**rules)).groups(claims) == ["editor"]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", None),
+        ("allowed_groups=admins", None),
+        ("allowed_groups=auditors,admins", None),
+        ("allowed_groups=auditors", "access.group_not_allowed"),
+        ("allowed_groups=auditors&allowed_groups=staff", None),
+        ("allowed_emails=alice@example.com", None),
+        ("allowed_emails=bob@example.com", "access.email_not_allowed"),
+        ("allowed_email_domains=example.com", None),
+        ("allowed_email_domains=example.org", "access.email_not_allowed"),
+        # Each narrowing given must pass, as with oauth2-proxy's /oauth2/auth.
+        ("allowed_groups=admins&allowed_email_domains=example.org", "access.email_not_allowed"),
+        ("allowed_groups=&allowed_emails=", None),
+        ("rd=%2F&other=1", None),
+    ],
+)
+def test_query_narrowing(query: str, expected: str | None) -> None:
+    """/auth's allowed_groups, allowed_emails and allowed_email_domains narrow the config's
+    rules for one app (comma-separated); other parameters are not ours."""
+    assert judge(ALICE, query=query, email_domains=["*"]) == expected
+
+
+def test_narrowing_never_widens() -> None:
+    """A query or host rule that Alice passes does not let her past a config rule she fails."""
+    rules = {
+        "email_domains": ["example.org"],
+        "hosts": {"wiki.example.com": {"allowed_email_domains": ["example.com"]}},
+    }
+    assert judge(ALICE, "wiki.example.com", "allowed_email_domains=example.com", **rules) == (
+        "access.email_not_allowed"
+    )
+
+
+def test_host_rules() -> None:
+    """Rules keyed by the forwarded host apply on top of the config's, to that host alone
+    (its name is matched without case, with or without the port)."""
+    rules = {
+        "email_domains": ["*"],
+        "hosts": {"Wiki.Example.com": {"allowed_groups": ["editors"]}},
+    }
+    assert judge(ALICE, "wiki.example.com", **rules) == "access.group_not_allowed"
+    assert judge(ALICE, "WIKI.example.com:8443", **rules) == "access.group_not_allowed"
+    assert judge(ALICE, "app.example.com", **rules) is None
+    assert judge(ALICE, None, **rules) is None
+    assert judge(ALICE | {"groups": ["editors"]}, "wiki.example.com", **rules) is None
+
+
+def config_errors(
+    access: dict[str, Any] | None, headers: dict[str, Any] | None = None
+) -> list[str]:
+    data: dict[str, Any] = {name: dict(body) for name, body in GOOD.items() if name != "access"}
+    if access is not None:
+        data["access"] = access
+    if headers is not None:
+        data["headers"] = headers
+    try:
+        config_from_mapping(data, {})
+    except ConfigError as exc:
+        return exc.lines
+    return []
+
+
+def test_no_rule_at_all_stops_startup_saying_what_to_set() -> None:
+    """Fail closed: no [access] section, or one naming no rule, is one line saying to set
+    email_domains = ["*"] to let everyone through."""
+    for access in (None, {}, {"groups_claim": "roles", "hosts": {"a.example": {}}}):
+        [line] = config_errors(access)
+        assert line.startswith("access: no rule lets anyone in")
+        assert 'email_domains = ["*"]' in line
+
+
+@pytest.mark.parametrize(
+    ("access", "headers", "key"),
+    [
+        ({"email_domains": ["example.com/"]}, None, "access.email_domains"),
+        ({"email_domains": ["*"], "allowed_emails": ["nobody"]}, None, "access.allowed_emails"),
+        ({"email_domains": ["*"], "groups_claim": "a..b"}, None, "access.groups_claim"),
+        (
+            {"email_domains": ["*"], "hosts": {"a.example": {"allowed_email_domains": ["@x"]}}},
+            None,
+            "access.hosts.a.example.allowed_email_domains",
+        ),
+        ({"email_domains": ["*"]}, {"extra": {"X Bad": "dept"}}, "headers.extra"),
+        ({"email_domains": ["*"]}, {"extra": {"X-Auth-Request-Email": "mail"}}, "headers.extra"),
+        ({"email_domains": ["*"]}, {"user_claim": ""}, "headers.user_claim"),
+    ],
+)
+def test_bad_access_and_header_keys_are_named(
+    access: dict[str, Any], headers: dict[str, Any] | None, key: str
+) -> None:
+    """A malformed rule or header mapping stops startup with one line naming its key."""
+    [line] = config_errors(access, headers)
+    assert line.startswith(f"{key}: "), line
+
+
+def active_sessions(db: Engine) -> int:
+    with db.connect() as conn:
+        return int(
+            conn.execute(text("SELECT count(*) FROM sessions WHERE status = 'active'")).scalar_one()
+        )
+
+
+def test_a_login_the_rules_refuse_gets_a_403_page_and_no_session(
+    make_relay: Any, provider: TestProvider, db: Engine, log_stream: Any
+) -> None:
+    """Signed in at the provider but outside the rules: a 403 page saying why, with a
+    sign-out link (to try another account), no session row and no session cookie."""
+    with make_relay(access={"email_domains": ["example.org"]}) as relay:
+        done = sign_in(relay, provider)
+        assert done.status_code == 403
+        assert "Not allowed" in done.text
+        assert "Your email address is not allowed here." in done.text
+        assert f'href="{PUBLIC_URL}/logout"' in done.text
+        assert "set-cookie" not in done.headers or "relay_session" not in done.headers["set-cookie"]
+        assert active_sessions(db) == 0
+        assert relay.get("/auth").status_code == 401
+    events = [line for line in log_stream.getvalue().splitlines() if "login.forbidden" in line]
+    assert len(events) == 1 and "access.email_not_allowed" in events[0]
+
+
+def test_a_refused_login_asked_for_json_gets_json(make_relay: Any, provider: TestProvider) -> None:
+    """A client that asks for JSON gets the reason as JSON."""
+    with make_relay(access={"email_domains": ["*"], "allowed_groups": ["auditors"]}) as relay:
+        start = relay.get("/login", params={"rd": "/"})
+        done = relay.get(
+            callback_path(provider_redirect(provider, start.headers["location"])),
+            headers={"accept": "application/json"},
+        )
+    assert done.status_code == 403
+    assert done.json()["error"] == "access.group_not_allowed"
+
+
+def test_changed_rules_judge_existing_sessions_at_their_next_check(
+    make_relay: Any, provider: TestProvider
+) -> None:
+    """A session signed in under one rule is refused (403, not 401) once the rules change,
+    at its next /auth, cached or not; /userinfo refuses it too."""
+    with make_relay(access={"email_domains": ["example.com"]}) as relay:
+        sign_in(relay, provider)
+        cookies = dict(relay.cookies)
+        assert relay.get("/auth").status_code == 200
+    with make_relay(access={"email_domains": ["example.org"]}) as relay:
+        relay.cookies.update(cookies)
+        for _ in range(3):  # a miss, then answers the cache could give
+            refused = relay.get("/auth")
+            assert refused.status_code == 403
+            assert "www-authenticate" not in refused.headers
+        assert relay.get("/auth/redirect").status_code == 403
+        assert relay.get("/userinfo").status_code == 403
+    with make_relay(access={"email_domains": ["example.org", "example.com"]}) as relay:
+        relay.cookies.update(cookies)
+        assert relay.get("/auth").status_code == 200
+
+
+def test_auth_narrows_by_query_cached_or_not(make_relay: Any, provider: TestProvider) -> None:
+    """/auth?allowed_groups=... answers per app, and the forward-auth shortcut's memo of
+    verdicts never lets one app's answer stand for another's."""
+    with make_relay() as relay:
+        sign_in(relay, provider)
+        for _ in range(3):
+            assert relay.get("/auth?allowed_groups=admins").status_code == 200
+            assert relay.get("/auth?allowed_groups=auditors").status_code == 403
+            assert relay.get("/auth?allowed_groups=auditors,staff").status_code == 200
+            assert relay.get("/auth?allowed_email_domains=example.org").status_code == 403
+            assert relay.get("/auth").status_code == 200
+
+
+def test_host_rules_need_a_trusted_proxy(make_relay: Any, provider: TestProvider) -> None:
+    """Rules keyed by X-Forwarded-Host apply when a trusted proxy names the host; from any
+    other peer the header is not believed."""
+    access = {
+        "email_domains": ["*"],
+        "hosts": {"wiki.example.com": {"allowed_groups": ["editors"]}},
+    }
+    forwarded = {"x-forwarded-host": "wiki.example.com"}
+    with make_relay(peer="127.0.0.1", access=access) as relay:
+        sign_in(relay, provider)
+        for _ in range(3):
+            assert relay.get("/auth", headers=forwarded).status_code == 403
+            assert (
+                relay.get("/auth", headers={"x-forwarded-host": "app.example.com"}).status_code
+                == 200
+            )
+            assert relay.get("/auth").status_code == 200
+    with make_relay(peer="198.51.100.7", access=access) as relay:
+        sign_in(relay, provider)
+        assert relay.get("/auth", headers=forwarded).status_code == 200
+
+
+def test_identity_headers_follow_the_config(make_relay: Any, provider: TestProvider) -> None:
+    """Which claim feeds each header, extra headers from claims, the preferred username, and
+    groups from groups_claim; a claim the user lacks gives an empty header, never none."""
+    provider.profile["realm_access"] = {"roles": ["editor", "viewer"]}
+    provider.profile["department"] = "R&D"
+    headers = {
+        "user_claim": "name",
+        "extra": {"X-Auth-Request-Department": "department", "X-Auth-Request-Team": "team"},
+    }
+    access = {"email_domains": ["*"], "groups_claim": "realm_access.roles"}
+    with make_relay(access=access, headers=headers) as relay:
+        sign_in(relay, provider)
+        for _ in range(2):  # routed, then the shortcut
+            got = relay.get("/auth").headers
+            assert got["x-auth-request-user"] == "Alice Example"
+            assert got["x-auth-request-preferred-username"] == "alice"
+            assert got["x-auth-request-email"] == "alice@example.com"
+            assert got["x-auth-request-groups"] == "editor,viewer"
+            assert got["x-auth-request-department"] == "R&D"
+            assert got["x-auth-request-team"] == ""
