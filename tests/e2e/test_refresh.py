@@ -35,7 +35,8 @@ def short_lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of its own (the shared one keeps the provider's hour-long tokens): PostgreSQL,
     the provider with ACCESS_TOKEN_TTL, the upstream app, the relay, nginx."""
     workdir: Path = tmp_path_factory.mktemp("e2e-refresh")
-    names = ("provider", "relay", "upstream", "nginx", "nginx_http")
+    # No Caddy here, but Stack's relay config names its port among the allowed hosts.
+    names = ("provider", "relay", "upstream", "nginx", "nginx_http", "caddy")
     ports = {name: free_port() for name in names}
     with postgres_database() as url:
         run_migrations(url)
