@@ -33,6 +33,7 @@ from relay.oidc.jwks import JwksCache
 from relay.pages import error_response
 from relay.pruner import run_pruner
 from relay.ratelimit import LoginLimiter
+from relay.refresh import Refresher
 from relay.routes import InternalPort, routes
 from relay.sampler import run_sampler
 from relay.store.cache import SessionCache
@@ -102,14 +103,30 @@ def create_app(
             # Other replicas end sessions too: the cache is trusted only while this listener
             # hears about it (store/invalidation.py).
             listener = Listener(database.url, cache, timeout=database.timeout)
-        sessions = Sessions(db, sealer, lifetimes, cache)
+        sessions = Sessions(
+            db,
+            sealer,
+            lifetimes,
+            cache,
+            refresh_margin=config.refresh.margin if config.refresh.enabled else None,
+        )
         discovery = Discovery(http, config.provider.issuer, config.provider.metadata_ttl, clock)
+        jwks = JwksCache(http, config.provider.jwks_refresh_cooldown, clock)
+        refresher = Refresher(
+            config=config,
+            http=http,
+            discovery=discovery,
+            jwks=jwks,
+            sessions=sessions,
+            metrics=metrics,
+            clock=clock,
+        )
         access = Access(config.access)
         flows = Flows(
             config=config,
             http=http,
             discovery=discovery,
-            jwks=JwksCache(http, config.provider.jwks_refresh_cooldown, clock),
+            jwks=jwks,
             pending=PendingLogins(db, sealer),
             sessions=sessions,
             metrics=metrics,
@@ -126,7 +143,7 @@ def create_app(
             discovery=discovery,
             db=db,
             sessions=sessions,
-            gate=Gate(sessions, access, config.server.public_url + "/logout", clock),
+            gate=Gate(sessions, access, config.server.public_url + "/logout", clock, refresher),
             identity=IdentityHeaders(config.headers, access),
             clock=clock,
             cookies=CookiePolicy.from_config(session),

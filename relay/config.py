@@ -479,6 +479,23 @@ class LoggingConfig(_Section):
     auth_success_sample: float = Field(default=0.01, ge=0.0, le=1.0)
 
 
+class RefreshConfig(_Section):
+    """Refreshing a session's access token with its refresh token (RFC 6749 §6)."""
+
+    enabled: bool = True
+    # Refresh this long before the access token expires (keep it below the provider's
+    # access-token lifetime, or every check refreshes).
+    margin: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0)] = 60
+    # While the provider is down (unreachable, timing out, 5xx), a session keeps working on
+    # what it has for this long past its access token's expiry, then gets 503 until the
+    # provider is back. 10 minutes rides out a provider restart or a short incident without
+    # logging anyone out, while identity claims go stale by at most this much.
+    outage_grace: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0)] = 600
+    # After a failed refresh, no replica tries again for that session before this long:
+    # a down provider is not asked again on every request.
+    retry_interval: Duration = 15
+
+
 class Config(_Section):
     """The whole configuration; build it with :func:`load_config`."""
 
@@ -494,6 +511,7 @@ class Config(_Section):
     access: AccessConfig
     headers: HeadersConfig = HeadersConfig()
     admin: AdminConfig = AdminConfig()
+    refresh: RefreshConfig = RefreshConfig()
 
     @model_validator(mode="after")
     def _across_sections(self) -> Config:

@@ -203,7 +203,7 @@ class Flows:
             hash_id(session_id),
             claims["sub"],
             kept,
-            Tokens(tokens.id_token, tokens.access_token, tokens.refresh_token),
+            Tokens(tokens.id_token, tokens.access_token, tokens.refresh_token, tokens.expires_in),
             self.now(),
             sid=sid if isinstance(sid, str) and len(sid) <= 255 else None,
         )

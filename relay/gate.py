@@ -14,6 +14,7 @@ import structlog
 from relay.access import Access
 from relay.crypto import hash_id, short_hash
 from relay.errors import AccessDenied, Unauthorized
+from relay.refresh import Refresher
 from relay.store.sessions import ActiveSession, Sessions
 
 log = structlog.get_logger("relay.gate")
@@ -21,12 +22,18 @@ log = structlog.get_logger("relay.gate")
 
 class Gate:
     def __init__(
-        self, sessions: Sessions, access: Access, sign_out_url: str, clock: Callable[[], float]
+        self,
+        sessions: Sessions,
+        access: Access,
+        sign_out_url: str,
+        clock: Callable[[], float],
+        refresher: Refresher | None = None,
     ) -> None:
         self._sessions = sessions
         self.access = access
         self._sign_out_url = sign_out_url
         self._clock = clock
+        self._refresher = refresher
 
     async def session(self, session_id: str | None) -> ActiveSession:
         """The live session behind this cookie value, or Unauthorized."""
@@ -36,6 +43,12 @@ class Gate:
         if session is None:
             raise Unauthorized("session.unknown_or_expired")
         structlog.contextvars.bind_contextvars(session=short_hash(session.id_hash))
+        if self._refresher is not None:
+            # Refreshed when due (relay/refresh.py): what is judged next is what it brought.
+            refreshed = await self._refresher.fresh(session)
+            if refreshed is None:
+                raise Unauthorized("session.refresh_rejected")
+            session = refreshed
         return session
 
     async def admit(

@@ -38,6 +38,13 @@ class Metrics:
         self.pruned = Counter(
             "relay_pruned_rows_total", "Expired rows removed by the pruner.", registry=self.registry
         )
+        self.refreshes = Counter(
+            "relay_refresh_total",
+            "Access-token refreshes by result: succeeded, ended (invalid_grant), failed (the "
+            "provider or database), rejected (what the provider sent failed validation).",
+            ["result"],
+            registry=self.registry,
+        )
         self.sessions = Gauge(
             "relay_sessions",
             "Rows in the sessions table by state, sampled every sample interval.",

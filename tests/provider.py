@@ -7,6 +7,7 @@ whoever the test names, and keeps its state in memory.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import warnings
@@ -42,6 +43,14 @@ class Grant:
 
 
 @dataclass
+class RefreshGrant:
+    """What a refresh token stands for: whose it is and the login's nonce."""
+
+    subject: str
+    nonce: str | None
+
+
+@dataclass
 class Behaviour:
     """Knobs a test turns to make the provider misbehave."""
 
@@ -57,6 +66,15 @@ class Behaviour:
     userinfo_claims: dict[str, Any] = field(default_factory=dict)  # merged over the profile
     # path -> "timeout" | "connect": the transport fails instead of reaching the endpoint
     network_failures: dict[str, str] = field(default_factory=dict)
+    expires_in: int | None = 3600  # the access token's, in every token response; None: unsaid
+    # Refresh grants (RFC 6749 §6): a new refresh token each time (the old one then answers
+    # invalid_grant), an ID token with them, and its claims merged over the defaults.
+    rotate_refresh_tokens: bool = True
+    refresh_id_token: bool = True
+    refresh_id_token_claims: dict[str, Any] = field(default_factory=dict)
+    refresh_status: int = 200  # answered (with refresh_body or server_error) to refreshes only
+    refresh_body: Any = None
+    refresh_delay: float = 0.0  # seconds a refresh takes: keeps it in flight while others ask
 
 
 class ProviderTransport(httpx2.AsyncBaseTransport):
@@ -102,6 +120,8 @@ class TestProvider:
         self.userinfo_requests: list[dict[str, str]] = []
         self.issued: list[str] = []  # every token the provider handed out
         self.access_tokens: dict[str, str] = {}  # access token -> subject
+        self.refresh_tokens: dict[str, RefreshGrant] = {}  # live refresh tokens
+        self.refresh_requests: list[dict[str, Any]] = []  # every refresh grant asked for
         self.app = Starlette(
             routes=[
                 Route("/.well-known/openid-configuration", self.discovery),
@@ -167,6 +187,8 @@ class TestProvider:
             )
         if not self._client_authenticated(request):
             return JSONResponse({"error": "invalid_client"}, status_code=401)
+        if form.get("grant_type") == "refresh_token":
+            return await self._refresh(form)
         grant = self.grants.get(form.get("code", ""))
         if grant is None or grant.used or form.get("redirect_uri") != grant.redirect_uri:
             return JSONResponse({"error": "invalid_grant"}, status_code=400)
@@ -179,13 +201,51 @@ class TestProvider:
             return JSONResponse({"error": "invalid_grant"}, status_code=400)
         access_token = "at-" + secrets.token_urlsafe(16)
         self.access_tokens[access_token] = grant.subject
+        refresh_token = "rt-" + secrets.token_urlsafe(16)
+        self.refresh_tokens[refresh_token] = RefreshGrant(grant.subject, grant.nonce)
         tokens = {
             "access_token": access_token,
-            "refresh_token": "rt-" + secrets.token_urlsafe(16),
+            "refresh_token": refresh_token,
             "id_token": self.id_token(grant.nonce, grant.subject),
         }
         self.issued.extend(tokens.values())
-        return JSONResponse({**tokens, "token_type": "Bearer", "expires_in": 3600})
+        return self._tokens(tokens)
+
+    async def _refresh(self, form: dict[str, str]) -> Response:
+        """RFC 6749 §6, with rotation; OIDC Core §12.2's ID token (no nonce by default)."""
+        self.refresh_requests.append(form)
+        b = self.behaviour
+        if b.refresh_delay:
+            await asyncio.sleep(b.refresh_delay)
+        if b.refresh_status != 200 or b.refresh_body is not None:
+            body = b.refresh_body or {"error": "server_error"}
+            return JSONResponse(body, status_code=b.refresh_status)
+        old = form.get("refresh_token", "")
+        grant = self.refresh_tokens.get(old)
+        if grant is None:
+            return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        access_token = "at-" + secrets.token_urlsafe(16)
+        self.access_tokens[access_token] = grant.subject
+        tokens = {"access_token": access_token}
+        if b.rotate_refresh_tokens:
+            del self.refresh_tokens[old]
+            tokens["refresh_token"] = "rt-" + secrets.token_urlsafe(16)
+            self.refresh_tokens[tokens["refresh_token"]] = grant
+        if b.refresh_id_token:
+            claims = {"nonce": None, **b.refresh_id_token_claims}
+            tokens["id_token"] = self.id_token(grant.nonce, grant.subject, refreshed=claims)
+        self.issued.extend(tokens.values())
+        return self._tokens(tokens)
+
+    def _tokens(self, tokens: dict[str, str]) -> Response:
+        body: dict[str, Any] = {**tokens, "token_type": "Bearer"}
+        if self.behaviour.expires_in is not None:
+            body["expires_in"] = self.behaviour.expires_in
+        return JSONResponse(body)
+
+    def revoke_refresh_tokens(self) -> None:
+        """The provider forgets every refresh token (an admin revoked the user's grants)."""
+        self.refresh_tokens.clear()
 
     async def userinfo(self, request: Request) -> Response:
         self.calls["userinfo"] += 1
@@ -208,7 +268,9 @@ class TestProvider:
         user, _, password = base64.b64decode(header[6:]).decode().partition(":")
         return (unquote(user), unquote(password)) == (CLIENT_ID, CLIENT_SECRET)
 
-    def id_token(self, nonce: str | None, subject: str) -> str:
+    def id_token(
+        self, nonce: str | None, subject: str, refreshed: dict[str, Any] | None = None
+    ) -> str:
         now = int(self.clock())
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -224,6 +286,10 @@ class TestProvider:
         claims.update(b.id_token_claims)
         for name in b.drop_claims:
             claims.pop(name, None)
+        if refreshed is not None:
+            # A refresh's ID token: these claims over the rest; one set to None is left out.
+            claims.update(refreshed)
+            claims = {k: v for k, v in claims.items() if v is not None}
         key = b.signing_key or (self.ec_key if b.alg.startswith("ES") else self.rsa_key)
         header = {"alg": b.alg, "kid": key.kid, **b.id_token_header}
         header = {k: v for k, v in header.items() if v is not None}

@@ -8,13 +8,22 @@
 //   REDIRECT_URIS        comma-separated: the relay's <public_url>/callback
 //   POST_LOGOUT_URIS     comma-separated post-logout redirect URIs
 //   BACKCHANNEL_URI      the relay's back-channel logout endpoint (optional)
+//   ACCESS_TOKEN_TTL     seconds an access token lives (optional; oidc-provider's default
+//                        is an hour): short, to see the relay refresh within a test
 //
 // Its built-in development interactions ask for a login and a password, then consent; only the
 // accounts below exist. Prints "ready <issuer>" once listening.
 import Provider from 'oidc-provider';
 
-const { PORT, ISSUER, CLIENT_SECRET, REDIRECT_URIS, POST_LOGOUT_URIS, BACKCHANNEL_URI } =
-  process.env;
+const {
+  PORT,
+  ISSUER,
+  CLIENT_SECRET,
+  REDIRECT_URIS,
+  POST_LOGOUT_URIS,
+  BACKCHANNEL_URI,
+  ACCESS_TOKEN_TTL,
+} = process.env;
 
 const ACCOUNTS = {
   alice: {
@@ -78,6 +87,8 @@ const provider = new Provider(ISSUER, {
   },
   // Fixed keys are fine for a provider that lives for one test run on loopback.
   cookies: { keys: ['e2e-only-cookie-key-not-secret'] },
+  // Merged over oidc-provider's defaults: only the access token's lifetime changes.
+  ...(ACCESS_TOKEN_TTL ? { ttl: { AccessToken: Number(ACCESS_TOKEN_TTL) } } : {}),
 });
 provider.proxy = false;
 provider.on('backchannel.success', (ctx, c) => console.log(`backchannel.success ${c.clientId}`));

@@ -11,7 +11,7 @@ import httpx2
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from relay.config import ProviderConfig
-from relay.errors import BadRequest, Misconfigured, ProviderBadResponse
+from relay.errors import BadRequest, Misconfigured, ProviderBadResponse, Unauthorized
 from relay.oidc.discovery import ProviderMetadata
 from relay.oidc.http import json_object, send
 
@@ -21,6 +21,23 @@ class TokenResponse:
     id_token: str
     access_token: str | None
     refresh_token: str | None
+    expires_in: int | None = None  # seconds the access token lives, when the provider says
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """RFC 6749 §5.1 answer to a refresh: a new access token; a new refresh token when the
+    provider rotates them; an ID token when it issues one (OIDC Core §12.2)."""
+
+    access_token: str
+    refresh_token: str | None
+    id_token: str | None
+    expires_in: int | None
+
+
+class InvalidGrant(Unauthorized):
+    """RFC 6749 §5.2 invalid_grant to a refresh: the refresh token is expired, revoked or was
+    issued to someone else. Only a new login helps."""
 
 
 def authorization_url(
@@ -63,6 +80,57 @@ async def exchange_code(
         "redirect_uri": redirect_uri,
         "code_verifier": code_verifier,
     }
+    response = await _token_request(client, metadata, provider, form)
+    if response.status_code in (400, 401):
+        _raise_if_client_rejected(response)
+        # invalid_grant and friends: the code was bad, used or expired; the user retries.
+        raise BadRequest("token.rejected", _error_code(response))
+    if response.status_code != 200:
+        raise ProviderBadResponse(f"token.status_{response.status_code}")
+    return _parse_token_response(json_object(response, "token"))
+
+
+async def refresh_tokens(
+    client: httpx2.AsyncClient,
+    *,
+    metadata: ProviderMetadata,
+    provider: ProviderConfig,
+    refresh_token: str,
+) -> Refreshed:
+    """RFC 6749 §6: trade the refresh token for fresh tokens, with the client authenticating
+    as at the code exchange. No scope: the grant keeps the one first granted (§6)."""
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    response = await _token_request(client, metadata, provider, form)
+    if response.status_code in (400, 401):
+        _raise_if_client_rejected(response)
+        error = _error_code(response)
+        if error == "invalid_grant":
+            raise InvalidGrant("token.invalid_grant")
+        # invalid_request, invalid_scope...: the provider refuses something we sent, which a
+        # new login would not change; not a reason to end the session.
+        raise ProviderBadResponse("token.refresh_refused", error)
+    if response.status_code != 200:
+        raise ProviderBadResponse(f"token.status_{response.status_code}")
+    body = json_object(response, "token")
+    _check_token_type(body)
+    access = body.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise ProviderBadResponse("token.missing_access_token")
+    refresh, id_token = body.get("refresh_token"), body.get("id_token")
+    return Refreshed(
+        access_token=access,
+        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+        id_token=id_token if isinstance(id_token, str) and id_token else None,
+        expires_in=_expires_in(body),
+    )
+
+
+async def _token_request(
+    client: httpx2.AsyncClient,
+    metadata: ProviderMetadata,
+    provider: ProviderConfig,
+    form: dict[str, str],
+) -> httpx2.Response:
     headers = {"Accept": "application/json"}
     secret = provider.client_secret.get_secret_value() if provider.client_secret else ""
     if provider.token_endpoint_auth_method == "client_secret_basic":
@@ -74,23 +142,20 @@ async def exchange_code(
         if provider.token_endpoint_auth_method == "client_secret_post":
             form["client_secret"] = secret
     request = client.build_request("POST", metadata.token_endpoint, data=form, headers=headers)
-    response = await send(client, request, "token")
-    if response.status_code in (400, 401):
-        error = _error_code(response)
-        # RFC 6749 §5.2: these say the provider does not accept *us*; no retry by the user
-        # fixes that, only the operator.
-        if response.status_code == 401 or error in _CLIENT_ERRORS:
-            raise Misconfigured(
-                "token.client_rejected",
-                f"the provider answered {response.status_code} {error}: check "
-                "provider.client_id, provider.client_secret and "
-                "provider.token_endpoint_auth_method against the client registered there",
-            )
-        # invalid_grant and friends: the code was bad, used or expired; the user retries.
-        raise BadRequest("token.rejected", error)
-    if response.status_code != 200:
-        raise ProviderBadResponse(f"token.status_{response.status_code}")
-    return _parse_token_response(json_object(response, "token"))
+    return await send(client, request, "token")
+
+
+def _raise_if_client_rejected(response: httpx2.Response) -> None:
+    error = _error_code(response)
+    # RFC 6749 §5.2: these say the provider does not accept *us*; no retry by the user
+    # fixes that, only the operator.
+    if response.status_code == 401 or error in _CLIENT_ERRORS:
+        raise Misconfigured(
+            "token.client_rejected",
+            f"the provider answered {response.status_code} {error}: check "
+            "provider.client_id, provider.client_secret and "
+            "provider.token_endpoint_auth_method against the client registered there",
+        )
 
 
 _CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "unsupported_grant_type"})
@@ -105,11 +170,25 @@ def _error_code(response: httpx2.Response) -> str:
     return error[:64] if isinstance(error, str) else "unknown"
 
 
-def _parse_token_response(body: dict[str, Any]) -> TokenResponse:
+def _check_token_type(body: dict[str, Any]) -> None:
     token_type = body.get("token_type")
     # OIDC Core §3.1.3.3: token_type must be Bearer (case-insensitive).
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise ProviderBadResponse("token.bad_token_type")
+
+
+def _expires_in(body: dict[str, Any]) -> int | None:
+    # RFC 6749 §5.1: seconds, recommended. Some providers send it as a string.
+    value = body.get("expires_in")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _parse_token_response(body: dict[str, Any]) -> TokenResponse:
+    _check_token_type(body)
     id_token = body.get("id_token")
     if not isinstance(id_token, str) or not id_token:
         raise ProviderBadResponse("token.missing_id_token")
@@ -119,6 +198,7 @@ def _parse_token_response(body: dict[str, Any]) -> TokenResponse:
         id_token=id_token,
         access_token=access if isinstance(access, str) else None,
         refresh_token=refresh if isinstance(refresh, str) else None,
+        expires_in=_expires_in(body),
     )
 
 

@@ -4,8 +4,10 @@ verify (signature with a provider key, explicit algorithms), then validate (the 
 
 from __future__ import annotations
 
+import base64
+import json
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +66,45 @@ class LogoutToken:
     sid: str | None
     jti: str
     iat: int
+
+
+async def validate_refreshed_id_token(
+    token: str, keys: JwksCache, expect: Expectations, original: Mapping[str, Any]
+) -> dict[str, Any]:
+    """An ID token from a refresh: §3.1.3.7 as at login, then OpenID Connect Core 1.0 §12.2
+    against ``original``, the claims of the session's ID token (and ``expect.nonce``, the
+    nonce of its login)."""
+    claims = await _verified_claims(token, keys, expect, "id_token")
+    # §12.2: iss the same as the original's (the one issuer, checked here), aud containing
+    # our client_id, and the rest of §3.1.3.7.
+    _validate_common(claims, expect, "id_token")
+    # §12.2: sub the same as the original's: a refresh never changes who is signed in.
+    if claims.get("sub") != original.get("sub"):
+        raise InvalidToken("id_token.sub_changed")
+    if original.get("iss") is not None and claims.get("iss") != original["iss"]:
+        raise InvalidToken("id_token.iss_changed")
+    # §12.2: no nonce, or the original one.
+    if "nonce" in claims and claims["nonce"] != expect.nonce:
+        raise InvalidToken("id_token.nonce_mismatch")
+    # §12.2: auth_time, when present, is that of the original authentication.
+    if (
+        "auth_time" in claims
+        and original.get("auth_time") is not None
+        and claims["auth_time"] != original["auth_time"]
+    ):
+        raise InvalidToken("id_token.auth_time_changed")
+    return claims
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The payload of a token this relay verified when it received it and kept sealed since
+    (the session's own ID token); {} if it does not parse. Never for a token from outside."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 async def validate_logout_token(

@@ -8,7 +8,7 @@ invalidates it on every replica (store/invalidation.py).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Delete, bindparam, delete, func, insert, select, update
@@ -40,6 +40,7 @@ class Tokens:
     id_token: str
     access_token: str | None
     refresh_token: str | None
+    expires_in: int | None = None  # the access token's lifetime, when the provider said
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,20 @@ class ActiveSession:
     created_at: int
     last_accessed_at: int
     expires_at: int
+    # Unsealed: what a later change may hand to apps. Never in a repr (nor a log line).
+    access_token: str | None = field(default=None, repr=False)
+    access_expires_at: int | None = None  # None: the provider did not say
+    has_refresh_token: bool = False
+
+
+@dataclass(frozen=True)
+class RefreshClaim:
+    """What a replica that claimed a session's refresh needs, unsealed (never in a repr)."""
+
+    refresh_token: str = field(repr=False)
+    id_token: str | None = field(repr=False)
+    nonce: str | None  # the login's, once a refresh has recorded it
+    lease_until: int
 
 
 # Built once: SQLAlchemy then finds their compiled form in its cache without rebuilding them.
@@ -59,6 +74,9 @@ _LOOKUP = select(
     sessions.c.created_at,
     sessions.c.last_accessed_at,
     sessions.c.expires_at,
+    sessions.c.access_token,
+    sessions.c.access_expires_at,
+    sessions.c.refresh_token.is_not(None).label("has_refresh_token"),
 ).where(sessions.c.id_hash == bindparam("key"), sessions.c.status == ACTIVE)
 # A touch writes only if nobody (no other request, no other replica) touched the row within
 # the interval: of concurrent touches one writes, and the others read the row again.
@@ -72,16 +90,45 @@ _TOUCH = (
     )
     .values(last_accessed_at=bindparam("now"), expires_at=bindparam("new_expires_at"))
 )
+# One refresh per session across replicas: a replica claims the row by moving the lease
+# forward, only if no lease is running and a refresh is still due by the row itself (another
+# replica may have refreshed it since this one read it). A guarded UPDATE in a transaction of
+# its own, not SELECT ... FOR UPDATE held across the provider call: that would keep a
+# transaction and a pool connection for up to provider.timeout, and every other request for
+# the session would queue on the row lock until the database timeout (a 503). The lease
+# expires, so a replica that dies mid-refresh blocks the others only until then.
+_CLAIM = (
+    update(sessions)
+    .where(
+        sessions.c.id_hash == bindparam("key"),
+        sessions.c.status == ACTIVE,
+        sessions.c.expires_at > bindparam("now"),
+        sessions.c.refresh_token.is_not(None),
+        sessions.c.access_expires_at <= bindparam("due_before"),
+        (sessions.c.refresh_lease_until.is_(None))
+        | (sessions.c.refresh_lease_until <= bindparam("now")),
+    )
+    .values(refresh_lease_until=bindparam("lease_until"))
+    .returning(sessions.c.refresh_token, sessions.c.id_token, sessions.c.nonce)
+)
 
 
 class Sessions:
     def __init__(
-        self, db: Database, sealer: Sealer, lifetimes: Lifetimes, cache: SessionCache
+        self,
+        db: Database,
+        sealer: Sealer,
+        lifetimes: Lifetimes,
+        cache: SessionCache,
+        *,
+        refresh_margin: int | None = None,
     ) -> None:
         self._db = db
         self._sealer = sealer
         self._lifetimes = lifetimes
         self.cache = cache
+        # Seconds before the access token's expiry that a refresh is due; None: never.
+        self.refresh_margin = refresh_margin
 
     async def create(
         self,
@@ -94,6 +141,7 @@ class Sessions:
         sid: str | None = None,
     ) -> ActiveSession:
         expires_at = self._lifetimes.expires_at(now, now)
+        access_expires_at = None if tokens.expires_in is None else now + tokens.expires_in
         generation = self.cache.generation
         async with self._db.write() as conn:
             await conn.execute(
@@ -106,23 +154,36 @@ class Sessions:
                     id_token=self._sealer.seal(tokens.id_token),
                     access_token=self._sealer.seal(tokens.access_token),
                     refresh_token=self._sealer.seal(tokens.refresh_token),
+                    access_expires_at=access_expires_at,
                     created_at=now,
                     last_accessed_at=now,
                     expires_at=expires_at,
                 )
             )
-        session = ActiveSession(id_hash, subject, claims, now, now, expires_at)
+        session = ActiveSession(
+            id_hash,
+            subject,
+            claims,
+            now,
+            now,
+            expires_at,
+            tokens.access_token,
+            access_expires_at,
+            tokens.refresh_token is not None,
+        )
         self.cache.put(id_hash, CachedSession(session), generation)
         return session
 
     def cached(self, id_hash: str, now: int) -> ActiveSession | None:
         """The session, when the cache alone can answer for it now: trusted, holding it, not
-        expired, no touch due. No I/O: the forward-auth shortcut asks this first."""
+        expired, no touch or refresh due. No I/O: the forward-auth shortcut asks this first."""
         entry = self.cache.get(id_hash)
         if entry is None:
             return None
         session = entry.session
         if session.expires_at <= now or self._touch_due(entry, now):
+            return None
+        if self.refresh_due(session, now):
             return None
         self.cache.hits += 1
         return session
@@ -144,6 +205,15 @@ class Sessions:
             entry = await self._touch(id_hash, entry, now)
         return None if entry is None else entry.session
 
+    def refresh_due(self, session: ActiveSession, now: int) -> bool:
+        """The access token has expired or expires within the margin, and can be refreshed."""
+        return (
+            self.refresh_margin is not None
+            and session.has_refresh_token
+            and session.access_expires_at is not None
+            and session.access_expires_at - self.refresh_margin <= now
+        )
+
     def _touch_due(self, entry: CachedSession, now: int) -> bool:
         last = entry.session.last_accessed_at
         return now - last >= self._lifetimes.touch_interval and not entry.touching
@@ -155,6 +225,10 @@ class Sessions:
             row = (await conn.execute(_LOOKUP, {"key": id_hash})).first()
         if row is None or row.expires_at <= now:
             return None
+        try:
+            access_token = self._sealer.open(row.access_token)
+        except SealError:
+            access_token = None  # sealed under a secret no longer configured
         entry = CachedSession(
             ActiveSession(
                 id_hash,
@@ -163,6 +237,9 @@ class Sessions:
                 row.created_at,
                 row.last_accessed_at,
                 row.expires_at,
+                access_token,
+                row.access_expires_at,
+                bool(row.has_refresh_token),
             )
         )
         self.cache.put(id_hash, entry, generation)
@@ -190,6 +267,112 @@ class Sessions:
         # Touched elsewhere within the interval, or gone: the table knows which.
         self.cache.discard(id_hash)
         return await self._read(id_hash, now)
+
+    async def reload(self, id_hash: str, now: int) -> ActiveSession | None:
+        """The session as the table has it now (another replica may have changed it)."""
+        self.cache.discard(id_hash)
+        entry = await self._read(id_hash, now)
+        return None if entry is None else entry.session
+
+    async def claim_refresh(self, id_hash: str, now: int, lease: int) -> RefreshClaim | None:
+        """Take the right to refresh this session for ``lease`` seconds, if nobody holds it
+        and a refresh is still due by the row; see _CLAIM."""
+        if self.refresh_margin is None:
+            return None
+        lease_until = now + lease
+        params = {
+            "key": id_hash,
+            "now": now,
+            "due_before": now + self.refresh_margin,
+            "lease_until": lease_until,
+        }
+        async with self._db.read() as conn:
+            row = (await conn.execute(_CLAIM, params)).first()
+        if row is None:
+            return None
+        refresh_token = self._sealer.open(row.refresh_token)  # SealError: the caller's to say
+        if refresh_token is None:
+            return None
+        try:
+            id_token = self._sealer.open(row.id_token)
+        except SealError:
+            id_token = None
+        return RefreshClaim(refresh_token, id_token, row.nonce, lease_until)
+
+    async def store_refreshed(
+        self,
+        session: ActiveSession,
+        claim: RefreshClaim,
+        *,
+        access_token: str,
+        refresh_token: str | None,
+        id_token: str | None,
+        expires_in: int | None,
+        claims: dict[str, Any],
+        nonce: str | None,
+        now: int,
+    ) -> ActiveSession | None:
+        """Write what a refresh brought, if this replica still holds the claim; the lease
+        ends. A token the provider did not rotate is kept. None: the claim was lost (the
+        session ended, or the lease ran out and another replica took it)."""
+        values: dict[str, Any] = {
+            "claims": json.dumps(claims, separators=(",", ":")),
+            "access_token": self._sealer.seal(access_token),
+            "access_expires_at": None if expires_in is None else now + expires_in,
+            "nonce": nonce,
+            "refresh_lease_until": None,
+        }
+        if refresh_token is not None:
+            values["refresh_token"] = self._sealer.seal(refresh_token)
+        if id_token is not None:
+            values["id_token"] = self._sealer.seal(id_token)
+        statement = (
+            update(sessions)
+            .where(
+                sessions.c.id_hash == session.id_hash,
+                sessions.c.status == ACTIVE,
+                sessions.c.refresh_lease_until == claim.lease_until,
+            )
+            .values(**values)
+        )
+        generation = self.cache.generation
+        async with self._db.read() as conn:
+            result = await conn.execute(statement)
+        if result.rowcount != 1:
+            return None
+        fresh = replace(
+            session,
+            claims=claims,
+            access_token=access_token,
+            access_expires_at=values["access_expires_at"],
+            has_refresh_token=True,
+        )
+        self.cache.put(session.id_hash, CachedSession(fresh), generation)
+        return fresh
+
+    async def release_refresh(self, id_hash: str, claim: RefreshClaim, retry_at: int) -> None:
+        """A refresh failed: no replica tries again before ``retry_at`` (the lease is held
+        until then), if this one still holds the claim."""
+        statement = (
+            update(sessions)
+            .where(
+                sessions.c.id_hash == id_hash,
+                sessions.c.status == ACTIVE,
+                sessions.c.refresh_lease_until == claim.lease_until,
+            )
+            .values(refresh_lease_until=retry_at)
+        )
+        async with self._db.read() as conn:
+            await conn.execute(statement)
+
+    async def refresh_lease(self, id_hash: str) -> int | None:
+        """Until when another replica's refresh (or its failure's retry interval) holds."""
+        statement = select(sessions.c.refresh_lease_until).where(
+            sessions.c.id_hash == id_hash, sessions.c.status == ACTIVE
+        )
+        async with self._db.read() as conn:
+            lease: int | None = (await conn.execute(statement)).scalar()
+        return lease
 
     async def delete(self, id_hash: str) -> str | None:
         """End a session; return its ID token (for the provider's logout hint), if any."""

@@ -1,0 +1,321 @@
+"""Refreshing a session's access token (RFC 6749 §6, and OIDC Core §12.2 for an ID token that
+comes with it), once per session however many requests and replicas ask at the same moment.
+
+``Gate.session`` hands every live session to ``Refresher.fresh``. Nothing happens unless a
+refresh is due (``Sessions.refresh_due``: the access token has expired or expires within
+[refresh] margin, and a refresh token is stored). Then:
+
+- In this process, one refresh per session at a time: the first request starts it as a task,
+  the requests that come meanwhile share it (single flight).
+- Across replicas, that task first claims the row with a guarded UPDATE of its refresh lease
+  (``Sessions.claim_refresh``), never a row lock held across the provider call.
+- A replica that does not get the claim answers with the access token it has while that is
+  valid; once it has expired, it waits (at most ``WAIT`` seconds) for the winner and answers
+  with what the row then holds.
+- ``invalid_grant`` ends the session on every replica: 401 next.
+- Any other failure (the provider unreachable, slow, answering 5xx or nonsense, refusing the
+  client; a refreshed ID token that fails validation) changes nothing: the session answers as
+  before until [refresh] outage_grace past its access token's expiry, 503 after. No replica
+  tries again before [refresh] retry_interval (the lease is held until then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import structlog
+
+from relay.config import Config
+from relay.crypto import SealError, short_hash
+from relay.errors import (
+    BadRequest,
+    DatabaseUnavailable,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RelayError,
+)
+from relay.flows import identity
+from relay.metrics import Metrics
+from relay.oidc.client import InvalidGrant, Refreshed, fetch_userinfo, refresh_tokens
+from relay.oidc.discovery import Discovery
+from relay.oidc.jwks import JwksCache
+from relay.oidc.tokens import (
+    Expectations,
+    InvalidToken,
+    unverified_claims,
+    validate_refreshed_id_token,
+)
+from relay.store.sessions import ActiveSession, RefreshClaim, Sessions
+
+log = structlog.get_logger("relay.refresh")
+
+WAIT = 3.0  # seconds a request whose token expired waits for another replica's refresh
+_POLL = 0.05  # seconds between looks at the row while waiting
+_MEMORY = 10_000  # sessions whose "not before" this process remembers
+
+
+class Refresher:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        http: httpx2.AsyncClient,
+        discovery: Discovery,
+        jwks: JwksCache,
+        sessions: Sessions,
+        metrics: Metrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self._config = config
+        self._http = http
+        self._discovery = discovery
+        self._jwks = jwks
+        self._sessions = sessions
+        self._metrics = metrics
+        self._clock = clock
+        # The attempt is cut off at provider.timeout; the lease outlasts it by the two
+        # database statements around it, so no other replica can start while it may still
+        # be using the refresh token (a rotated token used twice is, to many providers, a
+        # stolen one: they revoke the whole grant).
+        self._attempt_timeout = config.provider.timeout
+        self._lease = config.provider.timeout + 2 * config.database.timeout + 1
+        self._inflight: dict[str, asyncio.Task[ActiveSession | None]] = {}
+        # Sessions this process will not try to refresh again before a time: after its own
+        # failure, or while another replica's lease runs. Saves a database round trip per
+        # request while the provider is down.
+        self._not_before: dict[str, int] = {}
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    async def fresh(self, session: ActiveSession) -> ActiveSession | None:
+        """The session with a usable access token: as it is, or refreshed when due. None when
+        the refresh ended it (invalid_grant); ProviderUnavailable when its token is past the
+        outage grace and cannot be refreshed now."""
+        now = self.now()
+        if not self._sessions.refresh_due(session, now):
+            return session
+        id_hash = session.id_hash
+        task = self._inflight.get(id_hash)
+        if task is None:
+            if now < self._not_before.get(id_hash, 0):
+                return self._judge(session, now)
+            task = asyncio.create_task(self._refresh(session), name="refresh")
+            self._inflight[id_hash] = task
+            task.add_done_callback(lambda _: self._inflight.pop(id_hash, None))
+            # Shielded: a client that goes away does not cancel the refresh others share.
+            result = await asyncio.shield(task)
+        elif not _expired(session, now):
+            return session  # being refreshed; the token it has still works meanwhile
+        else:
+            try:
+                result = await asyncio.wait_for(asyncio.shield(task), WAIT)
+            except TimeoutError:
+                result = session
+        if result is None:
+            return None
+        return self._judge(result, self.now())
+
+    def _judge(self, session: ActiveSession, now: int) -> ActiveSession:
+        """A session whose refresh did not happen: good until outage_grace past expiry."""
+        expires = session.access_expires_at
+        if expires is None or not session.has_refresh_token:
+            return session
+        if now < expires + self._config.refresh.outage_grace:
+            return session
+        raise ProviderUnavailable(
+            "refresh.past_grace",
+            public_message="The identity provider is unavailable, and your sign-in needs it "
+            "now. Please try again in a few minutes.",
+        )
+
+    async def _refresh(self, session: ActiveSession) -> ActiveSession | None:
+        id_hash, now = session.id_hash, self.now()
+        try:
+            claim = await self._sessions.claim_refresh(id_hash, now, self._lease)
+        except (DatabaseUnavailable, SealError) as exc:
+            reason = exc.reason if isinstance(exc, RelayError) else "refresh.token_unreadable"
+            self._failed(session, reason, "", now + self._config.refresh.retry_interval)
+            return session
+        if claim is None:
+            return await self._claimed_elsewhere(session, now)
+        try:
+            # Only the provider's part is cut off at provider.timeout: what it answered is
+            # then stored, within the lease, whatever the time.
+            async with asyncio.timeout(self._attempt_timeout):
+                answer = await self._ask_provider(session, claim)
+            return await self._store(session, claim, answer)
+        except InvalidGrant:
+            await self._end(session)
+            return None
+        except TimeoutError:
+            failure: RelayError = ProviderTimeout("refresh.timeout")
+        except RelayError as exc:
+            failure = exc
+        retry_at = self.now() + self._config.refresh.retry_interval
+        with contextlib.suppress(DatabaseUnavailable):  # the lease then runs out on its own
+            await self._sessions.release_refresh(id_hash, claim, retry_at)
+        self._failed(session, failure.reason, failure.detail, retry_at, failure)
+        return session
+
+    async def _ask_provider(self, session: ActiveSession, claim: RefreshClaim) -> _Answer:
+        """The grant, and the claims the answer gives the session; raises on any failure."""
+        metadata = await self._discovery.get()
+        provider = self._config.provider
+        tokens = await refresh_tokens(
+            self._http, metadata=metadata, provider=provider, refresh_token=claim.refresh_token
+        )
+        # The session's ID token was validated when it came, and has been sealed since.
+        original = unverified_claims(claim.id_token) if claim.id_token else {}
+        nonce = claim.nonce or _string(original.get("nonce"))
+        id_claims = original
+        if tokens.id_token is not None:
+            expect = Expectations(
+                issuer=metadata.issuer,
+                client_id=provider.client_id,
+                trusted_audiences=provider.trusted_audiences,
+                algorithms=[
+                    a for a in metadata.signing_algorithms if a in provider.allowed_algorithms
+                ],
+                jwks_uri=metadata.jwks_uri,
+                now=self.now(),
+                skew=provider.clock_skew,
+                nonce=nonce,
+            )
+            first = {"sub": session.subject, **{k: original.get(k) for k in ("iss", "auth_time")}}
+            id_claims = await validate_refreshed_id_token(
+                tokens.id_token, self._jwks, expect, first
+            )
+        info: dict[str, Any] | None = None
+        if provider.fetch_userinfo and metadata.userinfo_endpoint:
+            info = await fetch_userinfo(self._http, metadata.userinfo_endpoint, tokens.access_token)
+            # OIDC Core §5.3.2, as at login.
+            if info.get("sub") != session.subject:
+                raise BadRequest("userinfo.sub_mismatch")
+        # The claims as a login would derive them now; with nothing new, as they were.
+        claims = session.claims
+        if tokens.id_token is not None or info is not None:
+            claims = identity((info or {}) | id_claims)
+        return _Answer(tokens, claims, nonce)
+
+    async def _store(
+        self, session: ActiveSession, claim: RefreshClaim, answer: _Answer
+    ) -> ActiveSession | None:
+        tokens = answer.tokens
+        stored = await self._sessions.store_refreshed(
+            session,
+            claim,
+            access_token=tokens.access_token,
+            refresh_token=tokens.refresh_token,
+            id_token=tokens.id_token,
+            expires_in=tokens.expires_in,
+            claims=answer.claims,
+            nonce=answer.nonce,
+            now=self.now(),
+        )
+        if stored is None:
+            # Ended meanwhile (a logout), or our lease ran out: the table knows which.
+            return await self._sessions.reload(session.id_hash, self.now())
+        self._succeeded(stored, tokens)
+        return stored
+
+    async def _claimed_elsewhere(self, session: ActiveSession, now: int) -> ActiveSession | None:
+        """Another replica holds the lease, or has already refreshed the row."""
+        id_hash = session.id_hash
+        current = await self._sessions.reload(id_hash, now)
+        if current is None or not self._sessions.refresh_due(current, now):
+            return current  # ended, or refreshed elsewhere
+        lease = await self._sessions.refresh_lease(id_hash)
+        if not _expired(current, now):
+            self._remember(id_hash, lease or now + 1)
+            return current
+        # Expired: wait a little for the winner (its result, or its failure moving the lease
+        # on), then answer with what the row holds.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        while loop.time() < deadline and lease is not None and lease > self.now():
+            await asyncio.sleep(_POLL)
+            if await self._sessions.refresh_lease(id_hash) != lease:
+                break
+        current = await self._sessions.reload(id_hash, self.now())
+        if current is not None and self._sessions.refresh_due(current, self.now()):
+            lease = await self._sessions.refresh_lease(id_hash)
+            self._remember(id_hash, lease or self.now() + 1)
+        return current
+
+    async def _end(self, session: ActiveSession) -> None:
+        await self._sessions.delete(session.id_hash)  # announced: every replica drops it
+        self._metrics.refreshes.labels(result="ended").inc()
+        log.warning(
+            "refresh.failed",
+            reason="token.invalid_grant",
+            session=short_hash(session.id_hash),
+            ended=True,
+        )
+
+    def _succeeded(self, session: ActiveSession, tokens: Refreshed) -> None:
+        self._not_before.pop(session.id_hash, None)
+        self._metrics.refreshes.labels(result="succeeded").inc()
+        log.info(
+            "refresh.succeeded",
+            session=short_hash(session.id_hash),
+            expires_in=tokens.expires_in,
+            rotated=tokens.refresh_token is not None,
+            id_token=tokens.id_token is not None,
+        )
+        if tokens.expires_in is not None and self._sessions.refresh_due(session, self.now()):
+            # The provider's tokens live shorter than the margin: refresh when one expires,
+            # not on every request.
+            self._remember(session.id_hash, self.now() + tokens.expires_in)
+            log.warning(
+                "refresh.lifetime_below_margin",
+                expires_in=tokens.expires_in,
+                margin=self._config.refresh.margin,
+            )
+
+    def _failed(
+        self,
+        session: ActiveSession,
+        reason: str,
+        detail: str,
+        retry_at: int,
+        exc: RelayError | None = None,
+    ) -> None:
+        self._remember(session.id_hash, retry_at)
+        result = "rejected" if isinstance(exc, (InvalidToken, BadRequest)) else "failed"
+        self._metrics.refreshes.labels(result=result).inc()
+        log.warning(
+            "refresh.failed",
+            reason=reason,
+            detail=detail or None,
+            session=short_hash(session.id_hash),
+            retry_in=max(retry_at - self.now(), 0),
+        )
+
+    def _remember(self, id_hash: str, not_before: int) -> None:
+        if len(self._not_before) >= _MEMORY:
+            now = self.now()
+            self._not_before = {k: v for k, v in self._not_before.items() if v > now}
+            if len(self._not_before) >= _MEMORY:
+                self._not_before.clear()
+        self._not_before[id_hash] = not_before
+
+
+@dataclass(frozen=True)
+class _Answer:
+    tokens: Refreshed
+    claims: dict[str, Any]
+    nonce: str | None  # the login's, kept with the session for the next refresh's §12.2 check
+
+
+def _expired(session: ActiveSession, now: int) -> bool:
+    return session.access_expires_at is not None and session.access_expires_at <= now
+
+
+def _string(value: object) -> str | None:
+    return value if isinstance(value, str) else None
