@@ -23,6 +23,8 @@ class IdentityHeaders:
             (header.encode("ascii"), tuple(path.split(".")))
             for header, path in config.extra.items()
         ]
+        self._pass_token = config.pass_access_token
+        self._bearer = config.set_authorization_header
 
     def render(self, session: ActiveSession) -> list[tuple[bytes, bytes]]:
         """The whole header list of a 200 from /auth: an empty text body and who is signed in."""
@@ -40,7 +42,16 @@ class IdentityHeaders:
             (b"x-auth-request-groups", ",".join(self._access.groups(claims))),
         ]
         identity.extend((header, _text(claim(claims, path))) for header, path in self._extra)
-        return [*_EMPTY_TEXT, *((name, _header_value(value)) for name, value in identity)]
+        rendered = [*_EMPTY_TEXT, *((name, _header_value(value)) for name, value in identity)]
+        # The token as stored: the shortcut's memo is per ActiveSession, and a refresh makes a
+        # new one, so the app always gets the current token. A token is ASCII (RFC 6749 A.12).
+        token = session.access_token
+        if self._pass_token:
+            # Always sent, empty without a token: copied by the proxy, it replaces a forgery.
+            rendered.append((b"x-auth-request-access-token", _token(token)))
+        if self._bearer and token:
+            rendered.append((b"authorization", b"Bearer " + _token(token)))
+        return rendered
 
 
 def _text(value: Any) -> str:
@@ -53,6 +64,12 @@ def _text(value: Any) -> str:
     if isinstance(value, int | float):
         return str(value)
     return ",".join(strings(value))
+
+
+def _token(token: str | None) -> bytes:
+    if not token or not token.isascii() or not token.isprintable():
+        return b""  # not a token a header can carry
+    return token.encode("ascii")
 
 
 def _header_value(value: str) -> bytes:

@@ -353,3 +353,47 @@ def test_identity_headers_follow_the_config(make_relay: Any, provider: TestProvi
             assert got["x-auth-request-groups"] == "editor,viewer"
             assert got["x-auth-request-department"] == "R&D"
             assert got["x-auth-request-team"] == ""
+
+
+def test_the_access_token_reaches_the_app_only_when_asked(
+    make_relay: Any, provider: TestProvider, clock: Any
+) -> None:
+    """Off by default; with pass_access_token the current access token (refreshed when it
+    expires) is X-Auth-Request-Access-Token, and with set_authorization_header a Bearer
+    Authorization header, on the routed path and from the shortcut alike."""
+    with make_relay() as relay:
+        sign_in(relay, provider)
+        for _ in range(2):
+            got = relay.get("/auth").headers
+            assert "x-auth-request-access-token" not in got
+            assert "authorization" not in got
+    headers = {"pass_access_token": True, "set_authorization_header": True}
+    with make_relay(headers=headers) as relay:
+        sign_in(relay, provider)
+        issued = list(provider.access_tokens)
+        for _ in range(2):
+            got = relay.get("/auth").headers
+            assert got["x-auth-request-access-token"] == issued[-1]
+            assert got["authorization"] == "Bearer " + issued[-1]
+        clock.advance(3600)  # the access token expires: the check refreshes it
+        for _ in range(2):
+            got = relay.get("/auth").headers
+            assert len(provider.access_tokens) == len(issued) + 1
+            fresh = list(provider.access_tokens)[-1]
+            assert got["x-auth-request-access-token"] == fresh != issued[-1]
+            assert got["authorization"] == "Bearer " + fresh
+
+
+def test_refreshed_claims_are_judged_by_the_rules(
+    make_relay: Any, provider: TestProvider, clock: Any
+) -> None:
+    """Claims that change at a refresh are judged like any others: a user taken out of the
+    allowed group at the provider is refused (403) once the session refreshes."""
+    with make_relay(access={"email_domains": ["*"], "allowed_groups": ["admins"]}) as relay:
+        sign_in(relay, provider)
+        assert relay.get("/auth").status_code == 200
+        provider.profile["groups"] = ["staff"]
+        assert relay.get("/auth").status_code == 200  # nothing refreshed yet
+        clock.advance(3600)
+        assert relay.get("/auth").status_code == 403
+        assert relay.get("/auth").status_code == 403
