@@ -38,11 +38,14 @@ class Rules:
     domains: tuple[str, ...] = ()
     groups: frozenset[str] = frozenset()
     claims: tuple[tuple[str, tuple[str, ...], str | bool | int], ...] = ()
-    unknown: tuple[str, ...] = ()  # query parameters that look like rules but are not ours
+    # The config's own email rule passes on an address or a domain (oauth2-proxy's
+    # authenticated emails or email domains); narrower rules are each a rule of their own.
+    emails_or_domains: bool = False
+    unreadable: tuple[str, ...] = ()  # query parameters named like rules that say nothing
 
     @property
     def empty(self) -> bool:
-        return not (self.emails or self.domains or self.groups or self.claims or self.unknown)
+        return not (self.emails or self.domains or self.groups or self.claims or self.unreadable)
 
 
 def claim(claims: Mapping[str, Any], path: Sequence[str]) -> Any:
@@ -76,6 +79,7 @@ class Access:
                 (name, tuple(name.split(".")), value)
                 for name, value in config.required_claims.items()
             ),
+            emails_or_domains=True,
         )
         self._hosts = {
             host: Rules(
@@ -112,25 +116,40 @@ class Access:
         return refused
 
     def host_rules(self, host: str) -> Rules | None:
-        host = host.lower()
-        rules = self._hosts.get(host)
-        if rules is None and ":" in host and not host.endswith("]"):
-            rules = self._hosts.get(host.rpartition(":")[0])  # the host without its port
-        return rules
+        """The rules for a forwarded host: keyed with its port, else without. A final dot
+        (the DNS root: "wiki.example.com.", which nginx serves as wiki.example.com) is not
+        part of the name."""
+        name, port = host.lower(), ""
+        if ":" in name and not name.endswith("]"):
+            name, _, port = name.rpartition(":")
+        name = name.rstrip(".")
+        for candidate in (f"{name}:{port}" if port else name, name):
+            rules = self._hosts.get(candidate)
+            if rules is not None:
+                return rules
+        return None
 
     def _judge(self, claims: Mapping[str, Any], rules: Rules) -> Refusal | None:
-        if rules.unknown:
-            # A misspelt rule (allowed_group=), or one a proxy mangled (Caddy escapes "=" in
-            # a placeholder: allowed_groups%3Dadmins), must not pass as no rule at all.
+        if rules.unreadable:
+            # A misspelt rule (allowed_group=), one a proxy mangled (Caddy escapes "=" in a
+            # placeholder: allowed_groups%3Dadmins) or one left empty (an unset variable in
+            # the proxy's config) must not pass as no rule at all.
+            name = rules.unreadable[0]
             return Refusal(
-                "access.unknown_rule",
-                "This page asks for an access rule the relay does not know; tell its operator.",
-                rules.unknown[0][:64],
+                "access.empty_rule" if name in _NARROWING else "access.unknown_rule",
+                "This page asks for an access rule the relay cannot read; tell its operator.",
+                name[:64],
             )
-        if rules.emails or rules.domains:
+        if rules.emails_or_domains and (rules.emails or rules.domains):
             refused = self._email(claims, rules.emails, rules.domains)
             if refused is not None:
                 return refused
+        # Narrower rules, as oauth2-proxy's /oauth2/auth judges them: each one given passes.
+        for emails, domains in ((rules.emails, ()), ((), rules.domains)):
+            if not rules.emails_or_domains and (emails or domains):
+                refused = self._email(claims, emails, domains)
+                if refused is not None:
+                    return refused
         if rules.groups and rules.groups.isdisjoint(self.groups(claims)):
             return Refusal("access.group_not_allowed", "You are not in a group allowed here.")
         for name, path, wanted in rules.claims:
@@ -171,17 +190,20 @@ def query_rules(query: str) -> Rules:
     are not ours and are ignored, except those named like a rule ("allowed..."): a rule the
     relay cannot read refuses, rather than letting everyone through."""
     given: dict[str, list[str]] = {}
-    unknown: list[str] = []
+    unreadable: list[str] = []
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name in _NARROWING:
-            given.setdefault(name, []).extend(v.strip() for v in value.split(",") if v.strip())
+            values = [v.strip() for v in value.split(",") if v.strip()]
+            given.setdefault(name, []).extend(values)
+            if not values:
+                unreadable.append(name)
         elif name.lower().startswith("allowed"):
-            unknown.append(name)
+            unreadable.append(name)
     return Rules(
         emails=frozenset(e.lower() for e in given.get(QUERY_EMAILS, ())),
-        domains=tuple(d.lower() for d in given.get(QUERY_DOMAINS, ()) if d != "*"),
+        domains=tuple(d.lower() for d in given.get(QUERY_DOMAINS, ())),
         groups=frozenset(given.get(QUERY_GROUPS, ())),
-        unknown=tuple(unknown),
+        unreadable=tuple(unreadable),
     )
 
 

@@ -390,7 +390,7 @@ class AccessConfig(_Section):
     @field_validator("hosts")
     @classmethod
     def _lowercase_hosts(cls, value: dict[str, HostRules]) -> dict[str, HostRules]:
-        return {host.lower(): rules for host, rules in value.items()}
+        return {host.lower().rstrip("."): rules for host, rules in value.items()}
 
     @model_validator(mode="after")
     def _some_rule(self) -> AccessConfig:
@@ -426,7 +426,24 @@ class HeadersConfig(_Section):
     @field_validator("extra")
     @classmethod
     def _extra(cls, value: dict[str, str]) -> dict[str, str]:
-        standard = {
+        # The relay's own, and names that frame the response or steer the proxy: a claim
+        # (the user's to choose, often) must never set those.
+        reserved = {
+            "content-length",
+            "content-type",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "upgrade",
+            "te",
+            "trailer",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "set-cookie",
+            "location",
+            "host",
+            "www-authenticate",
+            "cookie",
             "x-auth-request-subject",
             "x-auth-request-user",
             "x-auth-request-email",
@@ -438,8 +455,8 @@ class HeadersConfig(_Section):
         for header, claim in value.items():
             if not _HEADER_NAME.match(header):
                 raise ValueError(f"{header!r} is not a header name")
-            if header.lower() in standard:
-                raise ValueError(f"{header!r} is set by the relay already")
+            if header.lower() in reserved:
+                raise ValueError(f"{header!r} is set by the relay or frames the response")
             if not _CLAIM_PATH.match(claim):
                 raise ValueError(f"{claim!r} (for {header}) is not a claim name or dotted path")
         return {header.lower(): claim for header, claim in value.items()}

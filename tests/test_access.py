@@ -150,9 +150,23 @@ def test_groups_come_from_a_dotted_groups_claim() -> None:
         ("allowed_emails=bob@example.com", "access.email_not_allowed"),
         ("allowed_email_domains=example.com", None),
         ("allowed_email_domains=example.org", "access.email_not_allowed"),
-        # Each narrowing given must pass, as with oauth2-proxy's /oauth2/auth.
+        # Each narrowing given must pass, as with oauth2-proxy's /oauth2/auth: also the
+        # addresses and the domains, which the config's own rule or's.
         ("allowed_groups=admins&allowed_email_domains=example.org", "access.email_not_allowed"),
-        ("allowed_groups=&allowed_emails=", None),
+        (
+            "allowed_emails=bob@example.com&allowed_email_domains=example.com",
+            "access.email_not_allowed",
+        ),
+        (
+            "allowed_emails=alice@example.com&allowed_email_domains=example.org",
+            "access.email_not_allowed",
+        ),
+        ("allowed_emails=alice@example.com&allowed_email_domains=example.com", None),
+        ("allowed_email_domains=*", None),
+        # An empty rule (an unset variable in the proxy's config) is not "no rule".
+        ("allowed_groups=", "access.empty_rule"),
+        ("allowed_groups=%20,%20", "access.empty_rule"),
+        ("allowed_groups=admins&allowed_emails=", "access.empty_rule"),
         ("rd=%2F&other=1", None),
         # A rule the relay cannot read refuses: a misspelling, or "=" escaped by a proxy.
         ("allowed_group=admins", "access.unknown_rule"),
@@ -186,6 +200,9 @@ def test_host_rules() -> None:
     }
     assert judge(ALICE, "wiki.example.com", **rules) == "access.group_not_allowed"
     assert judge(ALICE, "WIKI.example.com:8443", **rules) == "access.group_not_allowed"
+    # The DNS root's dot: nginx serves "wiki.example.com." as wiki.example.com.
+    assert judge(ALICE, "wiki.example.com.", **rules) == "access.group_not_allowed"
+    assert judge(ALICE, "wiki.example.com.:8443", **rules) == "access.group_not_allowed"
     assert judge(ALICE, "app.example.com", **rules) is None
     assert judge(ALICE, None, **rules) is None
     assert judge(ALICE | {"groups": ["editors"]}, "wiki.example.com", **rules) is None
@@ -228,6 +245,9 @@ def test_no_rule_at_all_stops_startup_saying_what_to_set() -> None:
         ),
         ({"email_domains": ["*"]}, {"extra": {"X Bad": "dept"}}, "headers.extra"),
         ({"email_domains": ["*"]}, {"extra": {"X-Auth-Request-Email": "mail"}}, "headers.extra"),
+        ({"email_domains": ["*"]}, {"extra": {"Content-Length": "n"}}, "headers.extra"),
+        ({"email_domains": ["*"]}, {"extra": {"Set-Cookie": "c"}}, "headers.extra"),
+        ({"email_domains": ["*"]}, {"extra": {"Transfer-Encoding": "t"}}, "headers.extra"),
         ({"email_domains": ["*"]}, {"user_claim": ""}, "headers.user_claim"),
     ],
 )
@@ -331,6 +351,23 @@ def test_host_rules_need_a_trusted_proxy(make_relay: Any, provider: TestProvider
     with make_relay(peer="198.51.100.7", access=access) as relay:
         sign_in(relay, provider)
         assert relay.get("/auth", headers=forwarded).status_code == 200
+
+
+def test_the_first_forwarded_host_counts_cached_or_not(
+    make_relay: Any, provider: TestProvider
+) -> None:
+    """With two X-Forwarded-Host lines the first is the host, for the routed endpoint and the
+    forward-auth shortcut alike: the cache never answers for another app than the table."""
+    access = {
+        "email_domains": ["*"],
+        "hosts": {"wiki.example.com": {"allowed_groups": ["editors"]}},
+    }
+    lines = [("x-forwarded-host", "wiki.example.com"), ("x-forwarded-host", "app.example.com")]
+    with make_relay(peer="127.0.0.1", access=access) as relay:
+        sign_in(relay, provider)
+        cache = relay.app.state.relay.sessions.cache
+        cache.flush()
+        assert [relay.get("/auth", headers=lines).status_code for _ in range(3)] == [403] * 3
 
 
 def test_identity_headers_follow_the_config(make_relay: Any, provider: TestProvider) -> None:

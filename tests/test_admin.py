@@ -145,6 +145,19 @@ def test_only_allowed_addresses_may_call(make_relay: Callable[..., Any]) -> None
         assert relay.get("/admin/stats", headers=bearer()).status_code == 404  # loopback now not
 
 
+def test_a_proxy_that_names_no_readable_client_is_not_the_caller(
+    make_relay: Callable[..., Any],
+) -> None:
+    """Forwarding headers that name no readable client refuse (404): the trusted proxy's
+    own loopback address stands for all of its clients. A request with no forwarding
+    header at all is its peer's own (curl on the relay's host)."""
+    with make_relay(peer="127.0.0.1", admin={"token": TOKEN}) as relay:
+        for mangled in ({"x-forwarded-for": "not-an-address"}, {"x-real-ip": ""}):
+            answer = relay.get("/admin/stats", headers={**bearer(), **mangled})
+            assert answer.status_code == 404, mangled
+        assert relay.get("/admin/stats", headers=bearer()).status_code == 200
+
+
 def test_with_an_internal_port_the_api_lives_there_only(make_relay: Callable[..., Any]) -> None:
     """server.internal_port set: /admin leaves the public port (404 even from loopback with
     the token) and is served on the internal port to any address, with the token."""

@@ -56,9 +56,15 @@ def _admitted(request: Request) -> Context:
     if expected is None:
         raise _Refused(_error(404, "not_found"))
     if not request.scope.get(INTERNAL, False):
-        peer = request.client.host if request.client else None
-        caller = client_address(request, ctx.proxies) or peer
-        if caller not in AddressSet.parse(ctx.config.admin.allowed):
+        # A request that names no client at all came straight from its peer (curl on the
+        # relay's host); one whose forwarding headers name no readable client is refused, not
+        # taken for its proxy's own address, which stands for all of the proxy's clients.
+        headers = request.headers
+        if "x-forwarded-for" in headers or "x-real-ip" in headers:
+            caller = client_address(request, ctx.proxies)
+        else:
+            caller = request.client.host if request.client else None
+        if caller is None or caller not in AddressSet.parse(ctx.config.admin.allowed):
             log.warning("admin.refused", reason="address_not_allowed", client=caller)
             raise _Refused(_error(404, "not_found"))
     scheme, _, given = request.headers.get("authorization", "").partition(" ")

@@ -64,8 +64,8 @@ class AuthShortcut:
                 cookie = value
                 if not by_host:
                     break
-            elif name == b"x-forwarded-host" and by_host:
-                host = value
+            elif name == b"x-forwarded-host" and by_host and host is None:
+                host = value  # the first, as the routed endpoint reads it
         if cookie is None:
             return None
         session_id = cookie_id(cookie.decode("latin-1"), ctx.cookies.session_name)
