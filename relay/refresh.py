@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx2
@@ -42,7 +42,7 @@ from relay.errors import (
 from relay.flows import identity
 from relay.metrics import Metrics
 from relay.oidc.client import InvalidGrant, Refreshed, fetch_userinfo, refresh_tokens
-from relay.oidc.discovery import Discovery
+from relay.oidc.discovery import Discovery, ProviderMetadata
 from relay.oidc.jwks import JwksCache
 from relay.oidc.tokens import (
     Expectations,
@@ -78,12 +78,14 @@ class Refresher:
         self._sessions = sessions
         self._metrics = metrics
         self._clock = clock
-        # The attempt is cut off at provider.timeout; the lease outlasts it by the two
-        # database statements around it, so no other replica can start while it may still
-        # be using the refresh token (a rotated token used twice is, to many providers, a
-        # stolen one: they revoke the whole grant).
+        # The lease outlasts an attempt, so no other replica can start while this one may
+        # still be using the refresh token (a rotated token used twice is, to many providers,
+        # a stolen one: they revoke the whole grant). Discovery and the claims (JWKS,
+        # userinfo) are each cut off at provider.timeout; the grant itself is bounded by
+        # httpx's timeouts; the claim and the store by the database's (its timeout and one
+        # second of grace each); and two seconds for whole-second clocks.
         self._attempt_timeout = config.provider.timeout
-        self._lease = config.provider.timeout + 2 * config.database.timeout + 1
+        self._lease = 3 * config.provider.timeout + 2 * (config.database.timeout + 1) + 2
         self._inflight: dict[str, asyncio.Task[ActiveSession | None]] = {}
         # Sessions this process will not try to refresh again before a time: after its own
         # failure, or while another replica's lease runs. Saves a database round trip per
@@ -138,18 +140,29 @@ class Refresher:
         id_hash, now = session.id_hash, self.now()
         try:
             claim = await self._sessions.claim_refresh(id_hash, now, self._lease)
-        except (DatabaseUnavailable, SealError) as exc:
-            reason = exc.reason if isinstance(exc, RelayError) else "refresh.token_unreadable"
-            self._failed(session, reason, "", now + self._config.refresh.retry_interval)
+        except DatabaseUnavailable as exc:
+            self._failed(session, exc.reason, "", now + self._config.refresh.retry_interval)
             return session
+        except SealError:
+            # Sealed under a secret no longer configured: it can never be sent, so the session
+            # goes on without one (as with a provider that issues none), not into a 503.
+            await self._sessions.forget_refresh_token(id_hash)
+            self._failed(session, "refresh.token_unreadable", "", now)
+            return await self._sessions.reload(id_hash, self.now())
         if claim is None:
             return await self._claimed_elsewhere(session, now)
         try:
-            # Only the provider's part is cut off at provider.timeout: what it answered is
-            # then stored, within the lease, whatever the time.
+            # The grant is cut off at provider.timeout only until it is sent: once the
+            # provider may have rotated the refresh token, its answer is awaited (httpx's own
+            # timeouts bound it) and stored before anything else can fail.
             async with asyncio.timeout(self._attempt_timeout):
-                answer = await self._ask_provider(session, claim)
-            return await self._store(session, claim, answer)
+                metadata = await self._discovery.get()
+            tokens = await refresh_tokens(
+                self._http,
+                metadata=metadata,
+                provider=self._config.provider,
+                refresh_token=claim.refresh_token,
+            )
         except InvalidGrant:
             await self._end(session)
             return None
@@ -157,19 +170,55 @@ class Refresher:
             failure: RelayError = ProviderTimeout("refresh.timeout")
         except RelayError as exc:
             failure = exc
+        else:
+            return await self._received(session, claim, metadata, tokens)
         retry_at = self.now() + self._config.refresh.retry_interval
         with contextlib.suppress(DatabaseUnavailable):  # the lease then runs out on its own
             await self._sessions.release_refresh(id_hash, claim, retry_at)
         self._failed(session, failure.reason, failure.detail, retry_at, failure)
         return session
 
-    async def _ask_provider(self, session: ActiveSession, claim: RefreshClaim) -> _Answer:
-        """The grant, and the claims the answer gives the session; raises on any failure."""
-        metadata = await self._discovery.get()
+    async def _received(
+        self,
+        session: ActiveSession,
+        claim: RefreshClaim,
+        metadata: ProviderMetadata,
+        tokens: Refreshed,
+    ) -> ActiveSession | None:
+        """Store what the token endpoint answered, the new refresh token above all, with the
+        claims it gives when they pass; claims that do not pass keep the old ones (logged and
+        counted), unless they name another user, which ends the session."""
+        rejected: RelayError | None = None
+        try:
+            async with asyncio.timeout(self._attempt_timeout):
+                answer = await self._answer(session, claim, metadata, tokens)
+        except TimeoutError:
+            rejected = ProviderTimeout("refresh.claims_timeout")
+        except InvalidToken as exc:
+            if exc.reason in _ANOTHER_USER:
+                # OIDC Core §12.2: a refresh never changes who is signed in. An answer that
+                # says otherwise is not this session's any more.
+                await self._end(session, exc.reason)
+                return None
+            rejected = exc
+        except RelayError as exc:  # userinfo down, slow, or naming another sub
+            rejected = exc
+        if rejected is not None:
+            answer = _Answer(replace(tokens, id_token=None), session.claims, claim.nonce)
+        stored = await self._store(session, claim, answer, claims_passed=rejected is None)
+        if rejected is not None:
+            self._failed(session, rejected.reason, rejected.detail, self.now(), rejected)
+        return stored
+
+    async def _answer(
+        self,
+        session: ActiveSession,
+        claim: RefreshClaim,
+        metadata: ProviderMetadata,
+        tokens: Refreshed,
+    ) -> _Answer:
+        """The claims the answer gives the session; raises when they do not pass."""
         provider = self._config.provider
-        tokens = await refresh_tokens(
-            self._http, metadata=metadata, provider=provider, refresh_token=claim.refresh_token
-        )
         # The session's ID token was validated when it came, and has been sealed since.
         original = unverified_claims(claim.id_token) if claim.id_token else {}
         nonce = claim.nonce or _string(original.get("nonce"))
@@ -204,7 +253,7 @@ class Refresher:
         return _Answer(tokens, claims, nonce)
 
     async def _store(
-        self, session: ActiveSession, claim: RefreshClaim, answer: _Answer
+        self, session: ActiveSession, claim: RefreshClaim, answer: _Answer, *, claims_passed: bool
     ) -> ActiveSession | None:
         tokens = answer.tokens
         stored = await self._sessions.store_refreshed(
@@ -221,7 +270,8 @@ class Refresher:
         if stored is None:
             # Ended meanwhile (a logout), or our lease ran out: the table knows which.
             return await self._sessions.reload(session.id_hash, self.now())
-        self._succeeded(stored, tokens)
+        if claims_passed:
+            self._succeeded(stored, tokens)
         return stored
 
     async def _claimed_elsewhere(self, session: ActiveSession, now: int) -> ActiveSession | None:
@@ -248,12 +298,12 @@ class Refresher:
             self._remember(id_hash, lease or self.now() + 1)
         return current
 
-    async def _end(self, session: ActiveSession) -> None:
+    async def _end(self, session: ActiveSession, reason: str = "token.invalid_grant") -> None:
         await self._sessions.delete(session.id_hash)  # announced: every replica drops it
         self._metrics.refreshes.labels(result="ended").inc()
         log.warning(
             "refresh.failed",
-            reason="token.invalid_grant",
+            reason=reason,
             session=short_hash(session.id_hash),
             ended=True,
         )
@@ -304,6 +354,10 @@ class Refresher:
             if len(self._not_before) >= _MEMORY:
                 self._not_before.clear()
         self._not_before[id_hash] = not_before
+
+
+# A refreshed ID token for another user or from another issuer: the session ends.
+_ANOTHER_USER = frozenset({"id_token.sub_changed", "id_token.iss_changed"})
 
 
 @dataclass(frozen=True)

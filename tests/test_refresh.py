@@ -133,7 +133,11 @@ def test_rotated_tokens_are_stored_sealed(
         sealed = getattr(stored, column)
         assert value not in sealed, column
         assert opened(sealed) == value, column
-    assert relay.app.state.relay.sessions.cache.get(stored.id_hash).session.access_token == access
+    cache = relay.app.state.relay.sessions.cache
+    # On PostgreSQL the cache holds nothing while its listener cannot vouch for it (a
+    # heartbeat late on a loaded machine): then there is no cached copy to be stale.
+    if cache.trusted():
+        assert cache.get(stored.id_hash).session.access_token == access
 
 
 def test_the_refresh_token_is_kept_when_the_provider_does_not_rotate(
@@ -326,7 +330,7 @@ def bad_id_token(request: pytest.FixtureRequest) -> tuple[dict[str, Any] | None,
     return BAD_ID_TOKENS[request.param]
 
 
-def test_a_refreshed_id_token_that_fails_validation_changes_nothing(
+def test_a_refreshed_id_token_that_fails_validation_keeps_the_claims_not_the_old_tokens(
     make_relay: Any,
     provider: TestProvider,
     db: Engine,
@@ -334,9 +338,11 @@ def test_a_refreshed_id_token_that_fails_validation_changes_nothing(
     bad_id_token: tuple[dict[str, Any] | None, str],
 ) -> None:
     """OIDC Core §12.2 (same iss and sub, aud with client_id, no nonce or the login's,
-    auth_time unchanged) and §3.1.3.7: a refreshed ID token failing any is not stored, nor
-    the tokens with it. The session is kept as it was and answers as in an outage (200
-    within the grace), the failure counted as rejected and logged with its rule."""
+    auth_time unchanged) and §3.1.3.7: a refreshed ID token failing any is not stored and its
+    claims are not used, counted as rejected and logged with its rule. The tokens the token
+    endpoint answered with are stored all the same: the provider has rotated the refresh
+    token, and sending the old one again would end the grant. An ID token naming another
+    user ends the session: a refresh never changes who is signed in."""
     claims, reason = bad_id_token
     clock = provider.clock  # the test's FakeClock
     provider.behaviour.id_token_claims = {"auth_time": 1_700_000_000}
@@ -347,14 +353,60 @@ def test_a_refreshed_id_token_that_fails_validation_changes_nothing(
             provider.behaviour.signing_key = RSAKey.generate_key(2048, parameters={"kid": "rsa-1"})
         else:
             provider.behaviour.refresh_id_token_claims = claims
-        assert relay.get("/auth").status_code == 200
-        after = row(db)
-        for column in ("claims", "access_token", "refresh_token", "id_token", "access_expires_at"):
-            assert getattr(after, column) == getattr(before, column), column
-        assert json.loads(after.claims)["sub"] == "user-1"
-        assert counted(relay, "rejected") == 1
+        if reason == "id_token.sub_changed":
+            assert relay.get("/auth").status_code == 401
+            assert row(db) is None
+            assert counted(relay, "ended") == 1
+        else:
+            assert relay.get("/auth").status_code == 200
+            after = row(db)
+            for column in ("claims", "id_token"):
+                assert getattr(after, column) == getattr(before, column), column
+            for column in ("access_token", "refresh_token", "access_expires_at"):
+                assert getattr(after, column) != getattr(before, column), column
+            assert opened(after.refresh_token) == list(provider.refresh_tokens)[-1]
+            assert json.loads(after.claims)["sub"] == "user-1"
+            assert counted(relay, "rejected") == 1
+            assert counted(relay, "succeeded") == 0
     [failed] = [e for e in log_lines(log_stream) if e["event"] == "refresh.failed"]
     assert failed["reason"] == reason
+
+
+def test_a_rotated_refresh_token_is_kept_when_userinfo_fails(
+    relay: TestClient, provider: TestProvider, clock: Any, db: Engine
+) -> None:
+    """The token endpoint rotated the refresh token, then userinfo timed out: the new refresh
+    token is stored (the old one is dead at the provider), so the next refresh works instead
+    of meeting invalid_grant and logging the user out."""
+    signed_in(relay, provider, clock)
+    clock.advance(LIFETIME)
+    provider.behaviour.network_failures = {"/userinfo": "timeout"}
+    assert relay.get("/auth").status_code == 200
+    assert opened(row(db).refresh_token) == list(provider.refresh_tokens)[-1]
+    provider.behaviour.network_failures = {}
+    clock.advance(LIFETIME)
+    assert relay.get("/auth").status_code == 200
+    assert row(db) is not None
+    assert counted(relay, "ended") == 0
+
+
+def test_an_unreadable_refresh_token_is_dropped_not_a_503(
+    relay: TestClient, provider: TestProvider, clock: Any, db: Engine
+) -> None:
+    """A refresh token sealed under a secret no longer configured can never be sent: the
+    session goes on without refreshes (200 past the outage grace), not into 503s."""
+    signed_in(relay, provider, clock)
+    other = Sealer("a-secret-nobody-configured-0123456789abcdef")
+    with db.begin() as conn:
+        conn.execute(update(sessions).values(refresh_token=other.seal("rt-x")))
+    relay.app.state.relay.sessions.cache.flush()
+    clock.advance(LIFETIME + GRACE)
+    answers = []
+    for _ in range(3):
+        answers.append(relay.get("/auth").status_code)
+        clock.advance(LIFETIME)
+    assert answers == [200, 200, 200]
+    assert row(db).refresh_token is None
 
 
 def test_refresh_can_be_turned_off(

@@ -365,6 +365,18 @@ class Sessions:
         async with self._db.read() as conn:
             await conn.execute(statement)
 
+    async def forget_refresh_token(self, id_hash: str) -> None:
+        """Drop a refresh token that cannot be opened (sealed under a secret no longer
+        configured) and its lease: the session goes on without refreshes."""
+        statement = (
+            update(sessions)
+            .where(sessions.c.id_hash == id_hash, sessions.c.status == ACTIVE)
+            .values(refresh_token=None, refresh_lease_until=None)
+        )
+        async with self._db.read() as conn:
+            await conn.execute(statement)
+        self.cache.invalidate([id_hash])
+
     async def refresh_lease(self, id_hash: str) -> int | None:
         """Until when another replica's refresh (or its failure's retry interval) holds."""
         statement = select(sessions.c.refresh_lease_until).where(
