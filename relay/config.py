@@ -338,6 +338,12 @@ def _email_domains(value: list[str]) -> list[str]:
     return lowered
 
 
+def _claim_path(value: str) -> str:
+    if not _CLAIM_PATH.match(value):
+        raise ValueError('must be a claim name or a dotted path like "realm_access.roles"')
+    return value
+
+
 def _emails(value: list[str]) -> list[str]:
     for entry in value:
         if entry.count("@") != 1 or entry.startswith("@") or entry.endswith("@"):
@@ -380,12 +386,7 @@ class AccessConfig(_Section):
     _check_domains = field_validator("email_domains")(_email_domains)
     _check_emails = field_validator("allowed_emails")(_emails)
 
-    @field_validator("groups_claim")
-    @classmethod
-    def _claim_path(cls, value: str) -> str:
-        if not _CLAIM_PATH.match(value):
-            raise ValueError('must be a claim name or a dotted path like "realm_access.roles"')
-        return value
+    _check_groups_claim = field_validator("groups_claim")(_claim_path)
 
     @field_validator("hosts")
     @classmethod
@@ -416,12 +417,9 @@ class HeadersConfig(_Section):
     pass_access_token: bool = False
     set_authorization_header: bool = False
 
-    @field_validator("user_claim", "email_claim", "preferred_username_claim")
-    @classmethod
-    def _claim_path(cls, value: str) -> str:
-        if not _CLAIM_PATH.match(value):
-            raise ValueError('must be a claim name or a dotted path like "realm_access.roles"')
-        return value
+    _check_claims = field_validator("user_claim", "email_claim", "preferred_username_claim")(
+        _claim_path
+    )
 
     @field_validator("extra")
     @classmethod

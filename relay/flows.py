@@ -30,7 +30,12 @@ from relay.metrics import Metrics
 from relay.oidc.client import TokenResponse, authorization_url, exchange_code, fetch_userinfo
 from relay.oidc.discovery import Discovery, ProviderMetadata
 from relay.oidc.jwks import JwksCache
-from relay.oidc.tokens import Expectations, validate_id_token, validate_logout_token
+from relay.oidc.tokens import (
+    Expectations,
+    expectations,
+    validate_id_token,
+    validate_logout_token,
+)
 from relay.redirects import return_url
 from relay.store.pending import PendingLogin, PendingLogins
 from relay.store.sessions import Sessions, Tokens
@@ -236,17 +241,7 @@ class Flows:
         return claims
 
     def _expectations(self, metadata: ProviderMetadata, nonce: str | None) -> Expectations:
-        provider = self.config.provider
-        return Expectations(
-            issuer=metadata.issuer,
-            client_id=provider.client_id,
-            trusted_audiences=provider.trusted_audiences,
-            algorithms=[a for a in metadata.signing_algorithms if a in provider.allowed_algorithms],
-            jwks_uri=metadata.jwks_uri,
-            now=self.now(),
-            skew=provider.clock_skew,
-            nonce=nonce,
-        )
+        return expectations(metadata, self.config.provider, self.now(), nonce)
 
     async def backchannel_logout(self, logout_token: str | None) -> int:
         """Back-Channel Logout 1.0: the provider says a session ended; end ours. Returns how

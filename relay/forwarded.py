@@ -44,8 +44,8 @@ def original_url(request: Request, proxies: AddressSet) -> str | None:
     """The URL the browser asked the proxy for, when a trusted proxy told us; else None."""
     if not from_trusted_proxy(request, proxies):
         return None
-    proto = _first(request.headers.get("x-forwarded-proto"))
-    host = _first(request.headers.get("x-forwarded-host"))
+    proto = first_value(request.headers.get("x-forwarded-proto"))
+    host = first_value(request.headers.get("x-forwarded-host"))
     uri = request.headers.get("x-forwarded-uri", "/")
     if proto not in ("http", "https") or not host or not uri.startswith("/"):
         return None
@@ -56,7 +56,7 @@ def forwarded_host(request: Request, proxies: AddressSet) -> str | None:
     """The host the browser asked the proxy for (X-Forwarded-Host), from a trusted proxy."""
     if not from_trusted_proxy(request, proxies):
         return None
-    return _first(request.headers.get("x-forwarded-host"))
+    return first_value(request.headers.get("x-forwarded-host"))
 
 
 def client_address(request: Request, proxies: AddressSet) -> str | None:
@@ -118,7 +118,7 @@ def is_navigation(request: Request, proxies: AddressSet) -> bool:
     return not wants_json(request)
 
 
-def _first(value: str | None) -> str | None:
+def first_value(value: str | None) -> str | None:
     # Chained proxies append: "https, http". The first is what the browser used.
     if value is None:
         return None

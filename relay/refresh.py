@@ -45,8 +45,8 @@ from relay.oidc.client import InvalidGrant, Refreshed, fetch_userinfo, refresh_t
 from relay.oidc.discovery import Discovery, ProviderMetadata
 from relay.oidc.jwks import JwksCache
 from relay.oidc.tokens import (
-    Expectations,
     InvalidToken,
+    expectations,
     unverified_claims,
     validate_refreshed_id_token,
 )
@@ -224,18 +224,7 @@ class Refresher:
         nonce = claim.nonce or _string(original.get("nonce"))
         id_claims = original
         if tokens.id_token is not None:
-            expect = Expectations(
-                issuer=metadata.issuer,
-                client_id=provider.client_id,
-                trusted_audiences=provider.trusted_audiences,
-                algorithms=[
-                    a for a in metadata.signing_algorithms if a in provider.allowed_algorithms
-                ],
-                jwks_uri=metadata.jwks_uri,
-                now=self.now(),
-                skew=provider.clock_skew,
-                nonce=nonce,
-            )
+            expect = expectations(metadata, provider, self.now(), nonce)
             first = {"sub": session.subject, **{k: original.get(k) for k in ("iss", "auth_time")}}
             id_claims = await validate_refreshed_id_token(
                 tokens.id_token, self._jwks, expect, first

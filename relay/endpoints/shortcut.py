@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from relay.cookies import cookie_id
 from relay.crypto import hash_id, short_hash
 from relay.endpoints import SESSION, Context, session
+from relay.forwarded import first_value
 from relay.store.sessions import ActiveSession
 
 _READS = frozenset({"GET", "HEAD"})
@@ -93,7 +94,7 @@ class AuthShortcut:
         if allowed is None:
             if len(memo.verdicts) >= _VERDICTS_MAX:
                 memo.verdicts.clear()
-            forwarded = None if host is None else host.decode("latin-1").split(",")[0].strip()
+            forwarded = None if host is None else first_value(host.decode("latin-1"))
             query = scope["query_string"].decode("latin-1")
             allowed = memo.verdicts[key] = access.refusal(active.claims, forwarded, query) is None
         # A refusal is the routed endpoint's to give: it logs the reason and renders the page.

@@ -22,7 +22,9 @@ from joserfc.errors import (
 from joserfc.jwk import Key
 from joserfc.jws import JWSRegistry
 
+from relay.config import ProviderConfig
 from relay.errors import BadRequest
+from relay.oidc.discovery import ProviderMetadata
 from relay.oidc.jwks import JwksCache
 
 
@@ -36,6 +38,22 @@ class Expectations:
     now: int
     skew: int
     nonce: str | None = None  # the ID token's; a logout token must have none
+
+
+def expectations(
+    metadata: ProviderMetadata, provider: ProviderConfig, now: int, nonce: str | None
+) -> Expectations:
+    """What a token from this provider must satisfy for this client, now."""
+    return Expectations(
+        issuer=metadata.issuer,
+        client_id=provider.client_id,
+        trusted_audiences=provider.trusted_audiences,
+        algorithms=[a for a in metadata.signing_algorithms if a in provider.allowed_algorithms],
+        jwks_uri=metadata.jwks_uri,
+        now=now,
+        skew=provider.clock_skew,
+        nonce=nonce,
+    )
 
 
 class InvalidToken(BadRequest):
