@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from relay.config import AccessConfig
+from relay.hosts import Host, parse_host
 
 # The names /auth's query string narrows by, as oauth2-proxy's /oauth2/auth takes them.
 QUERY_GROUPS = "allowed_groups"
@@ -87,6 +88,8 @@ class Access:
                 domains=tuple(rules.allowed_email_domains),
                 groups=frozenset(rules.allowed_groups),
             )
+            # The config's keys are read as forwarded hosts are (relay/config.py refuses any
+            # that does not read), so a key and a host match exactly when they name one host.
             for host, rules in config.hosts.items()
         }
 
@@ -101,29 +104,38 @@ class Access:
         self, claims: Mapping[str, Any], host: str | None = None, query: str = ""
     ) -> Refusal | None:
         """Why these claims may not pass (the config's rules, then the forwarded host's, then
-        the query string's), or None when they may."""
+        the query string's), or None when they may. ``host`` is the forwarded host as a
+        trusted proxy sent it (every X-Forwarded-Host line, comma-joined), None when none
+        did."""
         refused = self._judge(claims, self.rules)
-        if refused is None and host is not None:
-            rules = self.host_rules(host)
-            if rules is not None:
-                refused = self._judge(claims, rules)
-                if refused is not None:
-                    refused = Refusal(refused.reason, refused.message, f"host {host}")
+        if refused is None and host is not None and self._hosts:
+            refused = self._judge_host(claims, host)
         if refused is None and query:
             rules = query_rules(query)
             if not rules.empty:
                 refused = self._judge(claims, rules)
         return refused
 
-    def host_rules(self, host: str) -> Rules | None:
-        """The rules for a forwarded host: keyed with its port, else without. A final dot
-        (the DNS root: "wiki.example.com.", which nginx serves as wiki.example.com) is not
-        part of the name."""
-        name, port = host.lower(), ""
-        if ":" in name and not name.endswith("]"):
-            name, _, port = name.rpartition(":")
-        name = name.rstrip(".")
-        for candidate in (f"{name}:{port}" if port else name, name):
+    def _judge_host(self, claims: Mapping[str, Any], host: str) -> Refusal | None:
+        parsed = parse_host(host)
+        if parsed is None:
+            # The proxy routed this request by a host it read its own way (nginx takes
+            # "app.example.com:1:2" as app.example.com, Caddy "[app.example.com]"): which
+            # host's rules apply is unknown, so none is assumed away.
+            return Refusal(
+                "access.unreadable_host",
+                "This page's address is not one the relay can read; tell its operator.",
+                f"host {host[:100]!r}",
+            )
+        rules = self.host_rules(parsed)
+        refused = None if rules is None else self._judge(claims, rules)
+        if refused is not None:
+            refused = Refusal(refused.reason, refused.message, f"host {parsed}")
+        return refused
+
+    def host_rules(self, host: Host) -> Rules | None:
+        """The rules for a forwarded host: keyed with its port, else without."""
+        for candidate in (str(host), host.name):
             rules = self._hosts.get(candidate)
             if rules is not None:
                 return rules

@@ -31,6 +31,8 @@ from pydantic import (
 )
 from sqlalchemy.engine import make_url
 
+from relay.hosts import parse_host
+
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _ENV_PREFIX = "RELAY_"
@@ -390,8 +392,16 @@ class AccessConfig(_Section):
 
     @field_validator("hosts")
     @classmethod
-    def _lowercase_hosts(cls, value: dict[str, HostRules]) -> dict[str, HostRules]:
-        return {host.lower().rstrip("."): rules for host, rules in value.items()}
+    def _plain_hosts(cls, value: dict[str, HostRules]) -> dict[str, HostRules]:
+        # Read as a forwarded host is (relay/hosts.py), so the key is the one the proxy's
+        # host is looked up by: "Wiki.Example.com." is wiki.example.com.
+        hosts = {}
+        for key, rules in value.items():
+            host = parse_host(key)
+            if host is None:
+                raise ValueError(f"{key!r} is not a host or host:port")
+            hosts[str(host)] = rules
+        return hosts
 
     @model_validator(mode="after")
     def _some_rule(self) -> AccessConfig:

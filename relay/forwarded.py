@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from relay.hosts import parse_host
 from relay.pages import wants_json
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -45,18 +46,23 @@ def original_url(request: Request, proxies: AddressSet) -> str | None:
     if not from_trusted_proxy(request, proxies):
         return None
     proto = first_value(request.headers.get("x-forwarded-proto"))
-    host = first_value(request.headers.get("x-forwarded-host"))
+    host = parse_host(first_value(request.headers.get("x-forwarded-host")) or "")
     uri = request.headers.get("x-forwarded-uri", "/")
-    if proto not in ("http", "https") or not host or not uri.startswith("/"):
+    if proto not in ("http", "https") or host is None or not uri.startswith("/"):
         return None
-    return f"{proto}://{host}{uri}"
+    return f"{proto}://{host.netloc(proto)}{uri}"
 
 
 def forwarded_host(request: Request, proxies: AddressSet) -> str | None:
-    """The host the browser asked the proxy for (X-Forwarded-Host), from a trusted proxy."""
+    """The host the proxy routed on, as it sent it (X-Forwarded-Host), from a trusted proxy.
+
+    Every field line, comma-joined (RFC 9110 §5.3): a second line or value makes the host
+    unreadable (relay/hosts.py), never quietly the first or the last of them, since a client
+    can send its own line before or after the proxy's."""
     if not from_trusted_proxy(request, proxies):
         return None
-    return first_value(request.headers.get("x-forwarded-host"))
+    lines = request.headers.getlist("x-forwarded-host")
+    return ",".join(lines) if lines else None
 
 
 def client_address(request: Request, proxies: AddressSet) -> str | None:

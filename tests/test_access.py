@@ -353,21 +353,77 @@ def test_host_rules_need_a_trusted_proxy(make_relay: Any, provider: TestProvider
         assert relay.get("/auth", headers=forwarded).status_code == 200
 
 
-def test_the_first_forwarded_host_counts_cached_or_not(
-    make_relay: Any, provider: TestProvider
+UNREADABLE_HOSTS = [
+    "wiki.example.com:1:2",  # nginx routes these as wiki.example.com
+    "wiki.example.com:x:y",
+    "wiki.example.com:443:",
+    "[wiki.example.com]",  # Caddy routes this as wiki.example.com
+    "wiki.example.com, app.example.com",
+    "app.example.com, wiki.example.com",
+    "",
+]
+
+
+@pytest.mark.parametrize("spelling", UNREADABLE_HOSTS)
+def test_an_unreadable_forwarded_host_refuses_while_host_rules_exist(
+    make_relay: Any, provider: TestProvider, spelling: str
 ) -> None:
-    """With two X-Forwarded-Host lines the first is the host, for the routed endpoint and the
-    forward-auth shortcut alike: the cache never answers for another app than the table."""
+    """A forwarded host the relay cannot read as one plain name[:port] is refused (403,
+    access.unreadable_host) when [access] hosts has rules: the proxy may have routed it to a
+    host with rules. On the routed path (cache flushed) and from the cache alike."""
     access = {
         "email_domains": ["*"],
         "hosts": {"wiki.example.com": {"allowed_groups": ["editors"]}},
     }
-    lines = [("x-forwarded-host", "wiki.example.com"), ("x-forwarded-host", "app.example.com")]
     with make_relay(peer="127.0.0.1", access=access) as relay:
         sign_in(relay, provider)
         cache = relay.app.state.relay.sessions.cache
+        headers = {"x-forwarded-host": spelling, "accept": "application/json"}
         cache.flush()
-        assert [relay.get("/auth", headers=lines).status_code for _ in range(3)] == [403] * 3
+        routed = relay.get("/auth", headers=headers)
+        assert (routed.status_code, routed.json()["error"]) == (403, "access.unreadable_host")
+        assert relay.get("/auth", headers=headers).status_code == 403  # now from the cache
+        # A plain spelling of another host passes, and of the ruled one is ruled.
+        assert relay.get("/auth", headers={"x-forwarded-host": "app.example.com"}).is_success
+        ruled = relay.get("/auth", headers={"x-forwarded-host": "WIKI.example.com.:443"})
+        assert ruled.status_code == 403
+
+
+@pytest.mark.parametrize("spelling", UNREADABLE_HOSTS)
+def test_without_host_rules_an_odd_host_changes_nothing(
+    make_relay: Any, provider: TestProvider, spelling: str
+) -> None:
+    """No [access] hosts: the forwarded host decides nothing, so an odd one is not refused."""
+    with make_relay(peer="127.0.0.1") as relay:
+        sign_in(relay, provider)
+        for _ in range(2):
+            assert relay.get("/auth", headers={"x-forwarded-host": spelling}).status_code == 200
+
+
+def test_host_rule_keys_must_read_as_hosts() -> None:
+    """A key of [access] hosts that is not a plain host[:port] stops startup, naming it."""
+    for key in ("wiki.example.com:1:2", "[wiki.example.com]", "wiki.example.com/x", "a b"):
+        [line] = config_errors({"email_domains": ["*"], "hosts": {key: {}}})
+        assert "access.hosts" in line
+        assert repr(key) in line
+
+
+def test_two_forwarded_host_lines_refuse_cached_or_not(
+    make_relay: Any, provider: TestProvider
+) -> None:
+    """With two X-Forwarded-Host lines (a client's and a proxy's, in either order) no host
+    is assumed, for the routed endpoint and the forward-auth shortcut alike."""
+    access = {
+        "email_domains": ["*"],
+        "hosts": {"wiki.example.com": {"allowed_groups": ["editors"]}},
+    }
+    lines = [("x-forwarded-host", "app.example.com"), ("x-forwarded-host", "wiki.example.com")]
+    with make_relay(peer="127.0.0.1", access=access) as relay:
+        sign_in(relay, provider)
+        cache = relay.app.state.relay.sessions.cache
+        for order in (lines, lines[::-1]):
+            cache.flush()
+            assert [relay.get("/auth", headers=order).status_code for _ in range(3)] == [403] * 3
 
 
 def test_identity_headers_follow_the_config(make_relay: Any, provider: TestProvider) -> None:

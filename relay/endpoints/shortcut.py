@@ -16,7 +16,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from relay.cookies import cookie_id
 from relay.crypto import hash_id, short_hash
 from relay.endpoints import SESSION, Context, session
-from relay.forwarded import first_value
 from relay.store.sessions import ActiveSession
 
 _READS = frozenset({"GET", "HEAD"})
@@ -65,8 +64,9 @@ class AuthShortcut:
                 cookie = value
                 if not by_host:
                     break
-            elif name == b"x-forwarded-host" and by_host and host is None:
-                host = value  # the first, as the routed endpoint reads it
+            elif name == b"x-forwarded-host" and by_host:
+                # Every line, comma-joined, as the routed endpoint reads it (forwarded_host).
+                host = value if host is None else host + b"," + value
         if cookie is None:
             return None
         session_id = cookie_id(cookie.decode("latin-1"), ctx.cookies.session_name)
@@ -94,7 +94,7 @@ class AuthShortcut:
         if allowed is None:
             if len(memo.verdicts) >= _VERDICTS_MAX:
                 memo.verdicts.clear()
-            forwarded = None if host is None else first_value(host.decode("latin-1"))
+            forwarded = None if host is None else host.decode("latin-1")
             query = scope["query_string"].decode("latin-1")
             allowed = memo.verdicts[key] = access.refusal(active.claims, forwarded, query) is None
         # A refusal is the routed endpoint's to give: it logs the reason and renders the page.

@@ -176,6 +176,7 @@ def nginx_service(
     text = replace_exactly(text, "listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;", 1)
     text = replace_exactly(text, "listen 80;", f"listen 127.0.0.1:{http_port};", 1)
     text = replace_exactly(text, "server_name app.example.com;", "server_name 127.0.0.1;", 2)
+    text = replace_exactly(text, '$host != "app.example.com"', '$host != "127.0.0.1"', 1)
     text = replace_exactly(text, "/etc/ssl/certs/app.example.com.pem", str(cert), 1)
     text = replace_exactly(text, "/etc/ssl/private/app.example.com.key", str(key), 1)
     text = replace_exactly(text, "server 127.0.0.1:4180;", f"server 127.0.0.1:{relay_port};", 1)

@@ -393,6 +393,52 @@ def test_host_rules_apply_to_their_host_only(
         assert alice.inner_text("#user") == "alice"
 
 
+def host_spellings(stack: Stack, proxy: str) -> list[tuple[str, dict[str, str]]]:
+    """Requests that the proxy routes to the restricted host while naming it otherwise: each
+    (request target, headers). The security review's spellings, with the test's host."""
+    port = stack.ports[proxy]
+    if proxy == "nginx":
+        # nginx routes on the text before the first ":" and on an absolute-form target before
+        # the Host header; the recipe's server is the only one, the default for any name.
+        return [
+            ("/headers", {"Host": "127.0.0.1:1:2"}),
+            ("/headers", {"Host": "127.0.0.1:x:y"}),
+            ("/headers", {"Host": "127.0.0.1:443:"}),
+            (f"https://127.0.0.1:{port}/headers", {"Host": "other.example"}),
+            ("/headers", {"Host": "other.example"}),
+        ]
+    # Caddy strips brackets from a Host before it matches the site's name.
+    return [
+        ("/headers", {"Host": "[127.0.0.1]"}),
+        ("/headers", {"Host": f"[127.0.0.1]:{port}"}),
+    ]
+
+
+@pytest.mark.parametrize("cache", ["cached", "uncached"])
+@pytest.mark.parametrize("proxy", ["nginx", "caddy"])
+def test_host_rules_hold_for_every_spelling_of_the_host(
+    stack: Stack, bob: Any, proxy: str, cache: str
+) -> None:
+    """With a host rule for the proxy's host, bob (staff) never reaches the app however the
+    request spells that host: a port that is not one, brackets, an absolute-form target
+    with another Host, or another name the recipe's only server would answer for. On the
+    shortcut (a session the cache holds) and with the cache off (every check routed)."""
+    host = f"127.0.0.1:{stack.ports[proxy]}"
+    rules = f'email_domains = ["*"]\n\n[access.hosts."{host}"]\nallowed_groups = ["admins"]'
+    if cache == "uncached":
+        rules += "\n\n[cache]\nmax_entries = 0"
+    cookie = session_cookie(bob)
+    with stack.access_rules(rules):
+        for target, headers in host_spellings(stack, proxy):
+            for _ in range(2):  # the first check reads the table, the next may be the cache's
+                status, body = raw_get(stack, proxy, target, cookie, headers)
+                assert "x-auth-request-user" not in body, (target, headers, status)
+                assert status != 200 or body == "", (target, headers, status)
+        # The plain spelling is judged by the host rule too, and the app stays reachable for
+        # whom the rule admits (alice's browser elsewhere): the refusals above are the rule's.
+        assert raw_get(stack, proxy, "/headers", cookie)[0] == 403
+
+
 # -- 6. the identity headers -----------------------------------------------------------------
 
 
