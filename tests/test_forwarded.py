@@ -120,6 +120,21 @@ def test_a_forged_first_line_does_not_read_metrics(make_relay: Any) -> None:
         assert relay.get("/metrics", headers=[FORGED_FIRST_LINE[0]]).status_code == 200
 
 
+def test_forwarding_headers_that_name_no_readable_client_do_not_read_metrics(
+    make_relay: Any,
+) -> None:
+    """A trusted proxy whose forwarding headers name no readable client (a mangled entry,
+    two X-Real-IP lines) is not taken for a loopback reader: its address stands for all of
+    its clients. With no forwarding header at all it is a local scraper (200)."""
+    with make_relay(peer="127.0.0.1") as relay:
+        for lines in (
+            [("x-forwarded-for", "not-an-address")],
+            [("x-real-ip", "127.0.0.1"), ("x-real-ip", "203.0.113.9")],
+        ):
+            assert relay.get("/metrics", headers=lines).status_code == 404, lines
+        assert relay.get("/metrics").status_code == 200
+
+
 def test_login_limits_count_the_address_in_the_proxys_line(make_relay: Any, db: Engine) -> None:
     """A client rotating a forged first X-Forwarded-For line gets no new bucket: every login
     is counted (rate and pending rows) against the address in the proxy's own line."""
