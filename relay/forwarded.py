@@ -79,15 +79,41 @@ def client_address(request: Request, proxies: AddressSet) -> str | None:
     peer = request.client.host if request.client else None
     if not from_trusted_proxy(request, proxies):
         return peer
-    chain = [a for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
+    chain = [a for a in ",".join(forwarded_for(request)).split(",") if a.strip()]
     if not chain:
-        chain = [request.headers.get("x-real-ip", "")]
+        # X-Real-IP is one address, not a list. Two field lines (the client's own and its
+        # proxy's, say) name two clients with nothing to say which one the proxy wrote:
+        # believe neither rather than pick one.
+        real_ip = request.headers.getlist("x-real-ip")
+        chain = real_ip if len(real_ip) == 1 else [""]
     address = None
     for entry in reversed(chain):
         address = _address(entry)
         if address is None or address not in proxies:
             return address
     return address  # every hop a trusted proxy: the left-most is the client
+
+
+def forwarded_for(request: Request) -> list[str]:
+    """Every X-Forwarded-For field line, in the order received.
+
+    RFC 9110 §5.3: field lines of one name are one list, in order. A proxy may append a line
+    of its own rather than extend the client's (HAProxy's ``option forwardfor`` does): read
+    only the first, and the client's own text is all there is to read.
+    """
+    return request.headers.getlist("x-forwarded-for")
+
+
+def caller_address(request: Request, proxies: AddressSet) -> str | None:
+    """Who is calling, for an address gate (/metrics, the admin API): the client the
+    forwarding headers name (``client_address``), or the peer itself when there are none at
+    all (a scraper or curl on the relay's host). Forwarding headers that name no readable
+    client give None, not the peer: a trusted proxy's own address stands for all its clients.
+    """
+    headers = request.headers
+    if "x-forwarded-for" in headers or "x-real-ip" in headers:
+        return client_address(request, proxies)
+    return request.client.host if request.client else None
 
 
 def _address(entry: str) -> str | None:

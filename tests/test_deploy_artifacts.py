@@ -18,6 +18,7 @@ import yaml
 
 from relay.app import create_app
 from relay.config import config_from_mapping
+from tests.e2e.stack import self_signed_certificate
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
@@ -112,3 +113,32 @@ def test_container_file_copies_what_exists_and_runs_serve() -> None:
     assert 'CMD ["serve", "--config", "/etc/oidc-relay/relay.toml"]' in text
     [container] = manifests()["Deployment"]["spec"]["template"]["spec"]["containers"]
     assert container["volumeMounts"][0]["mountPath"] == "/etc/oidc-relay"
+
+
+DEBIAN_HAPROXY = Path("/etc/haproxy/haproxy.cfg")
+
+
+@pytest.mark.skipif(
+    shutil.which("haproxy") is None or not DEBIAN_HAPROXY.exists(), reason="no Debian haproxy"
+)
+def test_haproxy_recipe_is_valid_after_debians_own_config(tmp_path: Path) -> None:
+    """haproxy -c accepts Debian's /etc/haproxy/haproxy.cfg with deploy/haproxy.cfg appended,
+    as the recipe's header says to install it (only the certificate and Lua paths replaced;
+    the end-to-end tests run it behind a global section of their own)."""
+    cert, key = self_signed_certificate(tmp_path)
+    pem = tmp_path / "app.pem"
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    recipe = (DEPLOY / "haproxy.cfg").read_text()
+    recipe = recipe.replace("/etc/haproxy/certs/app.example.com.pem", str(pem))
+    recipe = recipe.replace("/etc/haproxy/haproxy-auth.lua", str(DEPLOY / "haproxy-auth.lua"))
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(DEBIAN_HAPROXY.read_text() + "\n" + recipe)
+    result = subprocess.run(
+        ["haproxy", "-c", "-f", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stdout + result.stderr

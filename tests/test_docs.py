@@ -15,7 +15,9 @@ ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("name", ["nginx.conf", "Caddyfile", "traefik.yml"])
+@pytest.mark.parametrize(
+    "name", ["nginx.conf", "Caddyfile", "haproxy.cfg", "haproxy-auth.lua", "traefik.yml"]
+)
 def test_readme_snippets_are_the_deploy_files(name: str) -> None:
     """Each snippet under <!-- deploy/NAME --> is that file, byte for byte."""
     match = re.search(rf"<!-- deploy/{re.escape(name)} -->\n```\w+\n(.*?)```", README, re.DOTALL)

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from relay.crypto import short_hash
 from relay.endpoints import INTERNAL, Context, context
 from relay.errors import RelayError
-from relay.forwarded import AddressSet, client_address
+from relay.forwarded import AddressSet, caller_address
 from relay.pruner import prune_once
 from relay.store.listing import (
     MAX_PAGE,
@@ -56,14 +56,7 @@ def _admitted(request: Request) -> Context:
     if expected is None:
         raise _Refused(_error(404, "not_found"))
     if not request.scope.get(INTERNAL, False):
-        # A request that names no client at all came straight from its peer (curl on the
-        # relay's host); one whose forwarding headers name no readable client is refused, not
-        # taken for its proxy's own address, which stands for all of the proxy's clients.
-        headers = request.headers
-        if "x-forwarded-for" in headers or "x-real-ip" in headers:
-            caller = client_address(request, ctx.proxies)
-        else:
-            caller = request.client.host if request.client else None
+        caller = caller_address(request, ctx.proxies)
         if caller is None or caller not in AddressSet.parse(ctx.config.admin.allowed):
             log.warning("admin.refused", reason="address_not_allowed", client=caller)
             raise _Refused(_error(404, "not_found"))

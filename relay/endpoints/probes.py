@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from relay.endpoints import INTERNAL, context
 from relay.errors import DatabaseUnavailable, RelayError
-from relay.forwarded import client_address
+from relay.forwarded import caller_address
 
 log = structlog.get_logger("relay.probes")
 
@@ -52,9 +52,7 @@ async def metrics(request: Request) -> Response:
     [server].internal_port, for whoever reaches that port."""
     ctx = context(request)
     internal = request.scope.get(INTERNAL, False)
-    # A trusted peer that names no client is taken to be asking for itself (a local scraper).
-    peer = request.client.host if request.client else None
-    reader = client_address(request, ctx.proxies) or peer
+    reader = caller_address(request, ctx.proxies)
     if not internal and reader not in ctx.metrics_readers:
         return JSONResponse({"error": "not_found"}, status_code=404)
     body = generate_latest(ctx.metrics.registry)

@@ -1,5 +1,5 @@
 """One real stack for the end-to-end tests: PostgreSQL, the npm oidc-provider, the relay as
-`relay serve`, an upstream app, nginx and Caddy in front of it — all on 127.0.0.1."""
+`relay serve`, an upstream app, nginx, Caddy and HAProxy in front of it — all on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tests.e2e.stack import (
     Service,
     caddy_root_certificate,
     caddy_service,
+    haproxy_service,
     nginx_service,
     provider_service,
     self_signed_certificate,
@@ -58,12 +59,16 @@ class Stack:
     def caddy_url(self) -> str:
         return f"https://127.0.0.1:{self.ports['caddy']}"
 
+    @property
+    def haproxy_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['haproxy']}"
+
     def client(
         self, source: str = "127.0.0.1", proxy: str = "nginx", **options: Any
     ) -> httpx2.Client:
         """An HTTP client whose connections come from ``source`` (any 127.x.y.z: nginx sees
         each as a client address of its own), trusting the proxy's certificate only."""
-        cafile = self.cert if proxy == "nginx" else caddy_root_certificate(self.workdir)
+        cafile = caddy_root_certificate(self.workdir) if proxy == "caddy" else self.cert
         tls = ssl.create_default_context(cafile=str(cafile))
         transport = httpx2.HTTPTransport(verify=tls, local_address=source)
         options.setdefault("timeout", 15)
@@ -104,7 +109,11 @@ cookie_secure = true
 {self.access}
 
 [redirects]
-allowed_hosts = ["127.0.0.1:{self.ports["nginx"]}", "127.0.0.1:{self.ports["caddy"]}"]
+allowed_hosts = [
+    "127.0.0.1:{self.ports["nginx"]}",
+    "127.0.0.1:{self.ports["caddy"]}",
+    "127.0.0.1:{self.ports["haproxy"]}",
+]
 """
         )
         return path
@@ -147,7 +156,10 @@ allowed_hosts = ["127.0.0.1:{self.ports["nginx"]}", "127.0.0.1:{self.ports["cadd
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("e2e")
-    names = ("provider", "relay", "upstream", "nginx", "nginx_http", "caddy", "caddy_http")
+    names = (
+        "provider", "relay", "upstream", "nginx", "nginx_http", "caddy", "caddy_http",
+        "haproxy", "haproxy_http",
+    )  # fmt: skip
     ports = {name: free_port() for name in names}
     with postgres_database() as url:
         run_migrations(url)
@@ -179,6 +191,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             caddy = caddy_service(workdir, caddy_ports, ports["relay"], ports["upstream"])
             s.services.append(caddy.start(ports["caddy"]))
             wait_for_file(caddy_root_certificate(workdir))
+            haproxy_ports = (ports["haproxy"], ports["haproxy_http"])
+            haproxy = haproxy_service(
+                workdir, haproxy_ports, ports["relay"], ports["upstream"], tls=(cert, key)
+            )
+            s.services.append(haproxy.start(ports["haproxy"]))
             yield s
         finally:
             if s.relay is not None and s.relay.proc is not None:

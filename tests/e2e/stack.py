@@ -1,6 +1,6 @@
 """The real parts of the end-to-end tests, each started on 127.0.0.1 and stopped afterwards:
-the npm oidc-provider, the upstream app, the relay, nginx and Caddy (configured from the very
-files in deploy/), plus a self-signed certificate for the proxies' TLS."""
+the npm oidc-provider, the upstream app, the relay, nginx, Caddy and HAProxy (configured from
+the very files in deploy/), plus a self-signed certificate for the proxies' TLS."""
 
 from __future__ import annotations
 
@@ -226,6 +226,37 @@ def caddy_service(
         workdir,
         env={"XDG_DATA_HOME": str(workdir / "caddy-data"), "XDG_CONFIG_HOME": str(workdir)},
     )
+
+
+def haproxy_service(
+    workdir: Path,
+    ports: tuple[int, int],
+    relay_port: int,
+    upstream_port: int,
+    *,
+    tls: tuple[Path, Path],
+    name: str = "haproxy",
+) -> Service:
+    """HAProxy running deploy/haproxy.cfg as written, after a global section of the test's
+    own (as the recipe goes after Debian's), with only the ports (https, http), the
+    certificate (HAProxy wants certificate and key in one file, made here from ``tls``) and
+    the path of deploy/haproxy-auth.lua replaced."""
+    https_port, http_port = ports
+    cert, key = tls
+    pem = workdir / f"{name}.pem"
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    text = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    text = replace_exactly(text, "bind :443 ", f"bind 127.0.0.1:{https_port} ", 1)
+    text = replace_exactly(text, "bind :80\n", f"bind 127.0.0.1:{http_port}\n", 1)
+    text = replace_exactly(text, "/etc/haproxy/certs/app.example.com.pem", str(pem), 1)
+    lua = ROOT / "deploy" / "haproxy-auth.lua"
+    text = replace_exactly(text, "/etc/haproxy/haproxy-auth.lua", str(lua), 1)
+    text = replace_exactly(text, "127.0.0.1:4180", f"127.0.0.1:{relay_port}", 3)
+    text = replace_exactly(text, "127.0.0.1:8080", f"127.0.0.1:{upstream_port}", 1)
+    own = f"global\n    log stdout format raw local0 info\n    pidfile {workdir}/{name}.pid\n\n"
+    (workdir / f"{name}.cfg").write_text(own + text)
+    argv = [require("haproxy"), "-db", "-f", str(workdir / f"{name}.cfg")]
+    return Service(name, argv, workdir)
 
 
 def caddy_root_certificate(workdir: Path) -> Path:

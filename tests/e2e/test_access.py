@@ -93,7 +93,7 @@ def raw_get(
 ) -> tuple[int, str]:
     """GET ``target`` exactly as written (no client normalizes it: http.client sends the
     request line as given), as a browser with this session cookie would."""
-    cafile = stack.cert if proxy == "nginx" else caddy_root_certificate(stack.workdir)
+    cafile = caddy_root_certificate(stack.workdir) if proxy == "caddy" else stack.cert
     tls = ssl.create_default_context(cafile=str(cafile))
     port = stack.ports[proxy]
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=15)

@@ -82,7 +82,7 @@ def websocket_status(stack: Stack, cookie: str | None, proxy: str = "nginx") -> 
     app's first message."""
     port = stack.ports[proxy]
     conn: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
-    cafile = stack.cert if proxy == "nginx" else caddy_root_certificate(stack.workdir)
+    cafile = caddy_root_certificate(stack.workdir) if proxy == "caddy" else stack.cert
     tls = ssl.create_default_context(cafile=str(cafile))
     conn = tls.wrap_socket(conn, server_hostname="127.0.0.1")
     with conn:
