@@ -249,6 +249,8 @@ def haproxy_service(
     text = replace_exactly(text, "bind :443 ", f"bind 127.0.0.1:{https_port} ", 1)
     text = replace_exactly(text, "bind :80\n", f"bind 127.0.0.1:{http_port}\n", 1)
     text = replace_exactly(text, "/etc/haproxy/certs/app.example.com.pem", str(pem), 1)
+    own_names = "-m str app.example.com app.example.com:443"
+    text = replace_exactly(text, own_names, f"-m str 127.0.0.1:{https_port}", 1)
     lua = ROOT / "deploy" / "haproxy-auth.lua"
     text = replace_exactly(text, "/etc/haproxy/haproxy-auth.lua", str(lua), 1)
     text = replace_exactly(text, "127.0.0.1:4180", f"127.0.0.1:{relay_port}", 3)

@@ -407,6 +407,14 @@ def host_spellings(stack: Stack, proxy: str) -> list[tuple[str, dict[str, str]]]
             (f"https://127.0.0.1:{port}/headers", {"Host": "other.example"}),
             ("/headers", {"Host": "other.example"}),
         ]
+    if proxy == "haproxy":
+        # HAProxy has one frontend: without the recipe's own-name rule any Host reaches the app.
+        return [
+            ("/headers", {"Host": "127.0.0.1:1:2"}),
+            ("/headers", {"Host": "[127.0.0.1]"}),
+            ("/headers", {"Host": "other.example"}),
+            (f"https://127.0.0.1:{port}/headers", {"Host": "other.example"}),
+        ]
     # Caddy strips brackets from a Host before it matches the site's name.
     return [
         ("/headers", {"Host": "[127.0.0.1]"}),
@@ -415,7 +423,7 @@ def host_spellings(stack: Stack, proxy: str) -> list[tuple[str, dict[str, str]]]
 
 
 @pytest.mark.parametrize("cache", ["cached", "uncached"])
-@pytest.mark.parametrize("proxy", ["nginx", "caddy"])
+@pytest.mark.parametrize("proxy", ["nginx", "caddy", "haproxy"])
 def test_host_rules_hold_for_every_spelling_of_the_host(
     stack: Stack, bob: Any, proxy: str, cache: str
 ) -> None:
