@@ -300,8 +300,13 @@ class LimitsConfig(_Section):
     storage_uri: str = "memory://"
     # Live pending logins per client address, counted in the database (so across replicas).
     max_pending_per_address: int = Field(default=500, ge=1)
-    # Pending logins in the table; past it the oldest are dropped (never a refusal for all).
+    # Pending logins in the table; past it the address holding the most loses its oldest.
     max_pending: int = Field(default=10_000, ge=1)
+    # What "a client address" is for both limits above: the network of this many leading
+    # bits. One IPv6 subscriber gets a /64 (or more) to pick addresses from, so a per-address
+    # count on IPv6 would be one bucket per address they care to use.
+    ipv4_prefix: int = Field(default=32, ge=8, le=32)
+    ipv6_prefix: int = Field(default=64, ge=16, le=128)
 
     @field_validator("login_rate")
     @classmethod

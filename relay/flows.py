@@ -97,7 +97,8 @@ class Flows:
         self, rd: str | None, login_id: str | None, client: str | None
     ) -> LoginStarted:
         """Write a pending login and build the provider URL. ``client`` is the client's
-        address (None when a trusted proxy did not say): its pending logins are capped."""
+        address or network (``ratelimit.client_bucket``; None when a trusted proxy did not
+        say): its pending logins are capped."""
         return_to = self.return_url(rd)
         metadata = await self.discovery.get()
         now = self.now()
@@ -122,6 +123,11 @@ class Flows:
             max_per_client=limits.max_pending_per_address,
             max_pending=limits.max_pending,
         )
+        if added.table_full:
+            log.warning(
+                "login.refused", reason="table_full", client=client, max_pending=limits.max_pending
+            )
+            raise TooManyRequests("login.table_full")
         if not added.stored:
             log.warning(
                 "login.refused",

@@ -9,6 +9,7 @@ from starlette.responses import RedirectResponse, Response
 from relay.endpoints import Context, context
 from relay.errors import TooManyRequests, Unauthorized
 from relay.forwarded import client_address, from_trusted_proxy, is_navigation, original_url
+from relay.ratelimit import client_bucket
 
 log = structlog.get_logger("relay.login")
 
@@ -20,16 +21,20 @@ async def login(request: Request) -> Response:
     ctx = context(request)
     if not is_navigation(request, ctx.proxies):
         raise Unauthorized("login.not_navigation")
-    client = client_address(request, ctx.proxies)
-    if client is None:
+    address = client_address(request, ctx.proxies)
+    client = None
+    if address is None:
         log.warning(
             "login.client_unknown",
             hint="the trusted proxy sent no X-Forwarded-For or X-Real-IP: per-address limits "
             "cannot apply to its requests",
         )
-    elif not await ctx.login_limiter.allow(client):
-        log.warning("login.refused", reason="rate_limited", client=client)
-        raise TooManyRequests("login.rate_limited")
+    else:
+        limits = ctx.config.limits
+        client = client_bucket(address, limits.ipv4_prefix, limits.ipv6_prefix)
+        if not await ctx.login_limiter.allow(client):
+            log.warning("login.refused", reason="rate_limited", client=address, bucket=client)
+            raise TooManyRequests("login.rate_limited")
     rd = request.query_params.get("rd") or _forwarded_return_url(request, ctx)
     started = await ctx.flows.start_login(rd, ctx.cookies.login_id(request), client)
     response = RedirectResponse(started.provider_url, status_code=302)
