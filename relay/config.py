@@ -255,6 +255,8 @@ class SessionConfig(_Section):
     pending_lifetime: Duration = 600
     prune_interval: Duration = 300
     prune_batch_size: int = Field(default=500, ge=1, le=100_000)
+    # No longer used: every /login mints a fresh login cookie, so a browser has one login in
+    # flight. Still accepted, so that a config written for an older relay starts.
     max_pending_per_browser: int = Field(default=10, ge=1, le=1000)
 
     @field_validator("secret", "previous_secrets")

@@ -36,18 +36,17 @@ class PendingLogins:
         self._db = db
         self._sealer = sealer
 
-    async def count_for_browser(self, binding_hash: str, now: int) -> int:
-        query = (
-            select(func.count())
-            .select_from(sessions)
-            .where(
-                sessions.c.binding_hash == binding_hash,
-                sessions.c.status == PENDING,
-                sessions.c.expires_at > now,
-            )
+    async def return_to(self, state_hash: str, now: int) -> str | None:
+        """Where a live pending login was going, whichever browser it is bound to: for the
+        page that offers a new login when a newer one replaced it. Nothing is taken."""
+        query = select(sessions.c.return_to).where(
+            sessions.c.id_hash == state_hash,
+            sessions.c.status == PENDING,
+            sessions.c.expires_at > now,
         )
         async with self._db.read() as conn:
-            return int((await conn.execute(query)).scalar_one())
+            found: str | None = (await conn.execute(query)).scalar_one_or_none()
+        return found
 
     async def add(
         self,
