@@ -257,6 +257,8 @@ class SessionConfig(_Section):
     pending_lifetime: Duration = 600
     prune_interval: Duration = 300
     prune_batch_size: int = Field(default=500, ge=1, le=100_000)
+    # No longer used: every /login mints a fresh login cookie, so a browser has one login in
+    # flight. Still accepted, so that a config written for an older relay starts.
     max_pending_per_browser: int = Field(default=10, ge=1, le=1000)
 
     @field_validator("secret", "previous_secrets")
@@ -302,8 +304,13 @@ class LimitsConfig(_Section):
     storage_uri: str = "memory://"
     # Live pending logins per client address, counted in the database (so across replicas).
     max_pending_per_address: int = Field(default=500, ge=1)
-    # Pending logins in the table; past it the oldest are dropped (never a refusal for all).
+    # Pending logins in the table; past it the address holding the most loses its oldest.
     max_pending: int = Field(default=10_000, ge=1)
+    # What "a client address" is for both limits above: the network of this many leading
+    # bits. One IPv6 subscriber gets a /64 (or more) to pick addresses from, so a per-address
+    # count on IPv6 would be one bucket per address they care to use.
+    ipv4_prefix: int = Field(default=32, ge=8, le=32)
+    ipv6_prefix: int = Field(default=64, ge=16, le=128)
 
     @field_validator("login_rate")
     @classmethod

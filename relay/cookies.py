@@ -1,12 +1,15 @@
 """The two cookies the relay sets, and how they are named.
 
 - the session cookie: an opaque 256-bit id; the table holds only its hash.
-- the login cookie: one per browser, binding every login it has in flight to it (login CSRF
-  protection), however many tabs start one; it holds an opaque id, too.
+- the login cookie: one per browser, binding the login it has in flight to it (login CSRF
+  protection); an opaque id too, a fresh one on every /login, so a value someone else planted
+  never binds the browser's own login.
 
 With cookie_secure and no cookie_domain the names take the ``__Host-`` prefix, which browsers
 accept only from a secure origin, for Path=/ and without Domain: no sibling subdomain can
-plant or overwrite them.
+plant or overwrite them. Without it, a sibling can set a second cookie of the same name (its
+own Domain or Path) that the browser sends beside ours; a request carrying two of one name is
+never answered from either (see ``cookie_id``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ class CookiePolicy:
 
     def login_id(self, request: Request) -> str | None:
         return _read(request, self.login_name)
+
+    def duplicated(self, request: Request) -> bool:
+        """Whether the request carries two cookies of our session name, or of our login name:
+        one of them was set by someone else (a sibling subdomain, an http:// page)."""
+        header = request.headers.get("cookie")
+        return _twice(header, self.session_name) or _twice(header, self.login_name)
 
     def set_session(self, response: Response, value: str, max_age: int) -> None:
         self._set(response, self.session_name, value, max_age)
@@ -79,16 +88,27 @@ def _read(request: Request, name: str) -> str | None:
 
 
 def cookie_id(header: str | None, name: str) -> str | None:
-    """Our id from a Cookie header, as Starlette reads cookies (the first Cookie header; of
-    two cookies with one name, the last), without parsing the others: this runs on every
-    forward-auth check. Anything not shaped like one of our ids is not looked up at all."""
+    """Our id from a Cookie header (the first Cookie header, as Starlette reads it), without
+    parsing the others: this runs on every forward-auth check. Anything not shaped like one of
+    our ids is not looked up at all, and neither is a name sent twice: the browser orders
+    cookies by path length and age, not by who set them, so picking one (Starlette keeps the
+    last) would let a planted cookie win."""
     if header is None or name not in header:
         return None
     value = None
     for chunk in header.split(";"):
         key, sep, candidate = chunk.partition("=")
         if sep and key.strip() == name:
+            if value is not None:
+                return None
             value = candidate.strip()
     if value is None or not looks_like_id(value):
         return None
     return value
+
+
+def _twice(header: str | None, name: str) -> bool:
+    if header is None or name not in header:
+        return False
+    names = (chunk.partition("=")[0].strip() for chunk in header.split(";"))
+    return sum(1 for key in names if key == name) > 1

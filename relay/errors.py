@@ -37,6 +37,18 @@ class BadRequest(RelayError):
     status = 400
     public_message = "The sign-in could not be completed. Please start again."
 
+    def __init__(
+        self,
+        reason: str,
+        detail: str = "",
+        *,
+        public_message: str | None = None,
+        start_again: str = "login",
+    ) -> None:
+        super().__init__(reason, detail, public_message=public_message)
+        # Relative: refusals come from /login and /callback, siblings under any prefix.
+        self.start_again = start_again
+
 
 class Unauthorized(RelayError):
     status = 401

@@ -53,7 +53,7 @@ _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 @dataclass(frozen=True)
 class LoginStarted:
     provider_url: str
-    login_id: str  # the browser's login cookie, new or the one it had
+    login_id: str  # the browser's new login cookie
 
 
 @dataclass(frozen=True)
@@ -93,22 +93,23 @@ class Flows:
     def return_url(self, rd: str | None) -> str:
         return return_url(rd, self.config)
 
-    async def start_login(
-        self, rd: str | None, login_id: str | None, client: str | None
-    ) -> LoginStarted:
+    async def start_login(self, rd: str | None, client: str | None) -> LoginStarted:
         """Write a pending login and build the provider URL. ``client`` is the client's
-        address (None when a trusted proxy did not say): its pending logins are capped."""
+        address or network (``ratelimit.client_bucket``; None when a trusted proxy did not
+        say): its pending logins are capped.
+
+        The login is bound to a login id minted here, never to the one the browser brought:
+        without the ``__Host-`` prefix (cookie_domain, cookie_secure = false) that one may
+        have been planted by a sibling site that knows it, and re-using it would keep the
+        planted value alive and bind the browser's own login to it. The price: a login the
+        browser started earlier (another tab) can no longer complete; its callback offers to
+        sign in again to where that tab was going (``_replaced``)."""
         return_to = self.return_url(rd)
         metadata = await self.discovery.get()
         now = self.now()
-        login_id = login_id or new_id()
+        login_id = new_id()
         binding_hash = hash_id(login_id)
         session, limits = self.config.session, self.config.limits
-        pending_here = await self._pending.count_for_browser(binding_hash, now)
-        if pending_here >= session.max_pending_per_browser:
-            browser = short_hash(binding_hash)
-            log.warning("login.refused", reason="too_many_pending", browser=browser)
-            raise TooManyRequests("login.too_many_pending")
         state, nonce = new_id(), new_id()
         verifier = secrets.token_urlsafe(48)  # RFC 7636 §4.1: 43-128 unreserved characters
         state_hash = hash_id(state)
@@ -122,6 +123,11 @@ class Flows:
             max_per_client=limits.max_pending_per_address,
             max_pending=limits.max_pending,
         )
+        if added.table_full:
+            log.warning(
+                "login.refused", reason="table_full", client=client, max_pending=limits.max_pending
+            )
+            raise TooManyRequests("login.table_full")
         if not added.stored:
             log.warning(
                 "login.refused",
@@ -175,7 +181,7 @@ class Flows:
         if login_id is None:
             raise BadRequest("callback.missing_login_cookie")
         if pending is None:
-            raise BadRequest("callback.unknown_state")
+            raise await self._replaced(state) or BadRequest("callback.unknown_state")
         metadata = await self.discovery.get()
         # RFC 9207 §2.4: an iss parameter, when present, must be our issuer exactly; when the
         # provider says it always sends one, a response without it is refused.
@@ -219,6 +225,24 @@ class Flows:
             # The cookie lives as long as the session can; idleness is judged by the server,
             # so an active user is not logged out when a first idle window would have ended.
             max_age=self.config.session.absolute_lifetime,
+        )
+
+    async def _replaced(self, state: str) -> BadRequest | None:
+        """The refusal for a state this browser started whose login a newer /login in the same
+        browser replaced (its cookie now binds the newer one): a page that links to a new
+        login to the same return URL. A link, not a redirect: two tabs each restarting on
+        the other's callback would replace each other's logins for as long as they raced."""
+        if not looks_like_id(state):
+            return None
+        return_to = await self._pending.return_to(hash_id(state), self.now())
+        if return_to is None:
+            return None
+        again = "login?" + urlencode({"rd": self.return_url(return_to)})
+        return BadRequest(
+            "callback.login_replaced",
+            public_message="This sign-in was replaced by a newer one started in this browser "
+            "(in another tab or window).",
+            start_again=again,
         )
 
     async def _claims(

@@ -64,8 +64,7 @@ async def error_response(request: Request, exc: Exception) -> Response:
         return JSONResponse(body, status_code=exc.status, headers=headers)
     again = ""
     if isinstance(exc, BadRequest):  # the user can fix it by starting over; not so for others
-        # Relative: refusals come from /callback, a sibling of /login under any prefix.
-        again = '<p><a href="login">Start again</a></p>'
+        again = f'<p><a href="{html.escape(exc.start_again)}">Start again</a></p>'
     title = "Sign-in problem" if exc.status < 500 else "Service problem"
     if isinstance(exc, AccessDenied):
         title = "Not allowed"

@@ -9,6 +9,7 @@ limiter outage must not become a login outage.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -20,6 +21,22 @@ from limits.storage import storage_from_string
 log = structlog.get_logger("relay.ratelimit")
 
 KEY_PREFIX = "oidc-relay"
+
+
+def client_bucket(address: str, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> str:
+    """What the login limits count as one client: the address's network of ``ipv4_prefix`` or
+    ``ipv6_prefix`` bits ("2001:db8:1:2::/64"), or the address itself at full length. An
+    IPv4-mapped IPv6 address counts as its IPv4 address; anything else is its own bucket."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    bits = ipv4_prefix if ip.version == 4 else ipv6_prefix
+    if bits == ip.max_prefixlen:
+        return str(ip)  # as before prefixes: counters and pending rows keep their keys
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
 
 class LoginLimiter:

@@ -293,3 +293,11 @@ def test_example_config_documents_every_key() -> None:
         assert isinstance(section, type) and issubclass(section, BaseModel)
         for key in section.model_fields:
             assert re.search(rf"^#? ?{key} = ", text, re.MULTILINE), f"{section_name}.{key}"
+
+
+def test_an_address_prefix_out_of_range_stops_startup() -> None:
+    """[limits] ipv6_prefix and ipv4_prefix outside their ranges are named, one line each."""
+    lines = errors(with_("limits", ipv6_prefix=0, ipv4_prefix=33))
+    assert len(lines) == 2
+    assert any(line.startswith("limits.ipv6_prefix") for line in lines)
+    assert any(line.startswith("limits.ipv4_prefix") for line in lines)

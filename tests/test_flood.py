@@ -7,9 +7,10 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, text
 
-from relay.ratelimit import LoginLimiter
+from relay.ratelimit import LoginLimiter, client_bucket
 from tests.conftest import callback_path, provider_redirect, sign_in
 from tests.provider import TestProvider
 
@@ -126,30 +127,100 @@ def test_pending_logins_per_address_hold_across_replicas(make_relay: Any, db: En
     assert pending_rows(db) == 10
 
 
-def test_a_full_table_drops_the_oldest_logins_and_refuses_nobody(
+def start(relay: Any, address: str) -> tuple[str, dict[str, str]]:
+    """A fresh browser at ``address`` starts a login: its provider URL and its cookies."""
+    relay.cookies.clear()
+    started = relay.get("/login", params={"rd": "/"}, headers={"X-Forwarded-For": address})
+    assert started.status_code == 302
+    return started.headers["location"], dict(relay.cookies)
+
+
+def finish(relay: Any, provider: TestProvider, login: tuple[str, dict[str, str]]) -> int:
+    """The browser that started ``login`` comes back from the provider."""
+    relay.cookies.clear()
+    relay.cookies.update(login[1])
+    return int(relay.get(callback_path(provider_redirect(provider, login[0]))).status_code)
+
+
+def test_a_flood_over_many_addresses_does_not_evict_a_login_in_progress(
     make_relay: Any, provider: TestProvider, db: Engine, clock: Any
 ) -> None:
-    """Past max_pending the oldest pending logins are dropped: a new login always starts, the
-    table never grows past the cap, and a login still in progress survives newer ones only
-    while it is among the newest max_pending."""
+    """Forged addresses through the trusted proxy, one login each, fill max_pending: the
+    newcomers are refused (none of them holds fewer than anyone else), and the login a person
+    started before the flood still completes."""
     with make_relay(peer="127.0.0.1", limits={"max_pending": 5}) as relay:
-        relay.cookies.clear()
-        relay.headers["X-Forwarded-For"] = "198.51.100.1"
-        early = relay.get("/login", params={"rd": "/"}, headers=NAVIGATE)
-        early_cookies = dict(relay.cookies)
+        person = start(relay, "198.51.100.1")
+        statuses = []
         for i in range(20):
             clock.advance(1)
-            assert login_from(relay, f"192.0.2.{i}") == 302
+            statuses.append(login_from(relay, f"192.0.2.{i}"))
             assert pending_rows(db) <= 5
+        assert statuses == [302] * 4 + [429] * 16
+        assert finish(relay, provider, person) == 302
+
+
+def test_a_full_table_takes_from_the_client_holding_the_most(
+    make_relay: Any, provider: TestProvider, db: Engine, clock: Any
+) -> None:
+    """One IPv6 /64 floods a full table: its own newest are refused; a newcomer from another
+    address starts at the flooder's expense (its oldest goes), and the people in the middle
+    of a login get in."""
+    limits = {"max_pending": 5, "max_pending_per_address": 100}
+    with make_relay(peer="127.0.0.1", limits=limits) as relay:
+        first = start(relay, "198.51.100.1")
+        flood = []
+        for i in range(20):
+            clock.advance(1)
+            flood.append(login_from(relay, f"2001:db8:bad:1::{i + 1:x}"))
+        assert flood == [302] * 4 + [429] * 16
+        clock.advance(1)
+        second = start(relay, "198.51.100.2")
         assert pending_rows(db) == 5
-        # The first login was dropped: its callback is refused, and the user starts again.
-        relay.cookies.clear()
-        relay.cookies.update(early_cookies)
-        del relay.headers["X-Forwarded-For"]
-        late = relay.get(callback_path(provider_redirect(provider, early.headers["location"])))
-        assert late.status_code == 400
-        relay.headers["X-Forwarded-For"] = "198.51.100.1"
-        assert sign_in(relay, provider).status_code == 302
+        assert finish(relay, provider, first) == 302
+        assert finish(relay, provider, second) == 302
+
+
+def test_one_ipv6_64_is_one_client_for_the_login_rate(make_relay: Any) -> None:
+    """Addresses of one /64 share a rate bucket (one subscriber picks any of them at will);
+    another /64 has its own."""
+    with make_relay(peer="127.0.0.1", limits={"login_rate": "10/minute"}) as relay:
+        one = [login_from(relay, f"2001:db8:1:2::{i + 1:x}") for i in range(30)]
+        other = login_from(relay, "2001:db8:1:3::1")
+    assert one.count(302) == 10
+    assert other == 302
+
+
+def test_one_ipv6_64_is_one_client_for_the_pending_cap(make_relay: Any, db: Engine) -> None:
+    """The live pending logins of a /64 are counted together, across its addresses."""
+    with make_relay(peer="127.0.0.1", limits={"max_pending_per_address": 5}) as relay:
+        statuses = [login_from(relay, f"2001:db8:1:2:{i + 1:x}::1") for i in range(30)]
+    assert statuses.count(302) == 5
+    assert pending_rows(db) == 5
+
+
+def test_the_ipv6_prefix_is_configurable(make_relay: Any) -> None:
+    """[limits] ipv6_prefix = 128 counts each IPv6 address alone; ipv4_prefix = 24 counts an
+    IPv4 /24 as one client."""
+    limits = {"login_rate": "2/minute", "ipv6_prefix": 128, "ipv4_prefix": 24}
+    with make_relay(peer="127.0.0.1", limits=limits) as relay:
+        six = [login_from(relay, f"2001:db8:1:2::{i + 1:x}") for i in range(5)]
+        four = [login_from(relay, f"192.0.2.{i + 1}") for i in range(5)]
+    assert six == [302] * 5
+    assert four == [302, 302, 429, 429, 429]
+
+
+@pytest.mark.parametrize(
+    ("address", "bucket"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("not-an-address", "not-an-address"),
+    ],
+)
+def test_client_bucket(address: str, bucket: str) -> None:
+    """An address is counted as its network with the defaults: IPv4 alone, IPv6 by /64."""
+    assert client_bucket(address) == bucket
 
 
 def test_pending_cap_per_address_frees_up_as_logins_expire(make_relay: Any, clock: Any) -> None:
@@ -193,7 +264,9 @@ def test_an_unreachable_shared_storage_lets_logins_through() -> None:
 def test_replicas_on_shared_storage_share_the_login_rate(make_relay: Any) -> None:
     """Two relay processes with [limits] storage_uri on the machine's Redis: one client gets
     login_rate in all, not login_rate from each."""
-    client = f"2001:db8::{uuid.uuid4().hex[:4]}"  # fresh counters on a long-lived Redis
+    client = (
+        f"2001:db8:{uuid.uuid4().hex[:4]}::1"  # a fresh /64: new counters on a long-lived Redis
+    )
     limits = {"login_rate": "6/minute", "storage_uri": "redis://127.0.0.1:6379/0"}
     with (
         make_relay(peer="127.0.0.1", limits=limits) as one,

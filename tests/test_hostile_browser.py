@@ -10,7 +10,7 @@ from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
 from relay.crypto import new_id
-from tests.conftest import sign_in
+from tests.conftest import callback_path, provider_redirect, sign_in
 from tests.provider import TestProvider
 
 
@@ -151,3 +151,77 @@ def test_login_still_sends_a_navigation_to_the_provider(relay: TestClient) -> No
     """A browser loading a page (Sec-Fetch-Mode: navigate, Accept: text/html) is redirected."""
     headers = {"Sec-Fetch-Mode": "navigate", "Accept": "text/html,application/xhtml+xml"}
     assert relay.get("/login", headers=headers).status_code == 302
+
+
+# -- cookie tossing: cookie_domain or cookie_secure = false, where a sibling can plant cookies
+
+
+def test_a_planted_login_cookie_does_not_outlive_the_next_login(
+    make_relay: Any, provider: TestProvider, db: Engine
+) -> None:
+    """An attacker starts a login, gets to the provider's answer and stops; it plants its
+    login cookie in the victim's browser (cookie_domain: a sibling subdomain can). The victim
+    starts a login of its own: it gets a fresh login cookie, so the attacker's callback,
+    opened in the victim's browser, is refused and signs nobody in as the attacker."""
+    with make_relay(session={"cookie_domain": "relay.test"}) as attacker:
+        started = attacker.get("/login")
+        planted = attacker.cookies["relay_session_login"]
+        evil_callback = callback_path(provider_redirect(provider, started.headers["location"]))
+    with make_relay(session={"cookie_domain": "relay.test"}) as victim:
+        victim.cookies.set("relay_session_login", planted, domain=".relay.test")
+        assert victim.get("/login").status_code == 302
+        assert victim.cookies["relay_session_login"] != planted
+        refused = victim.get(evil_callback)
+    assert refused.status_code == 400
+    assert "relay_session" not in victim.cookies
+    assert session_rows(db) == 0
+
+
+def session_rows(db: Engine) -> int:
+    with db.connect() as conn:
+        rows = conn.execute(text("SELECT count(*) FROM sessions WHERE status = 'active'"))
+        return int(rows.scalar_one())
+
+
+@pytest.mark.parametrize("path", ["/auth", "/auth/redirect", "/userinfo"])
+@pytest.mark.parametrize("planted_first", [True, False], ids=["planted-first", "planted-last"])
+def test_two_session_cookies_are_no_session(
+    relay: TestClient, provider: TestProvider, path: str, planted_first: bool
+) -> None:
+    """A request carrying our session cookie and a second one of the same name (planted by a
+    sibling, under its own Domain or Path) is answered as signed out, whichever comes first:
+    the relay never picks one. The cached session's shortcut and the routed check agree."""
+    sign_in(relay, provider)
+    mine = relay.cookies["__Host-relay_session"]
+    assert raw_get(relay, path, f"__Host-relay_session={mine}").status_code == 200
+    cookies = [f"__Host-relay_session={mine}", f"__Host-relay_session={new_id()}"]
+    header = "; ".join(reversed(cookies) if planted_first else cookies)
+    assert raw_get(relay, path, header).status_code == 401
+
+
+def test_two_login_cookies_at_the_callback_are_refused(
+    relay: TestClient, provider: TestProvider, db: Engine
+) -> None:
+    """A callback carrying two login cookies (ours and a planted one) is refused with a page
+    saying to clear the site's cookies; no session, whichever of the two the state is bound
+    to."""
+    started = relay.get("/login")
+    mine = relay.cookies["__Host-relay_session_login"]
+    callback = callback_path(provider_redirect(provider, started.headers["location"]))
+    header = f"__Host-relay_session_login={new_id()}; __Host-relay_session_login={mine}"
+    relay.cookies.clear()
+    refused = relay.get(callback, headers={"Cookie": header})
+    assert refused.status_code == 400
+    assert "two sign-in cookies" in refused.text
+    assert session_rows(db) == 0
+
+
+def test_two_session_cookies_stop_at_login_rather_than_loop(relay: TestClient) -> None:
+    """/auth answers 401 to two session cookies and the proxy sends the browser to /login;
+    a new login cannot remove the planted cookie, so /login says what to do instead of
+    sending the browser round again."""
+    header = f"__Host-relay_session={new_id()}; __Host-relay_session={new_id()}"
+    relay.cookies.clear()
+    response = relay.get("/login", headers={"Cookie": header, "Accept": "text/html"})
+    assert response.status_code == 400
+    assert "Clear this site&#x27;s cookies" in response.text

@@ -272,24 +272,39 @@ def test_login_rd_off_allowed_hosts_falls_back(relay: TestClient, provider: Test
     assert done.headers["location"] == PUBLIC_URL + "/"
 
 
-def test_login_caps_pending_logins_per_browser(relay: TestClient) -> None:
-    """A browser with max_pending_per_browser logins in flight gets 429, and one cookie."""
-    for _ in range(10):
+def test_every_login_gets_a_fresh_login_cookie(relay: TestClient) -> None:
+    """Each /login sets a new login id, never the one the browser brought (which someone
+    else may have planted); the browser still holds one login cookie."""
+    values = []
+    for _ in range(11):
         assert relay.get("/login").status_code == 302
-    assert relay.get("/login").status_code == 429
+        values.append(relay.cookies[LOGIN_COOKIE])
+    assert len(set(values)) == 11
     assert [c.name for c in relay.cookies.jar].count(LOGIN_COOKIE) == 1
 
 
-def test_parallel_logins_in_one_browser_all_complete(
-    relay: TestClient, provider: TestProvider
+def test_a_tab_whose_login_was_replaced_offers_to_sign_in_again(
+    relay: TestClient, provider: TestProvider, db: Engine
 ) -> None:
-    """Several tabs start a login at once; each completes with the one login cookie."""
+    """Three tabs start a login; the newest completes. The older two, bound to login ids the
+    browser no longer has, get a 400 page linking to a new login to the tab's own return URL
+    (a link, not a redirect loop), and following it completes."""
     starts = [relay.get("/login", params={"rd": f"/tab{i}"}) for i in range(3)]
     callbacks = [provider_redirect(provider, s.headers["location"]) for s in starts]
-    for i, url in enumerate(reversed(callbacks)):
-        response = relay.get(callback_path(url))
-        assert response.status_code == 302
-        assert response.headers["location"] == f"/tab{2 - i}"
+    newest = relay.get(callback_path(callbacks[2]))
+    assert newest.status_code == 302
+    assert newest.headers["location"] == "/tab2"
+    for i in (0, 1):
+        replaced = relay.get(callback_path(callbacks[i]))
+        assert replaced.status_code == 400
+        assert "replaced by a newer one" in replaced.text
+        link = f"login?rd=%2Ftab{i}"
+        assert f'<a href="{link}">Start again</a>' in replaced.text
+        again = relay.get("/" + link)
+        done = relay.get(callback_path(provider_redirect(provider, again.headers["location"])))
+        assert done.status_code == 302
+        assert done.headers["location"] == f"/tab{i}"
+    assert session_count(db) == 3
 
 
 # -- /logout --------------------------------------------------------------------------------

@@ -7,10 +7,16 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from relay.endpoints import Context, context
-from relay.errors import TooManyRequests, Unauthorized
+from relay.errors import BadRequest, TooManyRequests, Unauthorized
 from relay.forwarded import client_address, from_trusted_proxy, is_navigation, original_url
+from relay.ratelimit import client_bucket
 
 log = structlog.get_logger("relay.login")
+
+_TWO_COOKIES = (
+    "Your browser sent two sign-in cookies for this site, one of them set by another site. "
+    "Clear this site's cookies in your browser, then sign in again."
+)
 
 
 async def login(request: Request) -> Response:
@@ -20,18 +26,26 @@ async def login(request: Request) -> Response:
     ctx = context(request)
     if not is_navigation(request, ctx.proxies):
         raise Unauthorized("login.not_navigation")
-    client = client_address(request, ctx.proxies)
-    if client is None:
+    if ctx.cookies.duplicated(request):
+        # /auth treats the pair as no session and sends the browser here; a new login would
+        # not remove the cookie someone else set, and the browser would come straight back.
+        raise BadRequest("login.duplicate_cookie", public_message=_TWO_COOKIES)
+    address = client_address(request, ctx.proxies)
+    client = None
+    if address is None:
         log.warning(
             "login.client_unknown",
             hint="the trusted proxy sent no X-Forwarded-For or X-Real-IP: per-address limits "
             "cannot apply to its requests",
         )
-    elif not await ctx.login_limiter.allow(client):
-        log.warning("login.refused", reason="rate_limited", client=client)
-        raise TooManyRequests("login.rate_limited")
+    else:
+        limits = ctx.config.limits
+        client = client_bucket(address, limits.ipv4_prefix, limits.ipv6_prefix)
+        if not await ctx.login_limiter.allow(client):
+            log.warning("login.refused", reason="rate_limited", client=address, bucket=client)
+            raise TooManyRequests("login.rate_limited")
     rd = request.query_params.get("rd") or _forwarded_return_url(request, ctx)
-    started = await ctx.flows.start_login(rd, ctx.cookies.login_id(request), client)
+    started = await ctx.flows.start_login(rd, client)
     response = RedirectResponse(started.provider_url, status_code=302)
     ctx.cookies.set_login(response, started.login_id, ctx.config.session.pending_lifetime)
     return response
@@ -65,6 +79,8 @@ def _inside_relay(url: str, ctx: Context) -> bool:
 
 async def callback(request: Request) -> Response:
     ctx = context(request)
+    if ctx.cookies.duplicated(request):
+        raise BadRequest("callback.duplicate_cookie", public_message=_TWO_COOKIES)
     done = await ctx.flows.finish_login(request.query_params, ctx.cookies.login_id(request))
     response = RedirectResponse(done.return_to, status_code=302)
     ctx.cookies.set_session(response, done.session_id, done.max_age)

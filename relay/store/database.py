@@ -116,6 +116,13 @@ class Database:
         self.timeout = timeout
         self.is_postgres = engine.dialect.name == "postgresql"
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # SQLite has one writer at a time, and its busy handler is no queue: a writer polls
+        # for the lock and, under a burst of logins, some poll past busy_timeout while later
+        # ones slip in ("database is locked", a 503, measured at 32 browsers signing in at
+        # once). The process's transactions take turns here instead, first come first served;
+        # SQLite serves one process (README), so this is every writer but the pruner's
+        # batches and single-statement autocommit updates, which still wait on busy_timeout.
+        self._one_writer = contextlib.nullcontext() if self.is_postgres else asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -127,10 +134,11 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction, committed when the block ends, rolled back if it raises."""
+        """A transaction, committed when the block ends, rolled back if it raises. On SQLite
+        the wait for the process's previous writer counts against the same bound."""
         with translated():
             async with asyncio.timeout(self.timeout + _GRACE):
-                async with self.engine.begin() as conn:
+                async with self._one_writer, self.engine.begin() as conn:
                     yield conn
 
     @contextlib.asynccontextmanager

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import ColumnElement, delete, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.crypto import Sealer
 from relay.store.database import Database
@@ -25,8 +26,9 @@ class PendingLogin:
 
 @dataclass(frozen=True)
 class Added:
-    stored: bool  # False: the client already has its maximum of pending logins
-    evicted: int  # the oldest pending logins dropped to keep the table within its cap
+    stored: bool  # False: refused, for one of the two reasons below
+    evicted: int  # pending logins dropped to keep the table within max_pending
+    table_full: bool = False  # refused: the table is full and this client holds the most
 
 
 class PendingLogins:
@@ -34,18 +36,17 @@ class PendingLogins:
         self._db = db
         self._sealer = sealer
 
-    async def count_for_browser(self, binding_hash: str, now: int) -> int:
-        query = (
-            select(func.count())
-            .select_from(sessions)
-            .where(
-                sessions.c.binding_hash == binding_hash,
-                sessions.c.status == PENDING,
-                sessions.c.expires_at > now,
-            )
+    async def return_to(self, state_hash: str, now: int) -> str | None:
+        """Where a live pending login was going, whichever browser it is bound to: for the
+        page that offers a new login when a newer one replaced it. Nothing is taken."""
+        query = select(sessions.c.return_to).where(
+            sessions.c.id_hash == state_hash,
+            sessions.c.status == PENDING,
+            sessions.c.expires_at > now,
         )
         async with self._db.read() as conn:
-            return int((await conn.execute(query)).scalar_one())
+            found: str | None = (await conn.execute(query)).scalar_one_or_none()
+        return found
 
     async def add(
         self,
@@ -61,11 +62,18 @@ class PendingLogins:
 
         The row goes in first and the caps are checked after, so logins racing each other
         cannot all pass a count taken before any of them was written: past ``max_per_client``
-        live rows for this client the new row is taken back out; past ``max_pending`` rows in
-        all, the oldest pending rows (anyone's) are dropped: a full table costs the stalest logins,
-        never every new one. On PostgreSQL the transactions take turns (an advisory lock), so
-        concurrent logins cannot each count the table without the others' rows; SQLite has one
-        writer at a time anyway.
+        live rows for this client the new row is taken back out. Past ``max_pending`` rows in
+        all, the client holding the most pending rows pays, never one holding fewer than the
+        newcomer: if another client holds more than the newcomer's own, its oldest row goes;
+        if the newcomer's client holds the most (or as many as any), the newcomer is refused,
+        since a login someone is in the middle of is worth more than one just asked for. So a
+        flood, from one address or spread over many, displaces only itself. Logins whose
+        client is unknown (a proxy that did not say) are one client here, but people behind
+        that proxy are many: when they hold the most, their own oldest goes instead of the
+        newcomer being refused.
+        On PostgreSQL the transactions take turns (an advisory lock), so concurrent logins
+        cannot each count the table without the others' rows; SQLite's writers take turns in
+        ``Database.write``.
         """
         async with self._db.write() as conn:
             if self._db.is_postgres:
@@ -99,19 +107,60 @@ class PendingLogins:
                 if count > max_per_client:
                     await conn.execute(delete(sessions).where(sessions.c.id_hash == state_hash))
                     return Added(stored=False, evicted=0)
-            beyond_cap = (
+            # One more row than the cap at most (each login adds one, and takes one out when
+            # over): counting up to the cap's worth of index entries is enough to know.
+            beyond = (
                 select(sessions.c.id_hash)
                 .where(sessions.c.status == PENDING)
-                .order_by(sessions.c.created_at.desc(), sessions.c.id_hash.desc())
                 .offset(max_pending)
-                .scalar_subquery()
+                .limit(1)
             )
-            evicted = await conn.execute(
-                delete(sessions).where(
-                    sessions.c.status == PENDING, sessions.c.id_hash.in_(beyond_cap)
-                )
+            if (await conn.execute(beyond)).first() is None:
+                return Added(stored=True, evicted=0)
+            victim = await self._evict_for(conn, state_hash, client_hash)
+            if victim is None:
+                await conn.execute(delete(sessions).where(sessions.c.id_hash == state_hash))
+                return Added(stored=False, evicted=0, table_full=True)
+            await conn.execute(delete(sessions).where(sessions.c.id_hash == victim))
+        return Added(stored=True, evicted=1)
+
+    async def _evict_for(
+        self, conn: AsyncConnection, state_hash: str, client_hash: str | None
+    ) -> str | None:
+        """The pending row to drop for a full table: the oldest of the client holding the
+        most pending rows, if that is not the newcomer's own client (None: refuse the
+        newcomer); for an unknown client, its own oldest but the newcomer."""
+        group = sessions.c.client_hash
+        pending = sessions.c.status == PENDING
+        own = (
+            await conn.execute(
+                select(func.count()).select_from(sessions).where(pending, _same(group, client_hash))
             )
-        return Added(stored=True, evicted=evicted.rowcount)
+        ).scalar_one()
+        rows = func.count().label("rows")
+        biggest = (
+            await conn.execute(
+                select(group, rows)
+                .where(pending, group.is_distinct_from(client_hash))
+                .group_by(group)
+                .order_by(rows.desc(), func.min(sessions.c.created_at))
+                .limit(1)
+            )
+        ).first()
+        if biggest is not None and biggest.rows > own:
+            target: str | None = biggest.client_hash
+        elif client_hash is None:
+            target = None  # unknown clients are never refused: their own oldest goes
+        else:
+            return None
+        oldest = (
+            select(sessions.c.id_hash)
+            .where(pending, _same(group, target), sessions.c.id_hash != state_hash)
+            .order_by(sessions.c.created_at, sessions.c.id_hash)
+            .limit(1)
+        )
+        victim: str | None = (await conn.execute(oldest)).scalar_one_or_none()
+        return victim
 
     async def take(self, state_hash: str, binding_hash: str, now: int) -> PendingLogin | None:
         """Consume the pending login for this state and browser, if any: one caller wins.
@@ -147,3 +196,8 @@ class PendingLogins:
             created_at=row.created_at,
             expires_at=row.expires_at,
         )
+
+
+def _same(column: ColumnElement[str | None], value: str | None) -> ColumnElement[bool]:
+    """``column = value``, where None (an unknown client) is a value too."""
+    return column.is_(None) if value is None else column == value
