@@ -5,16 +5,20 @@ named as oauth2-proxy names them).
 A rule set passes when every part it names passes: an email rule (email_domains or'ed with
 allowed_emails), a group rule (one of allowed_groups), each required claim. Narrower rules
 add parts; they never widen. The judgement is pure: claims in, a refusal or None out.
+
+Before any rule, the claims that name the user to the rules or to the app must read as the app
+will receive them (relay/exact.py): a rule is only as good as the value it judged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from relay.config import AccessConfig
+from relay.exact import flaw, listed
 from relay.hosts import Host, parse_host
 
 # The names /auth's query string narrows by, as oauth2-proxy's /oauth2/auth takes them.
@@ -69,9 +73,14 @@ def strings(value: Any) -> list[str]:
 
 
 class Access:
-    def __init__(self, config: AccessConfig) -> None:
+    def __init__(self, config: AccessConfig, shown: Iterable[str] = ()) -> None:
+        """``shown``: the claims (names or dotted paths) the headers give the app."""
         self._allow_unverified = config.allow_unverified_email
         self.groups_path = tuple(config.groups_claim.split("."))
+        # Every claim that names the user to the rules or to the app: sub, the email the
+        # rules read, the groups, the required claims, and what the headers show.
+        exact = {"sub", "email", config.groups_claim, *config.required_claims, *shown}
+        self._exact = tuple((name, tuple(name.split("."))) for name in sorted(exact))
         self.rules = Rules(
             emails=frozenset(config.allowed_emails),
             domains=tuple(config.email_domains),
@@ -98,7 +107,9 @@ class Access:
         return bool(self._hosts)
 
     def groups(self, claims: Mapping[str, Any]) -> list[str]:
-        return strings(claim(claims, self.groups_path))
+        """The groups, as the rules judge them and X-Auth-Request-Groups carries them: a group
+        with a comma in its name is none (relay/exact.py), rather than read as two."""
+        return listed(strings(claim(claims, self.groups_path)))
 
     def refusal(
         self, claims: Mapping[str, Any], host: str | None = None, query: str = ""
@@ -107,7 +118,9 @@ class Access:
         the query string's), or None when they may. ``host`` is the forwarded host as a
         trusted proxy sent it (every X-Forwarded-Host line, comma-joined), None when none
         did."""
-        refused = self._judge(claims, self.rules)
+        refused = self._ambiguous(claims)
+        if refused is None:
+            refused = self._judge(claims, self.rules)
         if refused is None and host is not None and self._hosts:
             refused = self._judge_host(claims, host)
         if refused is None and query:
@@ -115,6 +128,22 @@ class Access:
             if not rules.empty:
                 refused = self._judge(claims, rules)
         return refused
+
+    def _ambiguous(self, claims: Mapping[str, Any]) -> Refusal | None:
+        """A claim the rules or the app read that would reach the app as another value (or as
+        none): "ali\tce" or " alice " must not pass as alice, so neither passes at all."""
+        for name, path in self._exact:
+            for text in strings(claim(claims, path)):
+                problem = flaw(text)
+                if problem is not None:
+                    return Refusal(
+                        "access.ambiguous_claim",
+                        "Your account at the identity provider has a name or attribute that "
+                        "cannot be passed on exactly (a control character, or a space at "
+                        "either end); tell this site's operator.",
+                        f"{name}: {problem}",
+                    )
+        return None
 
     def _judge_host(self, claims: Mapping[str, Any], host: str) -> Refusal | None:
         parsed = parse_host(host)

@@ -56,6 +56,9 @@ def identity_from_headers(headers: Mapping[str, str]) -> Identity | None:
         subject=subject,
         user=lowered.get("x-auth-request-user", "") or subject,
         email=lowered.get("x-auth-request-email", ""),
+        # The relay sends each group exactly, comma-separated, none with a comma or a space
+        # at either end (relay/exact.py): split, never strip or unescape, and a group reads
+        # as the relay's rules judged it.
         groups=tuple(g for g in groups.split(",") if g),
     )
 

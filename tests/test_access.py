@@ -10,7 +10,9 @@ from sqlalchemy import Engine, text
 
 from relay.access import Access
 from relay.config import AccessConfig, ConfigError, config_from_mapping
-from tests.conftest import PUBLIC_URL, callback_path, provider_redirect, sign_in
+from relay.headers import IdentityHeaders
+from relay.store.sessions import ActiveSession
+from tests.conftest import PUBLIC_URL, callback_path, log_lines, provider_redirect, sign_in
 from tests.provider import TestProvider
 from tests.test_config import GOOD
 
@@ -490,3 +492,116 @@ def test_refreshed_claims_are_judged_by_the_rules(
         clock.advance(3600)
         assert relay.get("/auth").status_code == 403
         assert relay.get("/auth").status_code == 403
+
+
+# Values that an HTTP header cannot carry as they are, or that reach the app as another value
+# (field values lose their edge spaces; control characters used to be stripped).
+INEXACT = ["ali\tce", "ali\x00ce", "ali\r\nce", " alice ", "alice ", "ali\x85ce", "alice\u00a0"]
+
+
+@pytest.mark.parametrize("value", INEXACT)
+def test_claims_that_would_reach_the_app_as_another_value_are_refused(value: str) -> None:
+    """sub, the email and every group are judged exactly as the app would receive them: a
+    value with a control character or a space at either end is refused outright."""
+    rules = {"email_domains": ["*"]}
+    assert judge(ALICE | {"sub": value}, **rules) == "access.ambiguous_claim"
+    email = value.replace("ce", "ce@example.com")
+    assert judge(ALICE | {"email": email}, **rules) == "access.ambiguous_claim"
+    assert judge(ALICE | {"groups": ["staff", value]}, **rules) == "access.ambiguous_claim"
+    assert judge(ALICE | {"groups": value}, **rules) == "access.ambiguous_claim"
+    # A claim neither the rules nor the headers read is none of the relay's business.
+    assert judge(ALICE | {"nickname": value}, **rules) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"preferred_username": "ali\tce"},
+        {"preferred_username": "ali\x00ce"},
+        {"preferred_username": "ali\r\nce"},
+        {"preferred_username": " alice "},
+        {"email": "alice@example.com "},
+        {"groups": ["staff", "admins\x7f"]},
+        {"department": "R&D\n"},
+    ],
+)
+def test_a_login_with_an_ambiguous_identity_gets_a_403_naming_the_claim(
+    make_relay: Any, provider: TestProvider, db: Engine, log_stream: Any, change: dict[str, Any]
+) -> None:
+    """A login whose identity would reach the app as another value ("ali\\tce" as "alice")
+    is refused: a 403 page saying why, no session, and a login.forbidden line naming the
+    claim but not its value."""
+    [claim] = change
+    provider.profile.update(change)
+    headers = {"extra": {"X-Auth-Request-Department": "department"}}
+    with make_relay(headers=headers) as relay:
+        done = sign_in(relay, provider)
+        assert done.status_code == 403
+        assert "cannot be passed on exactly" in done.text
+        assert active_sessions(db) == 0
+        assert relay.get("/auth").status_code == 401
+    [event] = [line for line in log_lines(log_stream) if line["event"] == "login.forbidden"]
+    assert event["reason"] == "access.ambiguous_claim"
+    assert event["detail"].startswith(claim + ": ")
+    assert "ali" not in event["detail"] and "R&D" not in event["detail"]
+
+
+def test_a_stored_session_whose_identity_turns_ambiguous_is_refused_at_auth(
+    make_relay: Any, provider: TestProvider, clock: Any
+) -> None:
+    """A session stored before its claims were judged this way (here: a header added since
+    shows a claim with a tab in it), or whose refreshed claims bring one, gets 403 at
+    /auth, routed and from the shortcut alike."""
+    provider.profile["name"] = "Alice\tExample"
+    with make_relay() as relay:
+        sign_in(relay, provider)
+        assert relay.get("/auth").status_code == 200  # name is in no header, judged by no rule
+        cookies = dict(relay.cookies)
+    with make_relay(headers={"user_claim": "name"}) as relay:
+        relay.cookies.update(cookies)
+        assert [relay.get("/auth").status_code for _ in range(3)] == [403] * 3
+    provider.profile["name"] = "Alice Example"
+    with make_relay() as relay:
+        sign_in(relay, provider)
+        assert relay.get("/auth").status_code == 200
+        provider.profile["preferred_username"] = "alice\x00"
+        clock.advance(3600)  # the access token expires: the check refreshes the claims
+        refused = relay.get("/auth", headers={"accept": "application/json"})
+        assert (refused.status_code, refused.json()["error"]) == (403, "access.ambiguous_claim")
+        assert relay.get("/auth").status_code == 403
+
+
+def test_a_header_carries_the_claim_exactly_or_not_at_all() -> None:
+    """Rendered headers are the claims' text exactly; a value that could not arrive as it is
+    (which the rules refuse anyway) is sent empty, never stripped into another value."""
+    config = config_from_mapping(GOOD | {"access": {"email_domains": ["*"]}}, {})
+    headers = IdentityHeaders(config.headers, Access(config.access))
+    claims = {"sub": "u1", "preferred_username": "ali\tce", "email": " alice@example.com"}
+    session = ActiveSession("h", "u1", claims | {"groups": ["staff"]}, 0, 0, 1)
+    rendered = dict(headers.render(session))
+    assert rendered[b"x-auth-request-user"] == b""
+    assert rendered[b"x-auth-request-email"] == b""
+    assert rendered[b"x-auth-request-preferred-username"] == b""
+    assert rendered[b"x-auth-request-subject"] == b"u1"
+    exact = ActiveSession("h", "u1", {"sub": "u1", "preferred_username": "Ålice Ex"}, 0, 0, 1)
+    assert dict(headers.render(exact))[b"x-auth-request-user"] == "Ålice Ex".encode()
+
+
+def test_a_group_with_a_comma_is_no_group_for_the_rules_or_the_app(
+    make_relay: Any, provider: TestProvider
+) -> None:
+    """X-Auth-Request-Groups is comma-separated, so a group named "x,admins" would reach
+    the app as "x" and "admins": it is left out, of the header and of the rules alike."""
+    provider.profile["groups"] = ["x,admins", "staff"]
+    # A rule naming such a group could never pass: it stops startup instead.
+    [line] = config_errors({"email_domains": ["*"], "allowed_groups": ["x,admins"]})
+    assert line.startswith("access.allowed_groups: "), line
+    hosts = {"a.example": {"allowed_groups": [" admins"]}}
+    [line] = config_errors({"email_domains": ["*"], "hosts": hosts})
+    assert line.startswith("access.hosts.a.example.allowed_groups: "), line
+    with make_relay() as relay:
+        sign_in(relay, provider)
+        for _ in range(2):  # routed, then the shortcut
+            assert relay.get("/auth").headers["x-auth-request-groups"] == "staff"
+            assert relay.get("/auth?allowed_groups=admins").status_code == 403
+            assert relay.get("/auth?allowed_groups=staff").status_code == 200

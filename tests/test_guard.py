@@ -478,3 +478,12 @@ def test_a_forbidden_user_gets_403_not_a_login_loop() -> None:
     response = app.get("/x", headers={"cookie": "__Host-relay_session=x"})
     assert response.status_code == 403
     assert response.json() == {"error": "forbidden"}
+
+
+def test_a_group_with_a_comma_never_reads_as_two(relay: TestClient, provider: TestProvider) -> None:
+    """A group named "x,admins" is not the group admins for the app: the relay and the
+    guard read X-Auth-Request-Groups alike, and neither sees admins in it."""
+    provider.profile["groups"] = ["x,admins", "staff"]
+    cookie = session_cookie(relay, provider)
+    assert guarded(relay).get("/", headers={"cookie": cookie}).json()["groups"] == ["staff"]
+    assert relay.get("/auth?allowed_groups=admins").status_code == 403
