@@ -12,6 +12,7 @@ will receive them (relay/exact.py): a rule is only as good as the value it judge
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,10 +48,6 @@ class Rules:
     # authenticated emails or email domains); narrower rules are each a rule of their own.
     emails_or_domains: bool = False
     unreadable: tuple[str, ...] = ()  # query parameters named like rules that say nothing
-
-    @property
-    def empty(self) -> bool:
-        return not (self.emails or self.domains or self.groups or self.claims or self.unreadable)
 
 
 def claim(claims: Mapping[str, Any], path: Sequence[str]) -> Any:
@@ -124,9 +121,11 @@ class Access:
         if refused is None and host is not None and self._hosts:
             refused = self._judge_host(claims, host)
         if refused is None and query:
-            rules = query_rules(query)
-            if not rules.empty:
+            # One rule set per parameter given, each to pass (a rule given twice is and'ed).
+            for rules in query_rules(query):
                 refused = self._judge(claims, rules)
+                if refused is not None:
+                    break
         return refused
 
     def _ambiguous(self, claims: Mapping[str, Any]) -> Refusal | None:
@@ -226,26 +225,36 @@ class Access:
         return Refusal("access.email_not_allowed", "Your email address is not allowed here.")
 
 
-def query_rules(query: str) -> Rules:
-    """The narrower rules in /auth's query string (comma-separated values). Other parameters
-    are not ours and are ignored, except those named like a rule ("allowed..."): a rule the
-    relay cannot read refuses, rather than letting everyone through."""
-    given: dict[str, list[str]] = {}
-    unreadable: list[str] = []
+def query_rules(query: str) -> list[Rules]:
+    """The narrower rules in /auth's query string: one rule set per parameter (its values
+    comma-separated), each of which must pass, so a rule given twice is and'ed (oauth2-proxy
+    reads the first only; or'ed, a second would widen the first). Other parameters are not
+    ours and are ignored, except those named like a rule: a rule the relay cannot read
+    refuses, rather than letting everyone through. Those come first, so their refusal is
+    the one the log shows."""
+    unreadable: list[Rules] = []
+    given: list[Rules] = []
     for name, value in parse_qsl(query, keep_blank_values=True):
-        if name in _NARROWING:
-            values = [v.strip() for v in value.split(",") if v.strip()]
-            given.setdefault(name, []).extend(values)
-            if not values:
-                unreadable.append(name)
-        elif name.lower().startswith("allowed"):
-            unreadable.append(name)
-    return Rules(
-        emails=frozenset(e.lower() for e in given.get(QUERY_EMAILS, ())),
-        domains=tuple(d.lower() for d in given.get(QUERY_DOMAINS, ())),
-        groups=frozenset(given.get(QUERY_GROUPS, ())),
-        unreadable=tuple(unreadable),
-    )
+        if not _named_like_a_rule(name):
+            continue
+        values = [v.strip() for v in value.split(",") if v.strip()]
+        if name not in _NARROWING or not values:
+            unreadable.append(Rules(unreadable=(name,)))
+        elif name == QUERY_GROUPS:
+            given.append(Rules(groups=frozenset(values)))
+        elif name == QUERY_EMAILS:
+            given.append(Rules(emails=frozenset(v.lower() for v in values)))
+        else:
+            given.append(Rules(domains=tuple(v.lower() for v in values)))
+    return [*unreadable, *given]
+
+
+def _named_like_a_rule(name: str) -> bool:
+    # Read more loosely than any proxy or framework would: case, width, and spaces, controls
+    # or punctuation anywhere (" allowed_groups", "Allowed-Groups", "allowed_groups[]"). Only
+    # the exact spellings are rules; the rest of what matches here refuses.
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return "allowed" in "".join(c for c in folded if c.isalnum())
 
 
 def _domain_matches(domain: str, allowed: str) -> bool:

@@ -147,7 +147,19 @@ def test_groups_come_from_a_dotted_groups_claim() -> None:
         ("allowed_groups=admins", None),
         ("allowed_groups=auditors,admins", None),
         ("allowed_groups=auditors", "access.group_not_allowed"),
-        ("allowed_groups=auditors&allowed_groups=staff", None),
+        # A rule given twice is two rules, each of which must pass (oauth2-proxy reads only the
+        # first; or'ing them would let a second occurrence widen the first).
+        ("allowed_groups=auditors&allowed_groups=staff", "access.group_not_allowed"),
+        ("allowed_groups=staff&allowed_groups=auditors", "access.group_not_allowed"),
+        ("allowed_groups=staff&allowed_groups=admins", None),
+        (
+            "allowed_emails=bob@example.com&allowed_emails=alice@example.com",
+            "access.email_not_allowed",
+        ),
+        (
+            "allowed_email_domains=example.com&allowed_email_domains=example.org",
+            "access.email_not_allowed",
+        ),
         ("allowed_emails=alice@example.com", None),
         ("allowed_emails=bob@example.com", "access.email_not_allowed"),
         ("allowed_email_domains=example.com", None),
@@ -174,6 +186,19 @@ def test_groups_come_from_a_dotted_groups_claim() -> None:
         ("allowed_group=admins", "access.unknown_rule"),
         ("allowed_groups%3Dadmins", "access.unknown_rule"),
         ("Allowed_Groups=admins", "access.unknown_rule"),
+        # Named like a rule once spaces, controls, punctuation, case and width are set aside:
+        # refused, never ignored (which would let everyone through).
+        ("%20allowed_groups=auditors", "access.unknown_rule"),
+        ("+allowed_groups=auditors", "access.unknown_rule"),
+        ("%09allowed_groups=auditors", "access.unknown_rule"),
+        ("%00allowed_groups=auditors", "access.unknown_rule"),
+        ("allowed_groups%20=auditors", "access.unknown_rule"),
+        ("allowed_groups[]=auditors", "access.unknown_rule"),
+        ("ALLOWED_GROUPS=auditors", "access.unknown_rule"),
+        ("allowed-groups=auditors", "access.unknown_rule"),
+        ("%EF%BD%81llowed_groups=auditors", "access.unknown_rule"),  # a full-width "a"
+        ("x.allowed_groups=auditors", "access.unknown_rule"),
+        ("%20allowed_emails=bob@example.com", "access.unknown_rule"),
     ],
 )
 def test_query_narrowing(query: str, expected: str | None) -> None:
