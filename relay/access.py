@@ -211,12 +211,16 @@ class Access:
             return Refusal(
                 "access.email_missing", "The identity provider gave no email address for you."
             )
-        # OIDC Core §5.1: email_verified false means the provider has not checked that the
-        # user controls the address; anyone could have typed it. Some providers send strings.
-        if claims.get("email_verified") in (False, "false") and not self._allow_unverified:
+        # OIDC Core §5.1: only email_verified true says the provider has checked that the
+        # user controls the address; false, absent (Entra ID never sends it) or anything else
+        # leaves it an address anyone could have typed. "true" is the spelling of providers
+        # that send strings (Cognito's userinfo); "TRUE", 1 or "yes" are nobody's.
+        verified = claims.get("email_verified")
+        if verified is not True and verified != "true" and not self._allow_unverified:
             return Refusal(
                 "access.email_unverified",
                 "Your email address is not verified at the identity provider.",
+                "email_verified absent" if verified is None else "email_verified not true",
             )
         email = email.lower()
         domain = email.rpartition("@")[2]

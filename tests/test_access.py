@@ -519,6 +519,61 @@ def test_refreshed_claims_are_judged_by_the_rules(
         assert relay.get("/auth").status_code == 403
 
 
+def without(name: str) -> dict[str, Any]:
+    return {k: v for k, v in ALICE.items() if k != name}
+
+
+@pytest.mark.parametrize(
+    ("verified", "expected"),
+    [
+        (True, None),
+        # The spelling of the providers that send a string (Cognito's userinfo).
+        ("true", None),
+        (False, "access.email_unverified"),
+        ("false", "access.email_unverified"),
+        ("FALSE", "access.email_unverified"),
+        ("TRUE", "access.email_unverified"),
+        (0, "access.email_unverified"),
+        (1, "access.email_unverified"),
+        ("yes", "access.email_unverified"),
+        (None, "access.email_unverified"),
+        ([True], "access.email_unverified"),
+    ],
+)
+def test_only_true_counts_as_verified(verified: Any, expected: str | None) -> None:
+    """OIDC Core 5.1: an address is verified when the provider says email_verified true;
+    any other value is not a yes, and an email rule refuses it."""
+    claims = ALICE | {"email_verified": verified}
+    assert judge(claims, email_domains=["example.com"]) == expected
+    assert judge(claims, allowed_emails=["alice@example.com"]) == expected
+
+
+def test_an_address_the_provider_says_nothing_about_is_unverified() -> None:
+    """No email_verified claim at all (Entra ID sends none) is not a verified address: email
+    rules refuse it unless allow_unverified_email; rules on anything else do not mind."""
+    claims = without("email_verified")
+    assert judge(claims, email_domains=["example.com"]) == "access.email_unverified"
+    assert judge(claims, email_domains=["example.com"], allow_unverified_email=True) is None
+    assert judge(claims, email_domains=["*"]) is None
+    assert judge(claims, allowed_groups=["admins"]) is None
+
+
+def test_a_login_without_email_verified_meets_email_rules_as_unverified(
+    make_relay: Any, provider: TestProvider
+) -> None:
+    """At login, a provider that sends no email_verified gets the 403 of an unverified
+    address from an email rule, and passes with allow_unverified_email."""
+    del provider.profile["email_verified"]
+    with make_relay(access={"email_domains": ["example.com"]}) as relay:
+        done = sign_in(relay, provider)
+        assert done.status_code == 403
+        assert "not verified" in done.text
+    access = {"email_domains": ["example.com"], "allow_unverified_email": True}
+    with make_relay(access=access) as relay:
+        assert sign_in(relay, provider).status_code in (302, 303)
+        assert relay.get("/auth").status_code == 200
+
+
 # Values that an HTTP header cannot carry as they are, or that reach the app as another value
 # (field values lose their edge spaces; control characters used to be stripped).
 INEXACT = ["ali\tce", "ali\x00ce", "ali\r\nce", " alice ", "alice ", "ali\x85ce", "alice\u00a0"]
