@@ -393,7 +393,8 @@ class AccessConfig(_Section):
     groups_claim: str = "groups"
     # Claims that must have these values (a list claim must contain the value).
     required_claims: dict[str, str | bool | int] = Field(default_factory=dict)
-    # An email the provider says is unverified (email_verified = false) matches no email rule.
+    # An email the provider does not say is verified (email_verified true) matches no email
+    # rule: false, absent (Entra ID) or any other value.
     allow_unverified_email: bool = False
     # Narrower rules per app, keyed by the forwarded host ("wiki.example.com").
     hosts: dict[str, HostRules] = Field(default_factory=dict)
