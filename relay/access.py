@@ -5,16 +5,21 @@ named as oauth2-proxy names them).
 A rule set passes when every part it names passes: an email rule (email_domains or'ed with
 allowed_emails), a group rule (one of allowed_groups), each required claim. Narrower rules
 add parts; they never widen. The judgement is pure: claims in, a refusal or None out.
+
+Before any rule, the claims that name the user to the rules or to the app must read as the app
+will receive them (relay/exact.py): a rule is only as good as the value it judged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import unicodedata
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from relay.config import AccessConfig
+from relay.exact import flaw, listed
 from relay.hosts import Host, parse_host
 
 # The names /auth's query string narrows by, as oauth2-proxy's /oauth2/auth takes them.
@@ -44,10 +49,6 @@ class Rules:
     emails_or_domains: bool = False
     unreadable: tuple[str, ...] = ()  # query parameters named like rules that say nothing
 
-    @property
-    def empty(self) -> bool:
-        return not (self.emails or self.domains or self.groups or self.claims or self.unreadable)
-
 
 def claim(claims: Mapping[str, Any], path: Sequence[str]) -> Any:
     """The claim at a dotted path ("realm_access.roles"), or None."""
@@ -69,9 +70,14 @@ def strings(value: Any) -> list[str]:
 
 
 class Access:
-    def __init__(self, config: AccessConfig) -> None:
+    def __init__(self, config: AccessConfig, shown: Iterable[str] = ()) -> None:
+        """``shown``: the claims (names or dotted paths) the headers give the app."""
         self._allow_unverified = config.allow_unverified_email
         self.groups_path = tuple(config.groups_claim.split("."))
+        # Every claim that names the user to the rules or to the app: sub, the email the
+        # rules read, the groups, the required claims, and what the headers show.
+        exact = {"sub", "email", config.groups_claim, *config.required_claims, *shown}
+        self._exact = tuple((name, tuple(name.split("."))) for name in sorted(exact))
         self.rules = Rules(
             emails=frozenset(config.allowed_emails),
             domains=tuple(config.email_domains),
@@ -98,7 +104,9 @@ class Access:
         return bool(self._hosts)
 
     def groups(self, claims: Mapping[str, Any]) -> list[str]:
-        return strings(claim(claims, self.groups_path))
+        """The groups, as the rules judge them and X-Auth-Request-Groups carries them: a group
+        with a comma in its name is none (relay/exact.py), rather than read as two."""
+        return listed(strings(claim(claims, self.groups_path)))
 
     def refusal(
         self, claims: Mapping[str, Any], host: str | None = None, query: str = ""
@@ -107,14 +115,34 @@ class Access:
         the query string's), or None when they may. ``host`` is the forwarded host as a
         trusted proxy sent it (every X-Forwarded-Host line, comma-joined), None when none
         did."""
-        refused = self._judge(claims, self.rules)
+        refused = self._ambiguous(claims)
+        if refused is None:
+            refused = self._judge(claims, self.rules)
         if refused is None and host is not None and self._hosts:
             refused = self._judge_host(claims, host)
         if refused is None and query:
-            rules = query_rules(query)
-            if not rules.empty:
+            # One rule set per parameter given, each to pass (a rule given twice is and'ed).
+            for rules in query_rules(query):
                 refused = self._judge(claims, rules)
+                if refused is not None:
+                    break
         return refused
+
+    def _ambiguous(self, claims: Mapping[str, Any]) -> Refusal | None:
+        """A claim the rules or the app read that would reach the app as another value (or as
+        none): "ali\tce" or " alice " must not pass as alice, so neither passes at all."""
+        for name, path in self._exact:
+            for text in strings(claim(claims, path)):
+                problem = flaw(text)
+                if problem is not None:
+                    return Refusal(
+                        "access.ambiguous_claim",
+                        "Your account at the identity provider has a name or attribute that "
+                        "cannot be passed on exactly (a control character, or a space at "
+                        "either end); tell this site's operator.",
+                        f"{name}: {problem}",
+                    )
+        return None
 
     def _judge_host(self, claims: Mapping[str, Any], host: str) -> Refusal | None:
         parsed = parse_host(host)
@@ -183,12 +211,16 @@ class Access:
             return Refusal(
                 "access.email_missing", "The identity provider gave no email address for you."
             )
-        # OIDC Core §5.1: email_verified false means the provider has not checked that the
-        # user controls the address; anyone could have typed it. Some providers send strings.
-        if claims.get("email_verified") in (False, "false") and not self._allow_unverified:
+        # OIDC Core §5.1: only email_verified true says the provider has checked that the
+        # user controls the address; false, absent (Entra ID never sends it) or anything else
+        # leaves it an address anyone could have typed. "true" is the spelling of providers
+        # that send strings (Cognito's userinfo); "TRUE", 1 or "yes" are nobody's.
+        verified = claims.get("email_verified")
+        if verified is not True and verified != "true" and not self._allow_unverified:
             return Refusal(
                 "access.email_unverified",
                 "Your email address is not verified at the identity provider.",
+                "email_verified absent" if verified is None else "email_verified not true",
             )
         email = email.lower()
         domain = email.rpartition("@")[2]
@@ -197,26 +229,36 @@ class Access:
         return Refusal("access.email_not_allowed", "Your email address is not allowed here.")
 
 
-def query_rules(query: str) -> Rules:
-    """The narrower rules in /auth's query string (comma-separated values). Other parameters
-    are not ours and are ignored, except those named like a rule ("allowed..."): a rule the
-    relay cannot read refuses, rather than letting everyone through."""
-    given: dict[str, list[str]] = {}
-    unreadable: list[str] = []
+def query_rules(query: str) -> list[Rules]:
+    """The narrower rules in /auth's query string: one rule set per parameter (its values
+    comma-separated), each of which must pass, so a rule given twice is and'ed (oauth2-proxy
+    reads the first only; or'ed, a second would widen the first). Other parameters are not
+    ours and are ignored, except those named like a rule: a rule the relay cannot read
+    refuses, rather than letting everyone through. Those come first, so their refusal is
+    the one the log shows."""
+    unreadable: list[Rules] = []
+    given: list[Rules] = []
     for name, value in parse_qsl(query, keep_blank_values=True):
-        if name in _NARROWING:
-            values = [v.strip() for v in value.split(",") if v.strip()]
-            given.setdefault(name, []).extend(values)
-            if not values:
-                unreadable.append(name)
-        elif name.lower().startswith("allowed"):
-            unreadable.append(name)
-    return Rules(
-        emails=frozenset(e.lower() for e in given.get(QUERY_EMAILS, ())),
-        domains=tuple(d.lower() for d in given.get(QUERY_DOMAINS, ())),
-        groups=frozenset(given.get(QUERY_GROUPS, ())),
-        unreadable=tuple(unreadable),
-    )
+        if not _named_like_a_rule(name):
+            continue
+        values = [v.strip() for v in value.split(",") if v.strip()]
+        if name not in _NARROWING or not values:
+            unreadable.append(Rules(unreadable=(name,)))
+        elif name == QUERY_GROUPS:
+            given.append(Rules(groups=frozenset(values)))
+        elif name == QUERY_EMAILS:
+            given.append(Rules(emails=frozenset(v.lower() for v in values)))
+        else:
+            given.append(Rules(domains=tuple(v.lower() for v in values)))
+    return [*unreadable, *given]
+
+
+def _named_like_a_rule(name: str) -> bool:
+    # Read more loosely than any proxy or framework would: case, width, and spaces, controls
+    # or punctuation anywhere (" allowed_groups", "Allowed-Groups", "allowed_groups[]"). Only
+    # the exact spellings are rules; the rest of what matches here refuses.
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return "allowed" in "".join(c for c in folded if c.isalnum())
 
 
 def _domain_matches(domain: str, allowed: str) -> bool:

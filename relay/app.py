@@ -121,7 +121,7 @@ def create_app(
             metrics=metrics,
             clock=clock,
         )
-        access = Access(config.access)
+        access = Access(config.access, shown=config.headers.claims)
         flows = Flows(
             config=config,
             http=http,

@@ -31,6 +31,7 @@ from pydantic import (
 )
 from sqlalchemy.engine import make_url
 
+from relay.exact import flaw
 from relay.hosts import parse_host
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -347,6 +348,17 @@ def _email_domains(value: list[str]) -> list[str]:
     return lowered
 
 
+def _groups(value: list[str]) -> list[str]:
+    # A group name the relay leaves out or refuses (relay/exact.py) could never pass.
+    for entry in value:
+        if "," in entry or flaw(entry) is not None:
+            raise ValueError(
+                f"{entry!r}: a group name with a comma, a control character or a space at "
+                "either end can never match (X-Auth-Request-Groups could not carry it as it is)"
+            )
+    return value
+
+
 def _claim_path(value: str) -> str:
     if not _CLAIM_PATH.match(value):
         raise ValueError('must be a claim name or a dotted path like "realm_access.roles"')
@@ -371,6 +383,7 @@ class HostRules(_Section):
 
     _check_domains = field_validator("allowed_email_domains")(_email_domains)
     _check_emails = field_validator("allowed_emails")(_emails)
+    _check_groups = field_validator("allowed_groups")(_groups)
 
 
 class AccessConfig(_Section):
@@ -387,13 +400,15 @@ class AccessConfig(_Section):
     groups_claim: str = "groups"
     # Claims that must have these values (a list claim must contain the value).
     required_claims: dict[str, str | bool | int] = Field(default_factory=dict)
-    # An email the provider says is unverified (email_verified = false) matches no email rule.
+    # An email the provider does not say is verified (email_verified true) matches no email
+    # rule: false, absent (Entra ID) or any other value.
     allow_unverified_email: bool = False
     # Narrower rules per app, keyed by the forwarded host ("wiki.example.com").
     hosts: dict[str, HostRules] = Field(default_factory=dict)
 
     _check_domains = field_validator("email_domains")(_email_domains)
     _check_emails = field_validator("allowed_emails")(_emails)
+    _check_groups = field_validator("allowed_groups")(_groups)
 
     _check_groups_claim = field_validator("groups_claim")(_claim_path)
 
@@ -433,6 +448,16 @@ class HeadersConfig(_Section):
     # whoever reads the app's requests can use the token as the user, at the provider.
     pass_access_token: bool = False
     set_authorization_header: bool = False
+
+    @property
+    def claims(self) -> list[str]:
+        """Every claim (name or dotted path) a header shows, but the groups."""
+        return [
+            self.user_claim,
+            self.email_claim,
+            self.preferred_username_claim,
+            *self.extra.values(),
+        ]
 
     _check_claims = field_validator("user_claim", "email_claim", "preferred_username_claim")(
         _claim_path

@@ -6,7 +6,8 @@ Behind a proxy doing forward-auth, read the identity the proxy set::
 
 Without such a proxy, wrap the app: every request's relay cookie is checked against the
 relay's /auth, the identity lands in ``scope["state"]["relay_identity"]``, and a browser
-without a session is sent to the relay's login (API requests get 401)::
+without a session is sent to the relay's login (API requests, and clients asking for JSON, get
+401, as the relay decides it: relay/forwarded.py ``is_navigation``)::
 
     app = RelayGuard(
         app,
@@ -33,9 +34,12 @@ from typing import Literal
 from urllib.parse import unquote, urlencode
 
 import httpx2
-from starlette.datastructures import URL, Headers
+from starlette.datastructures import URL
+from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from relay.forwarded import AddressSet, is_navigation
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,14 @@ def identity_from_headers(headers: Mapping[str, str]) -> Identity | None:
         subject=subject,
         user=lowered.get("x-auth-request-user", "") or subject,
         email=lowered.get("x-auth-request-email", ""),
+        # The relay sends each group exactly, comma-separated, none with a comma or a space
+        # at either end (relay/exact.py): split, never strip or unescape, and a group reads
+        # as the relay's rules judged it.
         groups=tuple(g for g in groups.split(",") if g),
     )
 
+
+_NO_PROXIES = AddressSet(())
 
 # What the relay said about a cookie: who it is, no session (401), or not allowed (403).
 Verdict = Identity | Literal["signed_out", "forbidden"]
@@ -123,8 +132,8 @@ class RelayGuard:
             # Signed in, but the relay's access rules keep this user out: a login would not help.
             await JSONResponse({"error": "forbidden"}, status_code=403)(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        if _is_navigation(scope, headers):
+        # The relay's own test (no proxy in between: the method is the request's own).
+        if is_navigation(Request(scope), _NO_PROXIES):
             login = self.relay_url + "/login?" + urlencode({"rd": str(URL(scope=scope))})
             await RedirectResponse(login, status_code=302)(scope, receive, send)
             return
@@ -279,9 +288,3 @@ def _checked_rule(rule: str, *, prefix: bool) -> str:
             + (", ending in / and not / itself" if prefix else "")
         )
     return plain
-
-
-def _is_navigation(scope: Scope, headers: Headers) -> bool:
-    if scope.get("method") not in ("GET", "HEAD") or "x-requested-with" in headers:
-        return False
-    return headers.get("sec-fetch-mode", "navigate") == "navigate"

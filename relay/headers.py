@@ -1,5 +1,8 @@
 """What /auth tells the app about the user: the X-Auth-Request-* headers of a 200, from the
-session's claims as [headers] maps them (and the groups from access.groups_claim)."""
+session's claims as [headers] maps them (and the groups from access.groups_claim).
+
+Each value is the claim's text exactly, as the rules judged it, or empty (relay/exact.py).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,9 @@ from typing import Any
 
 from relay.access import Access, claim, strings
 from relay.config import HeadersConfig
+from relay.exact import flaw, listed
 from relay.store.sessions import ActiveSession
 
-_CONTROL = dict.fromkeys(range(32)) | {127: None}
 _EMPTY_TEXT = ((b"content-length", b"0"), (b"content-type", b"text/plain; charset=utf-8"))
 
 
@@ -55,15 +58,16 @@ class IdentityHeaders:
 
 
 def _text(value: Any) -> str:
-    """A claim as header text: a string as is, a list of strings comma-joined, a number or
-    boolean spelled as in JSON; anything else (an object) is not for a header."""
+    """A claim as header text: a string as is, a list of strings comma-joined (those with a
+    comma left out, as for the groups), a number or boolean spelled as in JSON; anything else
+    (an object) is not for a header."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    return ",".join(strings(value))
+    return ",".join(listed(strings(value)))
 
 
 def _token(token: str | None) -> bytes:
@@ -73,9 +77,10 @@ def _token(token: str | None) -> bytes:
 
 
 def _header_value(value: str) -> bytes:
-    # Claims are the provider's text: no control characters may reach a header. Non-ASCII
-    # values go out as UTF-8 bytes, as the provider sent them. isprintable() is one C loop;
-    # translate() with a table, a dict lookup per character.
-    if not value.isprintable():
-        value = value.translate(_CONTROL)
+    # The claim exactly, or nothing: never a stripped "ali\tce" that reaches the app as
+    # alice. Access refuses every session with such a value before its headers are sent; the
+    # shortcut renders before it judges, so this does meet them. Non-ASCII values go out as
+    # UTF-8 bytes, as the provider sent them.
+    if flaw(value) is not None:
+        return b""
     return value.encode("utf-8")

@@ -10,7 +10,9 @@ from sqlalchemy import Engine, text
 
 from relay.access import Access
 from relay.config import AccessConfig, ConfigError, config_from_mapping
-from tests.conftest import PUBLIC_URL, callback_path, provider_redirect, sign_in
+from relay.headers import IdentityHeaders
+from relay.store.sessions import ActiveSession
+from tests.conftest import PUBLIC_URL, callback_path, log_lines, provider_redirect, sign_in
 from tests.provider import TestProvider
 from tests.test_config import GOOD
 
@@ -145,7 +147,19 @@ def test_groups_come_from_a_dotted_groups_claim() -> None:
         ("allowed_groups=admins", None),
         ("allowed_groups=auditors,admins", None),
         ("allowed_groups=auditors", "access.group_not_allowed"),
-        ("allowed_groups=auditors&allowed_groups=staff", None),
+        # A rule given twice is two rules, each of which must pass (oauth2-proxy reads only the
+        # first; or'ing them would let a second occurrence widen the first).
+        ("allowed_groups=auditors&allowed_groups=staff", "access.group_not_allowed"),
+        ("allowed_groups=staff&allowed_groups=auditors", "access.group_not_allowed"),
+        ("allowed_groups=staff&allowed_groups=admins", None),
+        (
+            "allowed_emails=bob@example.com&allowed_emails=alice@example.com",
+            "access.email_not_allowed",
+        ),
+        (
+            "allowed_email_domains=example.com&allowed_email_domains=example.org",
+            "access.email_not_allowed",
+        ),
         ("allowed_emails=alice@example.com", None),
         ("allowed_emails=bob@example.com", "access.email_not_allowed"),
         ("allowed_email_domains=example.com", None),
@@ -172,6 +186,19 @@ def test_groups_come_from_a_dotted_groups_claim() -> None:
         ("allowed_group=admins", "access.unknown_rule"),
         ("allowed_groups%3Dadmins", "access.unknown_rule"),
         ("Allowed_Groups=admins", "access.unknown_rule"),
+        # Named like a rule once spaces, controls, punctuation, case and width are set aside:
+        # refused, never ignored (which would let everyone through).
+        ("%20allowed_groups=auditors", "access.unknown_rule"),
+        ("+allowed_groups=auditors", "access.unknown_rule"),
+        ("%09allowed_groups=auditors", "access.unknown_rule"),
+        ("%00allowed_groups=auditors", "access.unknown_rule"),
+        ("allowed_groups%20=auditors", "access.unknown_rule"),
+        ("allowed_groups[]=auditors", "access.unknown_rule"),
+        ("ALLOWED_GROUPS=auditors", "access.unknown_rule"),
+        ("allowed-groups=auditors", "access.unknown_rule"),
+        ("%EF%BD%81llowed_groups=auditors", "access.unknown_rule"),  # a full-width "a"
+        ("x.allowed_groups=auditors", "access.unknown_rule"),
+        ("%20allowed_emails=bob@example.com", "access.unknown_rule"),
     ],
 )
 def test_query_narrowing(query: str, expected: str | None) -> None:
@@ -490,3 +517,171 @@ def test_refreshed_claims_are_judged_by_the_rules(
         clock.advance(3600)
         assert relay.get("/auth").status_code == 403
         assert relay.get("/auth").status_code == 403
+
+
+def without(name: str) -> dict[str, Any]:
+    return {k: v for k, v in ALICE.items() if k != name}
+
+
+@pytest.mark.parametrize(
+    ("verified", "expected"),
+    [
+        (True, None),
+        # The spelling of the providers that send a string (Cognito's userinfo).
+        ("true", None),
+        (False, "access.email_unverified"),
+        ("false", "access.email_unverified"),
+        ("FALSE", "access.email_unverified"),
+        ("TRUE", "access.email_unverified"),
+        (0, "access.email_unverified"),
+        (1, "access.email_unverified"),
+        ("yes", "access.email_unverified"),
+        (None, "access.email_unverified"),
+        ([True], "access.email_unverified"),
+    ],
+)
+def test_only_true_counts_as_verified(verified: Any, expected: str | None) -> None:
+    """OIDC Core 5.1: an address is verified when the provider says email_verified true;
+    any other value is not a yes, and an email rule refuses it."""
+    claims = ALICE | {"email_verified": verified}
+    assert judge(claims, email_domains=["example.com"]) == expected
+    assert judge(claims, allowed_emails=["alice@example.com"]) == expected
+
+
+def test_an_address_the_provider_says_nothing_about_is_unverified() -> None:
+    """No email_verified claim at all (Entra ID sends none) is not a verified address: email
+    rules refuse it unless allow_unverified_email; rules on anything else do not mind."""
+    claims = without("email_verified")
+    assert judge(claims, email_domains=["example.com"]) == "access.email_unverified"
+    assert judge(claims, email_domains=["example.com"], allow_unverified_email=True) is None
+    assert judge(claims, email_domains=["*"]) is None
+    assert judge(claims, allowed_groups=["admins"]) is None
+
+
+def test_a_login_without_email_verified_meets_email_rules_as_unverified(
+    make_relay: Any, provider: TestProvider
+) -> None:
+    """At login, a provider that sends no email_verified gets the 403 of an unverified
+    address from an email rule, and passes with allow_unverified_email."""
+    del provider.profile["email_verified"]
+    with make_relay(access={"email_domains": ["example.com"]}) as relay:
+        done = sign_in(relay, provider)
+        assert done.status_code == 403
+        assert "not verified" in done.text
+    access = {"email_domains": ["example.com"], "allow_unverified_email": True}
+    with make_relay(access=access) as relay:
+        assert sign_in(relay, provider).status_code in (302, 303)
+        assert relay.get("/auth").status_code == 200
+
+
+# Values that an HTTP header cannot carry as they are, or that reach the app as another value
+# (field values lose their edge spaces; control characters used to be stripped).
+INEXACT = ["ali\tce", "ali\x00ce", "ali\r\nce", " alice ", "alice ", "ali\x85ce", "alice\u00a0"]
+
+
+@pytest.mark.parametrize("value", INEXACT)
+def test_claims_that_would_reach_the_app_as_another_value_are_refused(value: str) -> None:
+    """sub, the email and every group are judged exactly as the app would receive them: a
+    value with a control character or a space at either end is refused outright."""
+    rules = {"email_domains": ["*"]}
+    assert judge(ALICE | {"sub": value}, **rules) == "access.ambiguous_claim"
+    email = value.replace("ce", "ce@example.com")
+    assert judge(ALICE | {"email": email}, **rules) == "access.ambiguous_claim"
+    assert judge(ALICE | {"groups": ["staff", value]}, **rules) == "access.ambiguous_claim"
+    assert judge(ALICE | {"groups": value}, **rules) == "access.ambiguous_claim"
+    # A claim neither the rules nor the headers read is none of the relay's business.
+    assert judge(ALICE | {"nickname": value}, **rules) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"preferred_username": "ali\tce"},
+        {"preferred_username": "ali\x00ce"},
+        {"preferred_username": "ali\r\nce"},
+        {"preferred_username": " alice "},
+        {"email": "alice@example.com "},
+        {"groups": ["staff", "admins\x7f"]},
+        {"department": "R&D\n"},
+    ],
+)
+def test_a_login_with_an_ambiguous_identity_gets_a_403_naming_the_claim(
+    make_relay: Any, provider: TestProvider, db: Engine, log_stream: Any, change: dict[str, Any]
+) -> None:
+    """A login whose identity would reach the app as another value ("ali\\tce" as "alice")
+    is refused: a 403 page saying why, no session, and a login.forbidden line naming the
+    claim but not its value."""
+    [claim] = change
+    provider.profile.update(change)
+    headers = {"extra": {"X-Auth-Request-Department": "department"}}
+    with make_relay(headers=headers) as relay:
+        done = sign_in(relay, provider)
+        assert done.status_code == 403
+        assert "cannot be passed on exactly" in done.text
+        assert active_sessions(db) == 0
+        assert relay.get("/auth").status_code == 401
+    [event] = [line for line in log_lines(log_stream) if line["event"] == "login.forbidden"]
+    assert event["reason"] == "access.ambiguous_claim"
+    assert event["detail"].startswith(claim + ": ")
+    assert "ali" not in event["detail"] and "R&D" not in event["detail"]
+
+
+def test_a_stored_session_whose_identity_turns_ambiguous_is_refused_at_auth(
+    make_relay: Any, provider: TestProvider, clock: Any
+) -> None:
+    """A session stored before its claims were judged this way (here: a header added since
+    shows a claim with a tab in it), or whose refreshed claims bring one, gets 403 at
+    /auth, routed and from the shortcut alike."""
+    provider.profile["name"] = "Alice\tExample"
+    with make_relay() as relay:
+        sign_in(relay, provider)
+        assert relay.get("/auth").status_code == 200  # name is in no header, judged by no rule
+        cookies = dict(relay.cookies)
+    with make_relay(headers={"user_claim": "name"}) as relay:
+        relay.cookies.update(cookies)
+        assert [relay.get("/auth").status_code for _ in range(3)] == [403] * 3
+    provider.profile["name"] = "Alice Example"
+    with make_relay() as relay:
+        sign_in(relay, provider)
+        assert relay.get("/auth").status_code == 200
+        provider.profile["preferred_username"] = "alice\x00"
+        clock.advance(3600)  # the access token expires: the check refreshes the claims
+        refused = relay.get("/auth", headers={"accept": "application/json"})
+        assert (refused.status_code, refused.json()["error"]) == (403, "access.ambiguous_claim")
+        assert relay.get("/auth").status_code == 403
+
+
+def test_a_header_carries_the_claim_exactly_or_not_at_all() -> None:
+    """Rendered headers are the claims' text exactly; a value that could not arrive as it is
+    (which the rules refuse anyway) is sent empty, never stripped into another value."""
+    config = config_from_mapping(GOOD | {"access": {"email_domains": ["*"]}}, {})
+    headers = IdentityHeaders(config.headers, Access(config.access))
+    claims = {"sub": "u1", "preferred_username": "ali\tce", "email": " alice@example.com"}
+    session = ActiveSession("h", "u1", claims | {"groups": ["staff"]}, 0, 0, 1)
+    rendered = dict(headers.render(session))
+    assert rendered[b"x-auth-request-user"] == b""
+    assert rendered[b"x-auth-request-email"] == b""
+    assert rendered[b"x-auth-request-preferred-username"] == b""
+    assert rendered[b"x-auth-request-subject"] == b"u1"
+    exact = ActiveSession("h", "u1", {"sub": "u1", "preferred_username": "Ålice Ex"}, 0, 0, 1)
+    assert dict(headers.render(exact))[b"x-auth-request-user"] == "Ålice Ex".encode()
+
+
+def test_a_group_with_a_comma_is_no_group_for_the_rules_or_the_app(
+    make_relay: Any, provider: TestProvider
+) -> None:
+    """X-Auth-Request-Groups is comma-separated, so a group named "x,admins" would reach
+    the app as "x" and "admins": it is left out, of the header and of the rules alike."""
+    provider.profile["groups"] = ["x,admins", "staff"]
+    # A rule naming such a group could never pass: it stops startup instead.
+    [line] = config_errors({"email_domains": ["*"], "allowed_groups": ["x,admins"]})
+    assert line.startswith("access.allowed_groups: "), line
+    hosts = {"a.example": {"allowed_groups": [" admins"]}}
+    [line] = config_errors({"email_domains": ["*"], "hosts": hosts})
+    assert line.startswith("access.hosts.a.example.allowed_groups: "), line
+    with make_relay() as relay:
+        sign_in(relay, provider)
+        for _ in range(2):  # routed, then the shortcut
+            assert relay.get("/auth").headers["x-auth-request-groups"] == "staff"
+            assert relay.get("/auth?allowed_groups=admins").status_code == 403
+            assert relay.get("/auth?allowed_groups=staff").status_code == 200

@@ -478,3 +478,34 @@ def test_a_forbidden_user_gets_403_not_a_login_loop() -> None:
     response = app.get("/x", headers={"cookie": "__Host-relay_session=x"})
     assert response.status_code == 403
     assert response.json() == {"error": "forbidden"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Accept": "text/html,application/xhtml+xml"},
+        {"Accept": "application/json"},
+        {"Accept": "application/json", "Sec-Fetch-Mode": "navigate"},
+        {"Accept": "application/json, text/html"},
+        {"X-Requested-With": "XMLHttpRequest"},
+        {"Sec-Fetch-Mode": "cors", "Accept": "*/*"},
+    ],
+    ids=["bare", "page", "json", "json-navigate", "json-or-html", "xhr", "fetch"],
+)
+def test_guard_tells_pages_from_api_calls_as_the_relay_does(
+    relay: TestClient, headers: dict[str, str]
+) -> None:
+    """Without a session the guard answers as the relay's /auth/redirect does: a page load
+    goes to the login (302), a script or a client asking for JSON gets 401."""
+    expected = relay.get("/auth/redirect", headers=headers).status_code
+    assert guarded(relay).get("/", headers=headers).status_code == expected
+
+
+def test_a_group_with_a_comma_never_reads_as_two(relay: TestClient, provider: TestProvider) -> None:
+    """A group named "x,admins" is not the group admins for the app: the relay and the
+    guard read X-Auth-Request-Groups alike, and neither sees admins in it."""
+    provider.profile["groups"] = ["x,admins", "staff"]
+    cookie = session_cookie(relay, provider)
+    assert guarded(relay).get("/", headers={"cookie": cookie}).json()["groups"] == ["staff"]
+    assert relay.get("/auth?allowed_groups=admins").status_code == 403

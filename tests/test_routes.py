@@ -126,13 +126,13 @@ def test_auth_redirect_gives_api_requests_401(
     assert response.status_code == 401
 
 
-def test_auth_headers_strip_control_characters(relay: TestClient, provider: TestProvider) -> None:
-    """A claim with CR/LF cannot split the identity headers."""
+def test_a_claim_with_cr_lf_reaches_no_header(relay: TestClient, provider: TestProvider) -> None:
+    """A claim with CR/LF cannot split the identity headers, nor pass as the name without
+    them: the login is refused (tests/test_access.py says more)."""
     provider.profile["preferred_username"] = "alice\r\nX-Injected: 1"
-    sign_in(relay, provider)
+    assert sign_in(relay, provider).status_code == 403
     response = relay.get("/auth")
-    assert response.status_code == 200
-    assert response.headers["x-auth-request-user"] == "aliceX-Injected: 1"
+    assert response.status_code == 401
     assert "x-injected" not in response.headers
 
 
