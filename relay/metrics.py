@@ -40,8 +40,9 @@ class Metrics:
         )
         self.refreshes = Counter(
             "relay_refresh_total",
-            "Access-token refreshes by result: succeeded, ended (invalid_grant), failed (the "
-            "provider or database), rejected (what the provider sent failed validation).",
+            "Access-token refreshes by result: succeeded, ended (invalid_grant), ambiguous "
+            "(invalid_grant after a grant whose answer never came), failed (the provider or "
+            "database), rejected (what the provider sent failed validation).",
             ["result"],
             registry=self.registry,
         )

@@ -12,7 +12,16 @@ refresh is due (``Sessions.refresh_due``: the access token has expired or expire
 - A replica that does not get the claim answers with the access token it has while that is
   valid; once it has expired, it waits (at most ``WAIT`` seconds) for the winner and answers
   with what the row then holds.
-- ``invalid_grant`` ends the session on every replica: 401 next.
+- The request that starts a refresh waits for it at most provider.timeout, then answers with
+  what the session has (as in an outage, below). The refresh goes on: once the grant is sent
+  its answer is awaited up to ``PATIENCE`` times provider.timeout and stored when it comes,
+  for the provider may have rotated the refresh token already.
+- ``invalid_grant`` ends the session on every replica: 401 next. Unless an earlier grant for
+  the session was sent and never answered (timed out, the connection dropped, the replica
+  gone; counted in the row): then the provider may have rotated the token in that one, and
+  the invalid_grant is ambiguous (``refresh.ambiguous``). The token is dead either way; the
+  session answers with what it has until outage_grace past its access token's expiry, then
+  tries once more, and that invalid_grant ends it.
 - Any other failure (the provider unreachable, slow, answering 5xx or nonsense, refusing the
   client; a refreshed ID token that fails validation) changes nothing: the session answers as
   before until [refresh] outage_grace past its access token's expiry, 503 after. No replica
@@ -43,6 +52,7 @@ from relay.flows import identity
 from relay.metrics import Metrics
 from relay.oidc.client import InvalidGrant, Refreshed, fetch_userinfo, refresh_tokens
 from relay.oidc.discovery import Discovery, ProviderMetadata
+from relay.oidc.http import answer_lost
 from relay.oidc.jwks import JwksCache
 from relay.oidc.tokens import (
     InvalidToken,
@@ -57,6 +67,10 @@ log = structlog.get_logger("relay.refresh")
 WAIT = 3.0  # seconds a request whose token expired waits for another replica's refresh
 _POLL = 0.05  # seconds between looks at the row while waiting
 _MEMORY = 10_000  # sessions whose "not before" this process remembers
+# A sent grant's answer is awaited this many times provider.timeout: a provider slower than
+# provider.timeout has usually rotated the refresh token by the time it answers, and giving
+# up on the answer loses the new token (one minute by default). Nobody waits on it meanwhile.
+PATIENCE = 6
 
 
 class Refresher:
@@ -81,11 +95,15 @@ class Refresher:
         # The lease outlasts an attempt, so no other replica can start while this one may
         # still be using the refresh token (a rotated token used twice is, to many providers,
         # a stolen one: they revoke the whole grant). Discovery and the claims (JWKS,
-        # userinfo) are each cut off at provider.timeout; the grant itself is bounded by
-        # httpx's timeouts; the claim and the store by the database's (its timeout and one
-        # second of grace each); and two seconds for whole-second clocks.
-        self._attempt_timeout = config.provider.timeout
-        self._lease = 3 * config.provider.timeout + 2 * (config.database.timeout + 1) + 2
+        # userinfo) are each cut off at provider.timeout; the grant at PATIENCE times that;
+        # the claim and the store by the database's (its timeout and one second of grace
+        # each); and two seconds for whole-second clocks.
+        timeout = config.provider.timeout
+        self._attempt_timeout = timeout
+        self._grant_timeout = PATIENCE * timeout
+        # Connecting is not waited for longer: until then the provider has done nothing.
+        self._grant_http_timeout = httpx2.Timeout(timeout, read=self._grant_timeout)
+        self._lease = (2 + PATIENCE) * timeout + 2 * (config.database.timeout + 1) + 2
         self._inflight: dict[str, asyncio.Task[ActiveSession | None]] = {}
         # Sessions this process will not try to refresh again before a time: after its own
         # failure, or while another replica's lease runs. Saves a database round trip per
@@ -110,8 +128,12 @@ class Refresher:
             task = asyncio.create_task(self._refresh(session), name="refresh")
             self._inflight[id_hash] = task
             task.add_done_callback(lambda _: self._inflight.pop(id_hash, None))
-            # Shielded: a client that goes away does not cancel the refresh others share.
-            result = await asyncio.shield(task)
+            # Shielded: a client that goes away does not cancel the refresh others share, nor
+            # does this one giving up on a slow provider.
+            try:
+                result = await asyncio.wait_for(asyncio.shield(task), self._attempt_timeout)
+            except TimeoutError:
+                result = session
         elif not _expired(session, now):
             return session  # being refreshed; the token it has still works meanwhile
         else:
@@ -151,31 +173,64 @@ class Refresher:
             return await self._sessions.reload(id_hash, self.now())
         if claim is None:
             return await self._claimed_elsewhere(session, now)
+        lost = False  # whether the provider may have acted on a grant whose answer never came
         try:
-            # The grant is cut off at provider.timeout only until it is sent: once the
-            # provider may have rotated the refresh token, its answer is awaited (httpx's own
-            # timeouts bound it) and stored before anything else can fail.
             async with asyncio.timeout(self._attempt_timeout):
                 metadata = await self._discovery.get()
-            tokens = await refresh_tokens(
-                self._http,
-                metadata=metadata,
-                provider=self._config.provider,
-                refresh_token=claim.refresh_token,
-            )
+            # Sent, the grant may rotate the refresh token whether or not its answer comes
+            # back: the answer is awaited longer, and stored before anything else can fail.
+            lost = True
+            async with asyncio.timeout(self._grant_timeout):
+                tokens = await refresh_tokens(
+                    self._http,
+                    metadata=metadata,
+                    provider=self._config.provider,
+                    refresh_token=claim.refresh_token,
+                    timeouts=self._grant_http_timeout,
+                )
         except InvalidGrant:
+            if claim.unsettled:
+                return await self._ambiguous(session, claim)
             await self._end(session)
             return None
         except TimeoutError:
             failure: RelayError = ProviderTimeout("refresh.timeout")
         except RelayError as exc:
             failure = exc
+            lost = lost and answer_lost(exc)
         else:
             return await self._received(session, claim, metadata, tokens)
         retry_at = self.now() + self._config.refresh.retry_interval
+        unsettled = claim.unsettled + int(lost)
         with contextlib.suppress(DatabaseUnavailable):  # the lease then runs out on its own
-            await self._sessions.release_refresh(id_hash, claim, retry_at)
+            await self._sessions.release_refresh(id_hash, claim, retry_at, unsettled=unsettled)
         self._failed(session, failure.reason, failure.detail, retry_at, failure)
+        return session
+
+    async def _ambiguous(self, session: ActiveSession, claim: RefreshClaim) -> ActiveSession:
+        """invalid_grant after a grant whose answer never came: the provider may have rotated
+        the refresh token then (the new one lost with the answer), or revoked the grant. The
+        token is dead either way, but the user did nothing to be logged out for: the session
+        goes on with what it has until outage_grace past its access token's expiry (as in an
+        outage), then tries once more; with nothing unanswered left, that invalid_grant ends
+        it."""
+        now = self.now()
+        expires = session.access_expires_at if session.access_expires_at is not None else now
+        retry_at = max(
+            now + self._config.refresh.retry_interval,
+            expires + self._config.refresh.outage_grace,
+        )
+        with contextlib.suppress(DatabaseUnavailable):  # then the lease runs out, and it repeats
+            await self._sessions.release_refresh(session.id_hash, claim, retry_at, unsettled=0)
+        self._remember(session.id_hash, retry_at)
+        self._metrics.refreshes.labels(result="ambiguous").inc()
+        log.warning(
+            "refresh.ambiguous",
+            reason="token.invalid_grant",
+            unanswered=claim.unsettled,
+            session=short_hash(session.id_hash),
+            retry_in=retry_at - now,
+        )
         return session
 
     async def _received(

@@ -64,7 +64,8 @@ class Behaviour:
     token_raw_body: str | None = None  # answered as text/html instead of tokens
     discovery_overrides: dict[str, Any] = field(default_factory=dict)
     userinfo_claims: dict[str, Any] = field(default_factory=dict)  # merged over the profile
-    # path -> "timeout" | "connect": the transport fails instead of reaching the endpoint
+    # path -> "timeout" | "connect": the transport fails instead of reaching the endpoint;
+    # "dropped": the endpoint does its work, and the connection drops before its answer
     network_failures: dict[str, str] = field(default_factory=dict)
     expires_in: int | None = 3600  # the access token's, in every token response; None: unsaid
     # Refresh grants (RFC 6749 §6): a new refresh token each time (the old one then answers
@@ -75,6 +76,10 @@ class Behaviour:
     refresh_status: int = 200  # answered (with refresh_body or server_error) to refreshes only
     refresh_body: Any = None
     refresh_delay: float = 0.0  # seconds a refresh takes: keeps it in flight while others ask
+    # A slow provider, or a link that hangs and heals: a refresh is done (the refresh token
+    # rotated) at once, and its answer held until the test sets this event. The relay's read
+    # timeout runs meanwhile, as over a real connection.
+    refresh_answer: asyncio.Event | None = None
 
 
 class ProviderTransport(httpx2.AsyncBaseTransport):
@@ -90,7 +95,20 @@ class ProviderTransport(httpx2.AsyncBaseTransport):
             raise httpx2.ReadTimeout("provider did not answer", request=request)
         if failure == "connect":
             raise httpx2.ConnectError("connection refused", request=request)
-        return await self._asgi.handle_async_request(request)
+        # The read timeout the relay set (httpx's own transports enforce it per read; here the
+        # whole answer is one read).
+        read = request.extensions.get("timeout", {}).get("read")
+        try:
+            async with asyncio.timeout(read):
+                response = await self._asgi.handle_async_request(request)
+        except TimeoutError as exc:
+            raise httpx2.ReadTimeout("provider did not answer in time", request=request) from exc
+        if failure == "dropped":
+            await response.aread()
+            raise httpx2.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
+            )
+        return response
 
 
 class TestProvider:
@@ -235,6 +253,8 @@ class TestProvider:
             claims = {"nonce": None, **b.refresh_id_token_claims}
             tokens["id_token"] = self.id_token(grant.nonce, grant.subject, refreshed=claims)
         self.issued.extend(tokens.values())
+        if b.refresh_answer is not None:
+            await b.refresh_answer.wait()
         return self._tokens(tokens)
 
     def _tokens(self, tokens: dict[str, str]) -> Response:

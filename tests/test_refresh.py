@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,17 @@ def opened(sealed: str | None) -> str | None:
 def counted(relay: TestClient, result: str) -> float:
     registry = relay.app.state.metrics.registry
     return registry.get_sample_value("relay_refresh_total", {"result": result}) or 0.0
+
+
+def within(seconds: float, check: Callable[[], bool]) -> bool:
+    """Whether ``check`` comes true within so many seconds (of real time: the relay's own
+    background work, not the test's clock)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def signed_in(relay: TestClient, provider: TestProvider, clock: Any) -> int:
@@ -203,6 +216,89 @@ def test_an_outage_keeps_the_session_within_the_grace_and_503_after(
     assert relay.get("/auth").status_code == 200
     assert row(db).access_expires_at == int(clock()) + LIFETIME
     assert counted(relay, "succeeded") == 1
+
+
+def test_a_refresh_answered_after_the_timeout_is_stored_and_nobody_is_logged_out(
+    make_relay: Any, provider: TestProvider, clock: Any, db: Engine
+) -> None:
+    """The provider answers a refresh after longer than provider.timeout, rotating strictly
+    (the old refresh token dead the moment the new one is issued): the check that started it
+    answers 200 after provider.timeout, the checks meanwhile 200 at once, the answer is stored
+    when it comes, and the refreshes after it work: no 401 anywhere."""
+    with make_relay(provider={"timeout": "1s"}) as relay:
+        expires = signed_in(relay, provider, clock)
+        held = asyncio.Event()
+        provider.behaviour.refresh_answer = held
+        clock.now = expires - MARGIN  # due, and the token it has still works
+        statuses = [relay.get("/auth").status_code]
+        [sent] = provider.refresh_requests
+        rotated = list(provider.refresh_tokens)[-1]
+        assert rotated != sent["refresh_token"]  # done at the provider; the answer is held
+        for _ in range(5):
+            clock.advance(2)
+            statuses.append(relay.get("/auth").status_code)
+        relay.portal.call(held.set)  # the answer arrives, long after provider.timeout
+        arrived = within(5, lambda: opened(row(db).refresh_token) == rotated)
+        for _ in range(3):
+            clock.advance(RETRY + LIFETIME)
+            statuses.append(relay.get("/auth").status_code)
+        assert statuses == [200] * len(statuses)
+        assert arrived
+        assert row(db).access_expires_at == int(clock()) + LIFETIME
+        assert opened(row(db).refresh_token) == list(provider.refresh_tokens)[-1]
+        assert len(provider.refresh_requests) == 4
+        assert counted(relay, "ended") == 0
+
+
+def test_an_answer_lost_after_the_provider_rotated_ends_the_session_only_after_the_grace(
+    relay: TestClient, provider: TestProvider, clock: Any, db: Engine, log_stream: io.StringIO
+) -> None:
+    """The connection drops after the provider rotated the refresh token: the rotated token is
+    lost for good. The invalid_grant that follows an attempt whose outcome is unknown is
+    ambiguous (refresh.ambiguous): no 401 for it; the session answers 200 on what it has until
+    outage_grace past its access token's expiry, and ends at the next invalid_grant then."""
+    expires = signed_in(relay, provider, clock)
+    provider.behaviour.network_failures = {"/token": "dropped"}
+    clock.now = expires
+    assert relay.get("/auth").status_code == 200
+    assert len(provider.refresh_tokens) == 1 and len(provider.refresh_requests) == 1
+    provider.behaviour.network_failures = {}
+    statuses = []
+    for at in (RETRY, RETRY + 1, GRACE // 2, GRACE - 1):
+        clock.now = expires + at
+        statuses.append(relay.get("/auth").status_code)
+    assert statuses == [200] * 4
+    assert len(provider.refresh_requests) == 2  # the ambiguous one, then none until the grace
+    clock.now = expires + GRACE
+    assert relay.get("/auth").status_code == 401
+    assert row(db) is None
+    assert len(provider.refresh_requests) == 3
+    events = [e for e in log_lines(log_stream) if e["event"].startswith("refresh.")]
+    assert [(e["event"], e.get("reason")) for e in events] == [
+        ("refresh.failed", "token.unreachable"),
+        ("refresh.ambiguous", "token.invalid_grant"),
+        ("refresh.failed", "token.invalid_grant"),
+    ]
+    assert counted(relay, "ambiguous") == 1 and counted(relay, "ended") == 1
+
+
+def test_a_refresh_another_replica_never_finished_makes_invalid_grant_ambiguous(
+    relay: TestClient, provider: TestProvider, clock: Any, db: Engine
+) -> None:
+    """A replica died (or was restarted) with its grant sent and unanswered; its lease runs
+    out. The invalid_grant this replica then meets may be that grant's rotation: 200, not 401,
+    until outage_grace past the access token's expiry."""
+    expires = signed_in(relay, provider, clock)
+    with db.begin() as conn:
+        conn.execute(update(sessions).values(refresh_lease_until=expires - 1, refresh_unsettled=1))
+    relay.app.state.relay.sessions.cache.flush()
+    provider.revoke_refresh_tokens()
+    clock.now = expires
+    assert relay.get("/auth").status_code == 200
+    clock.now = expires + GRACE - 1
+    assert relay.get("/auth").status_code == 200
+    clock.now = expires + GRACE
+    assert relay.get("/auth").status_code == 401
 
 
 def test_concurrent_checks_share_one_refresh(

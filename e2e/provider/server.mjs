@@ -10,6 +10,13 @@
 //   BACKCHANNEL_URI      the relay's back-channel logout endpoint (optional)
 //   ACCESS_TOKEN_TTL     seconds an access token lives (optional; oidc-provider's default
 //                        is an hour): short, to see the relay refresh within a test
+//   ROTATE_REFRESH_TOKENS  "1": a new refresh token with every refresh (optional; by default
+//                        oidc-provider rotates only public clients' tokens, or old ones).
+//                        Strictly: the old one is consumed, and sending it again revokes
+//                        the grant (invalid_grant)
+//   REFRESH_ANSWER_DELAY_MS  hold the answer to a refresh that succeeded this long after it
+//                        is done (the token rotated): a slow provider (optional; a refused
+//                        refresh is answered at once)
 //
 // Its built-in development interactions ask for a login and a password, then consent; only the
 // accounts below exist. Prints "ready <issuer>" once listening.
@@ -23,6 +30,8 @@ const {
   POST_LOGOUT_URIS,
   BACKCHANNEL_URI,
   ACCESS_TOKEN_TTL,
+  ROTATE_REFRESH_TOKENS,
+  REFRESH_ANSWER_DELAY_MS,
 } = process.env;
 
 const ACCOUNTS = {
@@ -89,8 +98,20 @@ const provider = new Provider(ISSUER, {
   cookies: { keys: ['e2e-only-cookie-key-not-secret'] },
   // Merged over oidc-provider's defaults: only the access token's lifetime changes.
   ...(ACCESS_TOKEN_TTL ? { ttl: { AccessToken: Number(ACCESS_TOKEN_TTL) } } : {}),
+  ...(ROTATE_REFRESH_TOKENS === '1' ? { rotateRefreshToken: true } : {}),
 });
 provider.proxy = false;
+if (REFRESH_ANSWER_DELAY_MS) {
+  // After the grant is done (and the refresh token rotated), before its answer leaves.
+  provider.use(async (ctx, next) => {
+    await next();
+    const refreshed = ctx.oidc?.route === 'token' && ctx.status === 200
+      && ctx.oidc.params?.grant_type === 'refresh_token';
+    if (refreshed) {
+      await new Promise((resolve) => { setTimeout(resolve, Number(REFRESH_ANSWER_DELAY_MS)); });
+    }
+  });
+}
 provider.on('backchannel.success', (ctx, c) => console.log(`backchannel.success ${c.clientId}`));
 provider.on('backchannel.error', (ctx, err, c) =>
   console.log(`backchannel.error ${c.clientId} ${err.message}`));

@@ -96,11 +96,13 @@ async def refresh_tokens(
     metadata: ProviderMetadata,
     provider: ProviderConfig,
     refresh_token: str,
+    timeouts: httpx2.Timeout | None = None,
 ) -> Refreshed:
     """RFC 6749 §6: trade the refresh token for fresh tokens, with the client authenticating
-    as at the code exchange. No scope: the grant keeps the one first granted (§6)."""
+    as at the code exchange. No scope: the grant keeps the one first granted (§6). ``timeouts``
+    instead of the client's."""
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-    response = await _token_request(client, metadata, provider, form)
+    response = await _token_request(client, metadata, provider, form, timeouts)
     if response.status_code in (400, 401):
         _raise_if_client_rejected(response)
         error = _error_code(response)
@@ -130,6 +132,7 @@ async def _token_request(
     metadata: ProviderMetadata,
     provider: ProviderConfig,
     form: dict[str, str],
+    timeouts: httpx2.Timeout | None = None,
 ) -> httpx2.Response:
     headers = {"Accept": "application/json"}
     secret = provider.client_secret.get_secret_value() if provider.client_secret else ""
@@ -141,7 +144,13 @@ async def _token_request(
         form["client_id"] = provider.client_id
         if provider.token_endpoint_auth_method == "client_secret_post":
             form["client_secret"] = secret
-    request = client.build_request("POST", metadata.token_endpoint, data=form, headers=headers)
+    request = client.build_request(
+        "POST",
+        metadata.token_endpoint,
+        data=form,
+        headers=headers,
+        timeout=httpx2.USE_CLIENT_DEFAULT if timeouts is None else timeouts,
+    )
     return await send(client, request, "token")
 
 

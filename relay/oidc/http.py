@@ -1,7 +1,8 @@
 """Every request to the provider goes through here: one place that maps failures.
 
 Timeouts → ProviderTimeout (504); connection failures → ProviderUnavailable (503); a 5xx or a
-body that is not a JSON object → ProviderBadResponse (502). Callers decide what a 4xx means.
+body that is not a JSON object → ProviderBadResponse (502). Callers decide what a 4xx means,
+and ``answer_lost`` tells a failure before the request left from one after.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ async def send(client: httpx2.AsyncClient, request: httpx2.Request, what: str) -
     if response.status_code >= 500:
         raise ProviderBadResponse(f"{what}.status_{response.status_code}")
     return response
+
+
+def answer_lost(exc: BaseException) -> bool:
+    """The request may have reached the provider and been acted on, but its answer never came
+    (a read or write that timed out or failed, a connection dropped mid-exchange). Not so for
+    a connection never made, nor a request that waited for one from the pool."""
+    cause = exc.__cause__
+    if isinstance(cause, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)):
+        return False
+    return isinstance(cause, httpx2.TransportError)
 
 
 def _describe(exc: Exception, request: httpx2.Request) -> str:

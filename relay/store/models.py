@@ -8,7 +8,7 @@ Timestamps are whole seconds since the epoch, the same on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text, text
 
 metadata = MetaData()
 
@@ -32,6 +32,9 @@ sessions = Table(
     Column("refresh_token", Text, nullable=True),
     Column("access_expires_at", BigInteger, nullable=True),  # None: the provider did not say
     Column("refresh_lease_until", BigInteger, nullable=True),  # a replica is refreshing until
+    # Refresh grants sent and never answered (timed out, connection dropped, replica gone)
+    # since the last answer: the provider may have rotated the refresh token in one of them.
+    Column("refresh_unsettled", Integer, nullable=False, server_default=text("0")),
     Column("created_at", BigInteger, nullable=False),
     Column("last_accessed_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),

@@ -65,6 +65,8 @@ class RefreshClaim:
     id_token: str | None = field(repr=False)
     nonce: str | None  # the login's, once a refresh has recorded it
     lease_until: int
+    # Grants sent before this one and never answered (see models.refresh_unsettled).
+    unsettled: int = 0
 
 
 # Built once: SQLAlchemy then finds their compiled form in its cache without rebuilding them.
@@ -96,7 +98,9 @@ _TOUCH = (
 # its own, not SELECT ... FOR UPDATE held across the provider call: that would keep a
 # transaction and a pool connection for up to provider.timeout, and every other request for
 # the session would queue on the row lock until the database timeout (a 503). The lease
-# expires, so a replica that dies mid-refresh blocks the others only until then.
+# expires, so a replica that dies mid-refresh blocks the others only until then. The claim
+# counts the grant about to be sent as unanswered until its answer comes (store_refreshed,
+# release_refresh): a replica that dies with it in flight leaves that count behind.
 _CLAIM = (
     update(sessions)
     .where(
@@ -108,8 +112,16 @@ _CLAIM = (
         (sessions.c.refresh_lease_until.is_(None))
         | (sessions.c.refresh_lease_until <= bindparam("now")),
     )
-    .values(refresh_lease_until=bindparam("lease_until"))
-    .returning(sessions.c.refresh_token, sessions.c.id_token, sessions.c.nonce)
+    .values(
+        refresh_lease_until=bindparam("lease_until"),
+        refresh_unsettled=sessions.c.refresh_unsettled + 1,
+    )
+    .returning(
+        sessions.c.refresh_token,
+        sessions.c.id_token,
+        sessions.c.nonce,
+        sessions.c.refresh_unsettled,
+    )
 )
 
 
@@ -297,7 +309,10 @@ class Sessions:
             id_token = self._sealer.open(row.id_token)
         except SealError:
             id_token = None
-        return RefreshClaim(refresh_token, id_token, row.nonce, lease_until)
+        # RETURNING gives the count after this claim's own increment.
+        return RefreshClaim(
+            refresh_token, id_token, row.nonce, lease_until, row.refresh_unsettled - 1
+        )
 
     async def store_refreshed(
         self,
@@ -321,6 +336,7 @@ class Sessions:
             "access_expires_at": None if expires_in is None else now + expires_in,
             "nonce": nonce,
             "refresh_lease_until": None,
+            "refresh_unsettled": 0,  # an answer: whatever went before, this token is current
         }
         if refresh_token is not None:
             values["refresh_token"] = self._sealer.seal(refresh_token)
@@ -350,9 +366,12 @@ class Sessions:
         self.cache.put(session.id_hash, CachedSession(fresh), generation)
         return fresh
 
-    async def release_refresh(self, id_hash: str, claim: RefreshClaim, retry_at: int) -> None:
+    async def release_refresh(
+        self, id_hash: str, claim: RefreshClaim, retry_at: int, *, unsettled: int
+    ) -> None:
         """A refresh failed: no replica tries again before ``retry_at`` (the lease is held
-        until then), if this one still holds the claim."""
+        until then), if this one still holds the claim; ``unsettled`` grants are left whose
+        answer never came."""
         statement = (
             update(sessions)
             .where(
@@ -360,7 +379,7 @@ class Sessions:
                 sessions.c.status == ACTIVE,
                 sessions.c.refresh_lease_until == claim.lease_until,
             )
-            .values(refresh_lease_until=retry_at)
+            .values(refresh_lease_until=retry_at, refresh_unsettled=unsettled)
         )
         async with self._db.read() as conn:
             await conn.execute(statement)

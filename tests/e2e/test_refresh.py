@@ -1,12 +1,14 @@
 """Refresh against the real provider: a person signed in with Chromium through nginx keeps
 loading the app while the npm oidc-provider's short-lived access token is refreshed behind
-the scenes (grant_type=refresh_token, with the rotation and ID token oidc-provider does)."""
+the scenes (grant_type=refresh_token, with the ID token oidc-provider sends). The stack is
+built by ``stack``, which test_refresh_slow.py shares."""
 
 from __future__ import annotations
 
 import secrets
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,19 @@ MARGIN = 1  # [refresh] margin: a token is refreshed TTL - MARGIN seconds after 
 def short_lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of its own (the shared one keeps the provider's hour-long tokens): PostgreSQL,
     the provider with ACCESS_TOKEN_TTL, the upstream app, the relay, nginx."""
-    workdir: Path = tmp_path_factory.mktemp("e2e-refresh")
-    # No Caddy here, but Stack's relay config names its port among the allowed hosts.
-    names = ("provider", "relay", "upstream", "nginx", "nginx_http", "caddy")
+    with stack(tmp_path_factory.mktemp("e2e-refresh")) as s:
+        yield s
+
+
+@contextmanager
+def stack(
+    workdir: Path,
+    provider_env: dict[str, str] | None = None,
+    relay_env: dict[str, str] | None = None,
+) -> Iterator[Stack]:
+    # No Caddy nor HAProxy here, but Stack's relay config names their ports among the allowed
+    # hosts.
+    names = ("provider", "relay", "upstream", "nginx", "nginx_http", "caddy", "haproxy")
     ports = {name: free_port() for name in names}
     with postgres_database() as url:
         run_migrations(url)
@@ -51,6 +63,7 @@ def short_lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "REDIRECT_URIS": s.public_url + "/callback",
                 "POST_LOGOUT_URIS": s.public_url + "/",
                 "ACCESS_TOKEN_TTL": str(TTL),
+                **(provider_env or {}),
             }
             s.services.append(
                 provider_service(workdir, ports["provider"], env).start(ports["provider"])
@@ -58,7 +71,7 @@ def short_lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             s.services.append(upstream_service(workdir, ports["upstream"]).start(ports["upstream"]))
             config = s.write_relay_config()
             config.write_text(config.read_text() + f'\n[refresh]\nmargin = "{MARGIN}s"\n')
-            s.relay = RelayProcess(config)
+            s.relay = RelayProcess(config, relay_env)
             s.relay.start()
             nginx = nginx_service(
                 workdir,
