@@ -143,12 +143,16 @@ class Watcher:
         """One look: if anybody else committed, read the log past the last entry seen and
         drop those sessions; then vouch for the cache for TRUST seconds."""
         started = self._monotonic()
-        with translated():
-            async with asyncio.timeout(self._timeout):
-                version = (await conn.execute(_VERSION)).scalar_one()
-                if version != self._version:
-                    await self._read_log(conn)
-                    self._version = version
+        try:
+            with translated():
+                async with asyncio.timeout(self._timeout):
+                    version = (await conn.execute(_VERSION)).scalar_one()
+                    if version != self._version:
+                        await self._read_log(conn)
+                        self._version = version
+        except DatabaseUnavailable:
+            self._trusted_until = 0.0  # at once: not even the last poll's remainder
+            raise
         self._trusted_until = started + TRUST
         self.polls += 1
         if not self.confirmed.is_set():
@@ -177,7 +181,7 @@ class Watcher:
     def _lost(self, exc: DatabaseUnavailable) -> None:
         # No flush: the log still holds what ends meanwhile, and the next poll reads it
         # before trusting again. Until then the cache answers nothing.
-        self._trusted_until = 0.0
+        self._trusted_until = 0.0  # the connection may have failed before any poll
         if not self.failing:
             log.warning("invalidation.lost", reason=exc.reason, detail=exc.detail)
         self.failing = True
