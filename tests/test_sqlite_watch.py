@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.testclient import TestClient
 
+from relay.app import create_app
 from relay.crypto import Sealer, hash_id, new_id
 from relay.errors import DatabaseUnavailable
 from relay.store.cache import SessionCache
@@ -25,7 +27,9 @@ from relay.store.models import sessions
 from relay.store.prune import prune
 from relay.store.sessions import Lifetimes, Sessions, Tokens
 from relay.store.sqlite_watch import KEEP, Watcher
-from tests.conftest import run_migrations
+from tests.conftest import PUBLIC_URL, FakeClock, base_config, run_migrations, sign_in
+from tests.live import eventually
+from tests.provider import ProviderTransport, TestProvider
 
 LIFETIMES = Lifetimes(absolute=86400, idle=3600, touch_interval=60)
 TOKENS = Tokens(id_token="id-token", access_token=None, refresh_token=None)
@@ -176,9 +180,6 @@ def test_a_failed_poll_stops_trust_at_once_and_the_next_one_catches_up(url: str)
         now = int(time.time())
         alice = await relay.sign_in("alice", now)
         bob = await relay.sign_in("bob", now)
-        add_row(relay.other, "active", now)
-        write(relay.other, "DELETE FROM sessions WHERE subject = 'carol'")
-        await relay.poll()  # the log has had an entry, read
         # Renaming the table takes the triggers along: endings are still logged, unreadably.
         write(relay.other, "ALTER TABLE ended_sessions RENAME TO hidden")
         with pytest.raises(DatabaseUnavailable):
@@ -253,3 +254,38 @@ def test_a_watcher_that_cannot_open_the_file_never_vouches(tmp_path: Path) -> No
                 await task
 
     asyncio.run(test())
+
+
+def test_a_relay_whose_watcher_cannot_read_answers_from_the_table(
+    url: str, provider: TestProvider, clock: FakeClock
+) -> None:
+    """A running relay whose log becomes unreadable says so on /readyz within 1 s and stops
+    answering from its cache: a session deleted meanwhile (its ending logged where the watcher
+    cannot see it) gets 401 at once. Readable again, the relay trusts its cache again."""
+    app = create_app(base_config(url), transport=ProviderTransport(provider), clock=clock)
+    other = create_engine(url.replace("+aiosqlite", ""))
+    try:
+        with TestClient(app, base_url=PUBLIC_URL, follow_redirects=False) as relay:
+            sign_in(relay, provider)
+            cookie = relay.cookies["__Host-relay_session"]
+            relay.cookies.clear()
+            headers = {"cookie": f"__Host-relay_session={cookie}"}
+            assert relay.get("/readyz").json()["session_cache"] == "trusted"
+            assert relay.get("/auth", headers=headers).status_code == 200  # now cached
+            write(other, "ALTER TABLE ended_sessions RENAME TO hidden")
+            eventually(
+                lambda: relay.get("/readyz").json()["session_cache"] == "bypassed",
+                1.0,
+                "the cache is bypassed",
+            )
+            write(other, "DELETE FROM sessions WHERE status = 'active'")
+            assert relay.get("/auth", headers=headers).status_code == 401
+            write(other, "ALTER TABLE hidden RENAME TO ended_sessions")
+            eventually(
+                lambda: relay.get("/readyz").json()["session_cache"] == "trusted",
+                3.0,
+                "the watcher gets through again",
+            )
+            assert relay.get("/auth", headers=headers).status_code == 401
+    finally:
+        other.dispose()

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 
 import structlog
-from sqlalchemy import bindparam, delete, select, text
+from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from relay.background import stop_if_cancelling
@@ -51,12 +51,16 @@ KEEP = 60  # seconds an entry stays in the log: a watcher reads it within POLL
 _RETRY_MAX = 5.0
 
 _VERSION = text("PRAGMA data_version")
-_LAST = text("SELECT seq FROM sqlite_sequence WHERE name = 'ended_sessions'")
-_SINCE = (
-    select(ended_sessions.c.id_hash)
-    .where(ended_sessions.c.seq > bindparam("after"), ended_sessions.c.seq <= bindparam("upto"))
-    .order_by(ended_sessions.c.seq)
+# The entries past ``after`` and the last number ever given, in one statement (one snapshot:
+# a count that does not match the numbers means entries were pruned unread). The log table
+# is read even when nothing is new, so a log that cannot be read fails the poll. A row with
+# a NULL id_hash only carries the last number.
+_SINCE = text(
+    "SELECT e.id_hash, s.seq AS last FROM sqlite_sequence AS s"
+    " LEFT JOIN ended_sessions AS e ON e.seq > :after AND e.seq <= s.seq"
+    " WHERE s.name = 'ended_sessions' ORDER BY e.seq"
 )
+_NONE_YET = 2**62  # as ``after`` on the first poll: only the last number is wanted
 
 
 async def forget_old(conn: AsyncConnection, now: int) -> int:
@@ -160,22 +164,22 @@ class Watcher:
             log.info("invalidation.watching", recovered=False)
 
     async def _read_log(self, conn: AsyncConnection) -> None:
-        last = (await conn.execute(_LAST)).scalar() or 0
+        after = _NONE_YET if self._seen is None else self._seen
+        rows = (await conn.execute(_SINCE, {"after": after})).all()
+        last = rows[0].last if rows else 0  # no row: nothing ever logged
         if self._seen is None:
             # The first poll: the cache has taken nothing in yet (it was not trusted), so
             # nothing that ended before now can be in it.
             self._seen = last
             return
-        if last == self._seen:
-            return
-        rows = (await conn.execute(_SINCE, {"after": self._seen, "upto": last})).all()
-        if len(rows) == last - self._seen:
-            self._cache.invalidate([row.id_hash for row in rows])
-        else:
+        ended = [row.id_hash for row in rows if row.id_hash is not None]
+        if len(ended) != last - self._seen:
             # Entries this relay never read were pruned (it stalled past KEEP), or the file
             # was replaced: whatever they named is unknown.
-            log.warning("invalidation.log_gap", seen=self._seen, last=last, found=len(rows))
+            log.warning("invalidation.log_gap", seen=self._seen, last=last, found=len(ended))
             self._cache.flush()
+        elif ended:
+            self._cache.invalidate(ended)
         self._seen = last
 
     def _lost(self, exc: DatabaseUnavailable) -> None:
