@@ -174,8 +174,8 @@ class Watcher:
             return
         ended = [row.id_hash for row in rows if row.id_hash is not None]
         if len(ended) != last - self._seen:
-            # Entries this relay never read were pruned (it stalled past KEEP), or the file
-            # was replaced: whatever they named is unknown.
+            # Entries this relay never read were pruned (it stalled past KEEP), or the numbers
+            # went back (the log was recreated): whatever they named is unknown.
             log.warning("invalidation.log_gap", seen=self._seen, last=last, found=len(ended))
             self._cache.flush()
         elif ended:
