@@ -47,6 +47,7 @@ from relay.store.database import (
 from relay.store.invalidation import Listener
 from relay.store.pending import PendingLogins
 from relay.store.sessions import Lifetimes, Sessions
+from relay.store.sqlite_watch import Watcher
 
 log = structlog.get_logger("relay.app")
 
@@ -98,11 +99,8 @@ def create_app(
             session.absolute_lifetime, session.idle_timeout, session.touch_interval
         )
         cache = SessionCache(config.cache.max_entries)
-        listener = None
-        if db.is_postgres:
-            # Other replicas end sessions too: the cache is trusted only while this listener
-            # hears about it (store/invalidation.py).
-            listener = Listener(database.url, cache, timeout=database.timeout)
+        endings = track_endings(db, database.url, cache)
+        listener = endings if isinstance(endings, Listener) else None
         sessions = Sessions(
             db,
             sealer,
@@ -160,8 +158,7 @@ def create_app(
         sampler = asyncio.create_task(
             run_sampler(db, metrics, clock, stop_sampling), name="sampler"
         )
-        if listener is not None:
-            tasks.append(asyncio.create_task(listener.run(), name="invalidation-listener"))
+        tasks.append(await start_tracking(endings))
         app.state.pruner = None
         if run_pruner_task:
             app.state.pruner = asyncio.create_task(
@@ -194,6 +191,27 @@ def create_app(
         exception_handlers={RelayError: error_response},
         lifespan=lifespan,
     )
+
+
+def track_endings(db: Database, url: str, cache: SessionCache) -> Listener | Watcher:
+    """What tells this process's cache of sessions ended by others; the cache is trusted
+    only while it does."""
+    if db.is_postgres:
+        # Other replicas end sessions too (store/invalidation.py).
+        return Listener(url, cache, timeout=db.timeout)
+    # So do other processes on the same file, `relay sessions revoke` first of all
+    # (store/sqlite_watch.py).
+    watcher = Watcher(url, cache, timeout=db.timeout)
+    cache.trusted = watcher.trusted
+    return watcher
+
+
+async def start_tracking(endings: Listener | Watcher) -> asyncio.Task[None]:
+    if isinstance(endings, Listener):
+        return asyncio.create_task(endings.run(), name="invalidation-listener")
+    task = asyncio.create_task(endings.run(), name="invalidation-watcher")
+    await endings.first_poll()
+    return task
 
 
 def middleware(config: Config, metrics: Metrics, lifecycle: Lifecycle) -> list[Middleware]:

@@ -6,7 +6,8 @@ relay prune --config PATH          one prune pass; prints how many rows it remov
 relay check-config --config PATH   validate; print the resolved config, secrets masked
                  [--connect]       ...and reach the database and the provider
 relay sessions list --config PATH [--sub SUB] [--json]   who is signed in
-relay sessions revoke --config PATH (--sub SUB | --id HASHPREFIX)   end sessions now
+relay sessions revoke --config PATH (--sub SUB | --id HASHPREFIX)   end sessions now; running
+                 relays (every replica, and SQLite) notice within 1 s
 relay sessions stats --config PATH [--json]   sessions by state
 
 Trouble outside the relay (a config mistake, an unreachable database, a busy port) ends a
@@ -210,7 +211,12 @@ def _add_sessions_parser(commands: Any) -> None:  # argparse's _SubParsersAction
     listing = actions.add_parser("list", help="the sessions, a table (or JSON lines)")
     listing.add_argument("--sub", metavar="SUB", help="only this user's")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    revoke = actions.add_parser("revoke", help="end sessions now, on every replica")
+    revoke = actions.add_parser(
+        "revoke",
+        help="end sessions now; a running relay notices within 1 s",
+        description="End sessions now. A running relay notices within 1 s: every replica on "
+        "PostgreSQL, the relay on SQLite (through the ended-sessions log).",
+    )
     which = revoke.add_mutually_exclusive_group(required=True)
     which.add_argument("--sub", metavar="SUB", help="every session of this user")
     which.add_argument(

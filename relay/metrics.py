@@ -92,7 +92,7 @@ class _StateCollector(Collector):
         trusted = cache.trusted()
         yield GaugeMetricFamily(
             "relay_session_cache_trusted",
-            "1 while the cache may answer (with PostgreSQL: the invalidation listener is live).",
+            "1 while the cache may answer: the invalidation listener (or SQLite watcher) is live.",
             value=1 if trusted else 0,
         )
         if self._listener is not None:

@@ -55,6 +55,7 @@ def test_serve_on_fresh_sqlite_migrates_itself_and_stops_gracefully(tmp_path: Pa
             "status": "ok",
             "database": "ok",
             "provider": "unavailable: discovery.unreachable",
+            "session_cache": "trusted",  # the watcher's first poll came before serving
         }
         assert httpx2.get(base + "/auth").status_code == 401
     finally:

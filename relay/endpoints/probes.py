@@ -35,8 +35,8 @@ async def readyz(request: Request) -> Response:
         await ctx.discovery.get()  # cached, or one attempt when the backoff allows
     except RelayError:
         body["provider"] = f"unavailable: {ctx.discovery.last_error}"
-    if ctx.listener is not None:
-        body["session_cache"] = "trusted" if ctx.listener.trusted() else "bypassed"
+    # Trusted while the invalidation listener (PostgreSQL) or watcher (SQLite) keeps up.
+    body["session_cache"] = "trusted" if ctx.sessions.cache.trusted() else "bypassed"
     if ctx.lifecycle.shutting_down:
         body["status"] = "shutting_down"
         return JSONResponse(body, status_code=503)

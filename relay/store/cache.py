@@ -6,11 +6,12 @@ What makes a cached answer safe is not a TTL:
   timestamps. Those can only be older than the row's (a touch elsewhere moves them forward),
   so the cache may think a session expired early, never late; the store then asks the table.
 - Ending a session (logout, back-channel logout, revocation) invalidates its entry here at
-  once, and on other replicas through PostgreSQL's LISTEN/NOTIFY (store/invalidation.py).
-- The cache is *trusted* only while ``trusted()`` says so: always with SQLite (one process,
-  every write goes through this cache), and with PostgreSQL only while the invalidation
-  listener has confirmed, less than its bound ago, that it still receives every
-  notification. An untrusted cache answers nothing and takes nothing in.
+  once, and in other processes through PostgreSQL's LISTEN/NOTIFY (store/invalidation.py)
+  or, on SQLite, the ended-sessions log (store/sqlite_watch.py).
+- The cache is *trusted* only while ``trusted()`` says so: while the invalidation listener
+  (PostgreSQL) or watcher (SQLite) has confirmed, less than its bound ago, that it still
+  hears of every ending. An untrusted cache answers nothing and takes nothing in. (The
+  default, always, is for a cache nobody else can end sessions behind, like the CLI's.)
 - A lookup that raced an invalidation does not put a stale row back: every invalidation
   bumps ``generation``, and ``put`` refuses an entry read under an older one.
 """

@@ -46,7 +46,7 @@ _RETRY_MAX = 5.0
 
 async def announce(conn: AsyncConnection, id_hashes: Sequence[str]) -> None:
     """Queue a notification for these ended sessions in ``conn``'s transaction (PostgreSQL;
-    with SQLite there is one process and its cache is told directly)."""
+    with SQLite the schema's triggers log every ending, see store/sqlite_watch.py)."""
     if conn.dialect.name != "postgresql":
         return
     for start in range(0, len(id_hashes), _PER_NOTIFY):

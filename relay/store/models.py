@@ -55,3 +55,16 @@ logout_tokens = Table(
     Column("expires_at", BigInteger, nullable=False),
     Index("ix_logout_tokens_expires_at", "expires_at"),
 )
+
+# Sessions that ended, for a SQLite relay to read (relay/store/sqlite_watch.py): written by
+# triggers (migrations/versions/0006_ended_sessions.py), in the ending's own transaction,
+# whoever ends the session; kept KEEP seconds there by the pruner. Empty on PostgreSQL.
+ended_sessions = Table(
+    "ended_sessions",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id_hash", String(64), nullable=False),
+    Column("ended_at", BigInteger, nullable=False),
+    Index("ix_ended_sessions_ended_at", "ended_at"),
+    sqlite_autoincrement=True,
+)

@@ -1,5 +1,5 @@
-"""One prune pass: delete expired rows in bounded batches (sessions), and the used logout
-tokens that could no longer be accepted anyway."""
+"""One prune pass: delete expired rows in bounded batches (sessions), the used logout
+tokens that could no longer be accepted anyway, and the ended-sessions log past its keep."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from relay.store.database import Database
 from relay.store.logout_tokens import forget_expired
 from relay.store.models import sessions
+from relay.store.sqlite_watch import forget_old
 
 # pg_try_advisory_lock key shared by every relay on a database: "relay" + "prune" in ASCII.
 ADVISORY_LOCK_KEY = 0x72656C6179_7072
@@ -53,6 +54,8 @@ async def _delete_in_batches(conn: AsyncConnection, now: int, batch_size: int) -
     expired = select(sessions.c.id_hash).where(sessions.c.expires_at <= now).limit(batch_size)
     # Used logout tokens past their age: a few hundred a day at most, gone in one statement.
     removed = await forget_expired(conn, now)
+    # Ended-sessions log entries (SQLite) past KEEP, also a handful: not counted as rows.
+    await forget_old(conn, now)
     await conn.commit()
     batches = 0
     while True:
