@@ -75,6 +75,8 @@ class Behaviour:
     refresh_status: int = 200  # answered (with refresh_body or server_error) to refreshes only
     refresh_body: Any = None
     refresh_delay: float = 0.0  # seconds a refresh takes: keeps it in flight while others ask
+    # Merged over every token response (code and refresh grants): a token the provider mangles.
+    token_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 class ProviderTransport(httpx2.AsyncBaseTransport):
@@ -238,7 +240,7 @@ class TestProvider:
         return self._tokens(tokens)
 
     def _tokens(self, tokens: dict[str, str]) -> Response:
-        body: dict[str, Any] = {**tokens, "token_type": "Bearer"}
+        body: dict[str, Any] = {**tokens, "token_type": "Bearer", **self.behaviour.token_overrides}
         if self.behaviour.expires_in is not None:
             body["expires_in"] = self.behaviour.expires_in
         return JSONResponse(body)

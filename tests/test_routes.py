@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -18,6 +19,7 @@ from tests.conftest import (
     PUBLIC_URL,
     base_config,
     callback_path,
+    log_lines,
     postgres_database,
     provider_redirect,
     query,
@@ -248,6 +250,51 @@ def test_callback_token_endpoint_500_is_502(
     params = start_login(relay, provider)
     provider.behaviour.token_status = 500
     assert relay.get("/callback?" + urlencode(params)).status_code == 502
+    assert session_count(db) == 0
+
+
+MANGLED_TOKENS = {
+    "non-ascii": "at-\u00e9t\u00e9",
+    "crlf": "at-1\r\nX-Injected: yes",
+    "nul": "at-1\x00",
+}
+
+
+@pytest.mark.parametrize("name", ["access_token", "refresh_token", "id_token"])
+@pytest.mark.parametrize("value", list(MANGLED_TOKENS.values()), ids=list(MANGLED_TOKENS))
+def test_callback_with_a_mangled_token_is_502_and_no_session(
+    relay: TestClient,
+    provider: TestProvider,
+    *,
+    db: Engine,
+    log_stream: io.StringIO,
+    name: str,
+    value: str,
+) -> None:
+    """A token outside VSCHAR (non-ASCII, CR/LF, NUL: it could not go in a header nor, NUL,
+    in PostgreSQL) is the provider's nonsense: 502 with its reason, logged, no session;
+    never a 500 from the userinfo call nor a 503 blaming the database."""
+    params = start_login(relay, provider)
+    provider.behaviour.token_overrides[name] = value
+    response = relay.get("/callback?" + urlencode(params), headers={"Accept": "application/json"})
+    assert response.status_code == 502
+    assert response.json()["error"] == f"token.malformed_{name}"
+    failed = [e for e in log_lines(log_stream) if e["event"] == "login.failed"]
+    assert failed[-1]["reason"] == f"token.malformed_{name}"
+    assert session_count(db) == 0
+    assert provider.calls["userinfo"] == 0
+
+
+def test_callback_with_a_token_response_nested_too_deep_is_502(
+    relay: TestClient, provider: TestProvider, db: Engine
+) -> None:
+    """A token response of arrays nested thousands deep (it fits in the size cap) exhausts
+    the JSON parser's stack: a 502 with a reason, not a 500."""
+    params = start_login(relay, provider)
+    provider.behaviour.token_raw_body = "[" * 5000 + "]" * 5000
+    response = relay.get("/callback?" + urlencode(params), headers={"Accept": "application/json"})
+    assert response.status_code == 502
+    assert response.json()["error"] == "token.nested_too_deep"
     assert session_count(db) == 0
 
 
