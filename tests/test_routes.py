@@ -285,6 +285,19 @@ def test_callback_with_a_mangled_token_is_502_and_no_session(
     assert provider.calls["userinfo"] == 0
 
 
+def test_callback_with_a_nul_in_sub_is_400_on_both_databases(
+    relay: TestClient, provider: TestProvider, db: Engine
+) -> None:
+    """An ID token whose sub holds NUL fails id_token.bad_sub on both databases, rather than
+    a session on SQLite and a 503 blaming PostgreSQL, which refuses NUL in text."""
+    provider.subject = "user\x00-1"
+    params = start_login(relay, provider)
+    response = relay.get("/callback?" + urlencode(params), headers={"Accept": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "id_token.bad_sub"
+    assert session_count(db) == 0
+
+
 def test_callback_with_a_token_response_nested_too_deep_is_502(
     relay: TestClient, provider: TestProvider, db: Engine
 ) -> None:
