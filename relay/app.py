@@ -97,7 +97,7 @@ def create_app(
         lifetimes = Lifetimes(
             session.absolute_lifetime, session.idle_timeout, session.touch_interval
         )
-        cache = SessionCache(config.cache.max_entries)
+        cache = SessionCache(config.cache.max_entries, miss_ttl=config.cache.miss_ttl)
         listener = None
         if db.is_postgres:
             # Other replicas end sessions too: the cache is trusted only while this listener

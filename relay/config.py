@@ -271,6 +271,10 @@ class CacheConfig(_Section):
     # Live sessions kept in each relay process (least recently used go first); 0 turns the
     # cache off and every /auth reads the table.
     max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
+    # How long a cookie that named no session is remembered as naming none (at most
+    # max_entries of them), so that the same bogus cookie again costs no SELECT. A new
+    # session is never refused by it (see relay/store/cache.py). 0 turns it off.
+    miss_ttl: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0, le=60)] = 5
 
 
 class RedirectsConfig(_Section):
