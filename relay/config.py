@@ -114,6 +114,12 @@ class ServerConfig(_Section):
     # load balancer can take the replica out), then requests in flight get shutdown_timeout.
     shutdown_delay: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0)] = 0
     shutdown_timeout: Duration = 10
+    # A request head (request line and headers) larger than this gets 431; one not complete
+    # within header_timeout of the connection (or of its first byte) gets 408. A proxy in
+    # front sends heads whole and far smaller; these bound a client that reaches the relay
+    # directly (relay/protocol.py).
+    max_header_bytes: int = Field(default=64 * 1024, ge=8 * 1024, le=16 * 1024 * 1024)
+    header_timeout: Duration = 10
 
     _check_public_url = field_validator("public_url")(_https_unless_loopback)
 
