@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
 import psycopg
 import pytest
+from joserfc import jws
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
@@ -292,6 +294,25 @@ def test_callback_with_a_nul_in_sub_is_400_on_both_databases(
     a session on SQLite and a 503 blaming PostgreSQL, which refuses NUL in text."""
     provider.subject = "user\x00-1"
     params = start_login(relay, provider)
+    response = relay.get("/callback?" + urlencode(params), headers={"Accept": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "id_token.bad_sub"
+    assert session_count(db) == 0
+
+
+def test_a_sub_with_a_lone_surrogate_is_refused(
+    relay: TestClient, provider: TestProvider, db: Engine
+) -> None:
+    """An ID token whose JSON says "sub": "\\ud800" (validly signed: JSON may escape a lone
+    surrogate, which no database driver can encode) fails id_token.bad_sub, not a 500."""
+    params = start_login(relay, provider)
+    grant = provider.grants[params["code"]]
+    signed = jws.extract_compact(provider.id_token(grant.nonce, "placeholder-sub").encode())
+    claims = {**json.loads(signed.payload), "sub": "\ud800"}
+    header = {"alg": "RS256", "kid": provider.rsa_key.kid}
+    payload = json.dumps(claims).encode("ascii")  # ensure_ascii: "\\ud800", six characters
+    token = jws.serialize_compact(header, payload, provider.rsa_key, algorithms=["RS256"])
+    provider.behaviour.token_overrides["id_token"] = token
     response = relay.get("/callback?" + urlencode(params), headers={"Accept": "application/json"})
     assert response.status_code == 400
     assert response.json()["error"] == "id_token.bad_sub"
