@@ -98,7 +98,7 @@ def create_app(
         lifetimes = Lifetimes(
             session.absolute_lifetime, session.idle_timeout, session.touch_interval
         )
-        cache = SessionCache(config.cache.max_entries)
+        cache = SessionCache(config.cache.max_entries, miss_ttl=config.cache.miss_ttl)
         endings = track_endings(db, database.url, cache)
         listener = endings if isinstance(endings, Listener) else None
         sessions = Sessions(

@@ -255,8 +255,12 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _list_sessions(db: Database, subject: str | None, *, as_json: bool) -> int:
-    from relay.store.listing import MAX_PAGE, list_sessions
+    from relay.store.database import text_problem
+    from relay.store.listing import MAX_PAGE, list_sessions, printable
 
+    if subject is not None and (problem := text_problem(subject)) is not None:
+        print(f"relay: --sub {printable(subject)} {problem}", file=sys.stderr)
+        return 2
     now = int(time.time())
     rows, after = [], None
     while True:
@@ -273,8 +277,8 @@ async def _list_sessions(db: Database, subject: str | None, *, as_json: bool) ->
     table += [
         (
             row.short_id,
-            row.subject or "-",
-            row.email or "-",
+            printable(row.subject or "-"),
+            printable(row.email or "-"),
             row.state,
             _when(row.created_at),
             _when(row.last_accessed_at),
@@ -311,13 +315,19 @@ async def _revoke(sessions: Sessions, subject: str | None, id_prefix: str | None
     import structlog
 
     from relay.crypto import short_hash
-    from relay.store.listing import AmbiguousPrefix, hash_prefix
+    from relay.store.database import text_problem
+    from relay.store.listing import AmbiguousPrefix, hash_prefix, printable
 
     log = structlog.get_logger("relay.cli")
     if subject is not None:
+        problem = text_problem(subject)
+        if problem is not None:  # bytes that are not UTF-8 reach argv as lone surrogates
+            print(f"relay: --sub {printable(subject)} {problem}", file=sys.stderr)
+            return 2
         ended = await sessions.revoke_subject(subject)
         log.info("admin.revoked", via="cli", subject=subject, ended=len(ended))
-        print(f"ended {len(ended)} session{'' if len(ended) == 1 else 's'} of {subject}")
+        plural = "" if len(ended) == 1 else "s"
+        print(f"ended {len(ended)} session{plural} of {printable(subject)}")
         return 0
     prefix = hash_prefix(id_prefix or "")
     if prefix is None:

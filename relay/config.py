@@ -117,6 +117,12 @@ class ServerConfig(_Section):
     # load balancer can take the replica out), then requests in flight get shutdown_timeout.
     shutdown_delay: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0)] = 0
     shutdown_timeout: Duration = 10
+    # A request head (request line and headers) larger than this gets 431; one not complete
+    # within header_timeout of the connection (or of its first byte) gets 408. A proxy in
+    # front sends heads whole and far smaller; these bound a client that reaches the relay
+    # directly (relay/protocol.py).
+    max_header_bytes: int = Field(default=64 * 1024, ge=8 * 1024, le=16 * 1024 * 1024)
+    header_timeout: Duration = 10
 
     _check_public_url = field_validator("public_url")(_https_unless_loopback)
 
@@ -276,6 +282,10 @@ class CacheConfig(_Section):
     # Live sessions kept in each relay process (least recently used go first); 0 turns the
     # cache off and every /auth reads the table.
     max_entries: int = Field(default=10_000, ge=0, le=10_000_000)
+    # How long a cookie that named no session is remembered as naming none (at most
+    # max_entries of them), so that the same bogus cookie again costs no SELECT. A new
+    # session is never refused by it (see relay/store/cache.py). 0 turns it off.
+    miss_ttl: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0, le=60)] = 5
 
 
 class RedirectsConfig(_Section):

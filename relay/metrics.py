@@ -89,6 +89,17 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "relay_session_cache_entries", "Sessions in the cache.", value=len(cache)
         )
+        yield CounterMetricFamily(
+            "relay_session_cache_misses_remembered",
+            "Lookups of a cookie that named no session, answered without the database because "
+            "it named none moments before (cache.miss_ttl).",
+            value=cache.misses_remembered,
+        )
+        yield GaugeMetricFamily(
+            "relay_session_cache_missing_entries",
+            "Cookies remembered as naming no session.",
+            value=cache.missing,
+        )
         trusted = cache.trusted()
         yield GaugeMetricFamily(
             "relay_session_cache_trusted",

@@ -23,6 +23,7 @@ import uvicorn
 
 from relay.config import Config
 from relay.endpoints import Lifecycle
+from relay.protocol import bounded_http
 
 log = structlog.get_logger("relay.serve")
 
@@ -102,6 +103,8 @@ def serve(config: Config) -> int:
         proxy_headers=False,  # X-Forwarded-* are judged by [server].trusted_proxies
         server_header=False,
         timeout_graceful_shutdown=server.shutdown_timeout,
+        # httptools (the hot path's parser) with bounds on the request head: relay/protocol.py
+        http=bounded_http(server.max_header_bytes, server.header_timeout),
     )
     RelayServer(uvicorn_config, lifecycle, server.shutdown_delay).run(sockets=sockets)
     return 0

@@ -80,6 +80,8 @@ class Behaviour:
     # rotated) at once, and its answer held until the test sets this event. The relay's read
     # timeout runs meanwhile, as over a real connection.
     refresh_answer: asyncio.Event | None = None
+    # Merged over every token response (code and refresh grants): a token the provider mangles.
+    token_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 class ProviderTransport(httpx2.AsyncBaseTransport):
@@ -258,7 +260,7 @@ class TestProvider:
         return self._tokens(tokens)
 
     def _tokens(self, tokens: dict[str, str]) -> Response:
-        body: dict[str, Any] = {**tokens, "token_type": "Bearer"}
+        body: dict[str, Any] = {**tokens, "token_type": "Bearer", **self.behaviour.token_overrides}
         if self.behaviour.expires_in is not None:
             body["expires_in"] = self.behaviour.expires_in
         return JSONResponse(body)

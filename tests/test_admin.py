@@ -503,3 +503,43 @@ def test_database_gone_is_503_json(
     events = log_lines(log_stream)
     assert [e["reason"] for e in events if e["event"] == "admin.failed"] == ["database.unavailable"]
     assert not [e for e in events if "exception" in e or "Traceback" in json.dumps(e)]
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"sub": "\\ud800"}', "lone surrogate"),
+        (b'{"sub": "alice\\u0000"}', "NUL"),
+        (b"[" * 5000 + b"]" * 5000, "nested too deep"),
+        (b'{"sub": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deep"),
+    ],
+    ids=["lone-surrogate", "nul", "deep-array", "deep-in-object"],
+)
+def test_revoke_refuses_text_the_database_cannot_take(
+    admin: TestClient,
+    provider: TestProvider,
+    log_stream: io.StringIO,
+    body: bytes,
+    problem: str,
+) -> None:
+    """JSON that parses into what no driver stores (a lone surrogate, NUL on PostgreSQL) or
+    that nests deep enough to exhaust the parser: 400 with a reason, logged, no session
+    ended, never a 500 nor a 503 that blames the database."""
+    alice = signed_in(admin, provider, "alice", "alice@example.com")
+    response = admin.post("/admin/sessions/revoke", content=body, headers=bearer())
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+    assert problem in response.json()["reason"]
+    refused = [e for e in log_lines(log_stream) if e["event"] == "admin.refused"]
+    assert refused[-1]["reason"] in ("unstorable_text", "json_too_deep")
+    assert auth(admin, alice) == 200
+
+
+def test_listing_by_a_subject_with_nul_is_400(admin: TestClient, log_stream: io.StringIO) -> None:
+    """GET /admin/sessions?sub=%00: 400 with a reason, logged, rather than PostgreSQL's
+    refusal of NUL taken for an outage (503)."""
+    response = admin.get("/admin/sessions", params={"sub": "alice\x00"}, headers=bearer())
+    assert response.status_code == 400
+    assert "NUL" in response.json()["reason"]
+    refused = [e for e in log_lines(log_stream) if e["event"] == "admin.refused"]
+    assert refused[-1]["reason"] == "unstorable_text"

@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
+from relay.crypto import hash_id, new_id
 from relay.store.cache import CachedSession, SessionCache
-from relay.store.sessions import ActiveSession
+from relay.store.sessions import ActiveSession, Tokens
 from tests.conftest import count_statements, sign_in
 from tests.provider import TestProvider
 
@@ -148,3 +149,107 @@ def test_expiry_is_judged_on_every_cached_hit(
         assert relay.get("/auth").status_code == 200
         clock.advance(1)
         assert relay.get("/auth").status_code == 401
+
+
+# -- misses remembered: a bogus cookie again costs no SELECT ---------------------------------
+
+
+def test_a_miss_is_remembered_for_miss_ttl_and_bounded() -> None:
+    """A remembered miss answers until miss_ttl seconds have passed; at most max_entries are
+    kept (oldest out first)."""
+    cache = SessionCache(max_entries=2, miss_ttl=5)
+    cache.remember_missing("a", 100, cache.births)
+    assert cache.known_missing("a", 104)
+    assert not cache.known_missing("a", 105)
+    for name in ("a", "b", "c"):
+        cache.remember_missing(name, 200, cache.births)
+    assert cache.missing == 2
+    assert not cache.known_missing("a", 200)
+    assert cache.known_missing("b", 200) and cache.known_missing("c", 200)
+    assert cache.misses_remembered == 3
+
+
+def test_a_birth_clears_its_miss_and_a_miss_read_before_a_birth_is_not_remembered() -> None:
+    """born() forgets the miss for that id; a read that began before any birth on this
+    replica comes back too late to be remembered (it may have missed the new row)."""
+    cache = SessionCache(max_entries=10, miss_ttl=5)
+    cache.remember_missing("a", 100, cache.births)
+    cache.born("a")
+    assert not cache.known_missing("a", 100)
+    stale = cache.births
+    cache.born("z")
+    cache.remember_missing("b", 100, stale)
+    assert not cache.known_missing("b", 100)
+
+
+def test_misses_are_not_remembered_with_the_cache_or_miss_ttl_off() -> None:
+    """max_entries = 0 (every /auth reads the table) or miss_ttl = 0: nothing remembered."""
+    for cache in (SessionCache(max_entries=0, miss_ttl=5), SessionCache(10, miss_ttl=0)):
+        cache.remember_missing("a", 100, cache.births)
+        assert not cache.known_missing("a", 100)
+
+
+def lookups(statements: list[str]) -> list[str]:
+    """The session lookups among them (a stats sampler may also read the table)."""
+    return [s for s in statements if "WHERE sessions.id_hash" in s]
+
+
+def bogus_auth(relay: TestClient, cookie: str) -> int:
+    return relay.get("/auth", headers={"Cookie": f"__Host-relay_session={cookie}"}).status_code
+
+
+def test_a_repeated_bogus_cookie_costs_one_select_per_window(relay: TestClient, clock: Any) -> None:
+    """A well-formed cookie naming no session: one SELECT, then 401s without the database for
+    miss_ttl (5 s), then one SELECT again. Distinct bogus cookies still cost one each: a flood
+    of those is the proxy's to rate-limit."""
+    engine = relay.app.state.engine.sync_engine
+    bogus = new_id()
+    with count_statements(engine, "SELECT") as reads:
+        for _ in range(20):
+            assert bogus_auth(relay, bogus) == 401
+        clock.advance(4)
+        assert bogus_auth(relay, bogus) == 401
+    assert len(lookups(reads)) == 1
+    clock.advance(1)
+    with count_statements(engine, "SELECT") as reads:
+        assert bogus_auth(relay, bogus) == 401
+        for _ in range(5):
+            assert bogus_auth(relay, new_id()) == 401
+    assert len(lookups(reads)) == 6
+    registry = relay.app.state.metrics.registry
+    assert registry.get_sample_value("relay_session_cache_misses_remembered_total") == 20
+
+
+def test_a_browser_with_a_remembered_bogus_cookie_signs_in_and_passes_at_once(
+    relay: TestClient, provider: TestProvider
+) -> None:
+    """The old cookie is remembered as naming nothing; the login gives a new id, whose very
+    first check passes (and the old cookie is still refused)."""
+    old = new_id()
+    relay.cookies.set("__Host-relay_session", old, domain="relay.test", path="/")
+    assert relay.get("/auth").status_code == 401
+    assert relay.get("/auth").status_code == 401
+    sign_in(relay, provider)
+    assert relay.cookies["__Host-relay_session"] != old
+    relay.app.state.relay.sessions.cache.flush()  # the first check reads the table
+    assert relay.get("/auth").status_code == 200
+    assert bogus_auth(relay, old) == 401
+
+
+def test_a_session_created_under_a_remembered_miss_passes_its_first_check(
+    relay: TestClient, clock: Any
+) -> None:
+    """Sessions.create clears a miss remembered for its id on this replica: even an id that
+    was looked up before it existed (which a random id never is) passes at once."""
+    sessions = relay.app.state.relay.sessions
+    id_hash = hash_id(new_id())
+    now = int(clock())
+
+    async def go() -> Any:
+        assert await sessions.get(id_hash, now) is None
+        assert sessions.cache.known_missing(id_hash, now)
+        await sessions.create(id_hash, "alice", {"sub": "alice"}, Tokens("id", None, None), now)
+        sessions.cache.flush()
+        return await sessions.get(id_hash, now)
+
+    assert relay.portal.call(go) is not None

@@ -216,3 +216,51 @@ def test_a_revoked_session_stops_working_at_the_running_relay(
         while relay.get("/auth", headers=headers).status_code == 200:
             assert time.monotonic() - revoked < 1.0, "still accepted after 1 s"
         assert relay.get("/auth", headers=headers).status_code == 401
+
+
+def test_list_escapes_terminal_controls_from_claims(
+    tmp_path: Path, database_url: str, db: Engine
+) -> None:
+    """A subject or email holding ESC sequences, a bell, a bidirectional override or a
+    newline is printed escaped: nothing from a claim reaches the terminal as a control, and
+    each session stays on one line (the JSON lines escape them too)."""
+    add_session(db, "evil\x1b[2J\x1b[H", email="x\x1b]0;pwned\x07@example.com")
+    add_session(db, "\u202eadmin\nroot", email="ok@example.com")
+    code, out, err = relay_cli(tmp_path, database_url, "list")
+    assert code == 0, err
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    lines = out.splitlines()
+    assert len(lines) == 3
+    assert any("evil\\x1b[2J\\x1b[H" in line and "x\\x1b]0;pwned\\x07@" in line for line in lines)
+    assert any("\\u202eadmin\\nroot" in line for line in lines)
+    code, out, err = relay_cli(tmp_path, database_url, "list", "--json")
+    assert code == 0, err
+    assert "\x1b" not in out and "\u202e" not in out
+    assert {json.loads(line)["subject"] for line in out.splitlines()} == {
+        "evil\x1b[2J\x1b[H",
+        "\u202eadmin\nroot",
+    }
+
+
+def test_revoke_echoes_the_subject_escaped_and_refuses_undecodable_bytes(
+    tmp_path: Path, database_url: str, db: Engine
+) -> None:
+    """--sub is echoed escaped; bytes that are not UTF-8 (a lone surrogate in argv) end the
+    command with one line and exit 2, no traceback, nothing ended."""
+    add_session(db, "evil\x1b[2J")
+    code, out, err = relay_cli(tmp_path, database_url, "revoke", "--sub", "evil\x1b[2J")
+    assert code == 0, err
+    assert out.strip() == "ended 1 session of evil\\x1b[2J"
+    add_session(db, "bob")
+    config = tmp_path / "relay.toml"
+    for action in ("revoke", "list"):
+        result = subprocess.run(
+            [RELAY.encode(), b"sessions", action, b"--sub", b"bob\xff", b"--config", bytes(config)],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert b"Traceback" not in result.stderr
+        assert result.stderr.decode().startswith("relay: --sub bob\\udcff is not valid Unicode")
+    assert remaining(db) == ["bob"]

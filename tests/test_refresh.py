@@ -564,3 +564,45 @@ def test_two_replicas_hammered_for_one_expired_session_make_one_grant(tmp_path: 
                 statuses = list(pool.map(lambda base: auth(http, base, cookie), bases))
             assert statuses == [200] * len(bases)
             assert len(provider.refresh_requests) == 1
+
+
+@pytest.mark.parametrize("name", ["access_token", "refresh_token", "id_token"])
+@pytest.mark.parametrize(
+    "value",
+    ["at-\u00e9t\u00e9", "at-1\r\nX-Injected: yes", "at-1\x00"],
+    ids=["non-ascii", "crlf", "nul"],
+)
+def test_a_refresh_answer_with_a_mangled_token_is_a_provider_failure(
+    relay: TestClient,
+    provider: TestProvider,
+    *,
+    clock: Any,
+    db: Engine,
+    log_stream: io.StringIO,
+    name: str,
+    value: str,
+) -> None:
+    """A token outside VSCHAR in a refresh answer is the provider failing, like a 5xx: the
+    session and its tokens are kept (200 within the grace), the failure logged with its
+    reason and counted, nothing of the answer stored; a good answer later refreshes. (A
+    provider that rotated the refresh token in the mangled answer has spent the old one:
+    that grant then ends at the next refresh, as after any answer lost on the way.)"""
+    provider.behaviour.rotate_refresh_tokens = False
+    expires = signed_in(relay, provider, clock)
+    before = row(db)
+    provider.behaviour.token_overrides[name] = value
+    clock.now = expires
+    assert relay.get("/auth").status_code == 200
+    failed = [e for e in log_lines(log_stream) if e["event"] == "refresh.failed"]
+    assert failed[-1]["reason"] == f"token.malformed_{name}"
+    assert counted(relay, "failed") == 1
+    after = row(db)
+    assert (after.access_token, after.refresh_token, after.id_token) == (
+        before.access_token,
+        before.refresh_token,
+        before.id_token,
+    )
+    provider.behaviour.token_overrides.clear()
+    clock.advance(RETRY)
+    assert relay.get("/auth").status_code == 200
+    assert counted(relay, "succeeded") == 1

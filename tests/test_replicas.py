@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from relay.crypto import new_id
 from relay.store.prune import ADVISORY_LOCK_KEY
 from tests.conftest import postgres_database, run_migrations
 from tests.live import (
@@ -100,6 +101,24 @@ def test_a_session_made_on_one_replica_works_on_the_other(cluster: Cluster) -> N
     identity = c.http.get(c.b + "/auth", headers={"cookie": f"relay_session={cookie}"})
     assert identity.headers["x-auth-request-subject"] == "alice"
     assert auth(c.http, c.b, "not-a-session") == 401
+
+
+def test_a_replica_remembering_misses_passes_a_session_made_on_the_other_at_once(
+    cluster: Cluster,
+) -> None:
+    """B remembers a bogus cookie as naming no session (the second /auth costs it no SELECT);
+    a login at A, by the same browser, gets a new id that passes its very first check on B:
+    creates are not announced, and need not be, since a new id was never looked up."""
+    c = cluster
+    old = new_id()
+    remembered = "relay_session_cache_misses_remembered_total"
+    before = metric(c.http, c.b, remembered)
+    assert auth(c.http, c.b, old) == 401
+    assert auth(c.http, c.b, old) == 401
+    assert metric(c.http, c.b, remembered) == before + 1
+    cookie = sign_in(c.a, c.provider, "alice", "op-1")
+    assert auth(c.http, c.b, cookie) == 200
+    assert auth(c.http, c.b, old) == 401
 
 
 def test_logout_on_one_replica_ends_the_session_on_the_other_within_a_second(

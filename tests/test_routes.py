@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
 import psycopg
 import pytest
+from joserfc import jws
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
@@ -18,6 +21,7 @@ from tests.conftest import (
     PUBLIC_URL,
     base_config,
     callback_path,
+    log_lines,
     postgres_database,
     provider_redirect,
     query,
@@ -248,6 +252,83 @@ def test_callback_token_endpoint_500_is_502(
     params = start_login(relay, provider)
     provider.behaviour.token_status = 500
     assert relay.get("/callback?" + urlencode(params)).status_code == 502
+    assert session_count(db) == 0
+
+
+MANGLED_TOKENS = {
+    "non-ascii": "at-\u00e9t\u00e9",
+    "crlf": "at-1\r\nX-Injected: yes",
+    "nul": "at-1\x00",
+}
+
+
+@pytest.mark.parametrize("name", ["access_token", "refresh_token", "id_token"])
+@pytest.mark.parametrize("value", list(MANGLED_TOKENS.values()), ids=list(MANGLED_TOKENS))
+def test_callback_with_a_mangled_token_is_502_and_no_session(
+    relay: TestClient,
+    provider: TestProvider,
+    *,
+    db: Engine,
+    log_stream: io.StringIO,
+    name: str,
+    value: str,
+) -> None:
+    """A token outside VSCHAR (non-ASCII, CR/LF, NUL: it could not go in a header nor, NUL,
+    in PostgreSQL) is the provider's nonsense: 502 with its reason, logged, no session;
+    never a 500 from the userinfo call nor a 503 blaming the database."""
+    params = start_login(relay, provider)
+    provider.behaviour.token_overrides[name] = value
+    response = relay.get("/callback?" + urlencode(params), headers={"Accept": "application/json"})
+    assert response.status_code == 502
+    assert response.json()["error"] == f"token.malformed_{name}"
+    failed = [e for e in log_lines(log_stream) if e["event"] == "login.failed"]
+    assert failed[-1]["reason"] == f"token.malformed_{name}"
+    assert session_count(db) == 0
+    assert provider.calls["userinfo"] == 0
+
+
+def test_callback_with_a_nul_in_sub_is_400_on_both_databases(
+    relay: TestClient, provider: TestProvider, db: Engine
+) -> None:
+    """An ID token whose sub holds NUL fails id_token.bad_sub on both databases, rather than
+    a session on SQLite and a 503 blaming PostgreSQL, which refuses NUL in text."""
+    provider.subject = "user\x00-1"
+    params = start_login(relay, provider)
+    response = relay.get("/callback?" + urlencode(params), headers={"Accept": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "id_token.bad_sub"
+    assert session_count(db) == 0
+
+
+def test_a_sub_with_a_lone_surrogate_is_refused(
+    relay: TestClient, provider: TestProvider, db: Engine
+) -> None:
+    """An ID token whose JSON says "sub": "\\ud800" (validly signed: JSON may escape a lone
+    surrogate, which no database driver can encode) fails id_token.bad_sub, not a 500."""
+    params = start_login(relay, provider)
+    grant = provider.grants[params["code"]]
+    signed = jws.extract_compact(provider.id_token(grant.nonce, "placeholder-sub").encode())
+    claims = {**json.loads(signed.payload), "sub": "\ud800"}
+    header = {"alg": "RS256", "kid": provider.rsa_key.kid}
+    payload = json.dumps(claims).encode("ascii")  # ensure_ascii: "\\ud800", six characters
+    token = jws.serialize_compact(header, payload, provider.rsa_key, algorithms=["RS256"])
+    provider.behaviour.token_overrides["id_token"] = token
+    response = relay.get("/callback?" + urlencode(params), headers={"Accept": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "id_token.bad_sub"
+    assert session_count(db) == 0
+
+
+def test_callback_with_a_token_response_nested_too_deep_is_502(
+    relay: TestClient, provider: TestProvider, db: Engine
+) -> None:
+    """A token response of arrays nested thousands deep (it fits in the size cap) exhausts
+    the JSON parser's stack: a 502 with a reason, not a 500."""
+    params = start_login(relay, provider)
+    provider.behaviour.token_raw_body = "[" * 5000 + "]" * 5000
+    response = relay.get("/callback?" + urlencode(params), headers={"Accept": "application/json"})
+    assert response.status_code == 502
+    assert response.json()["error"] == "token.nested_too_deep"
     assert session_count(db) == 0
 
 

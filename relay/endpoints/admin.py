@@ -23,6 +23,7 @@ from relay.endpoints import INTERNAL, Context, context
 from relay.errors import RelayError
 from relay.forwarded import AddressSet, caller_address
 from relay.pruner import prune_once
+from relay.store.database import text_problem
 from relay.store.listing import (
     MAX_PAGE,
     MIN_PREFIX,
@@ -99,6 +100,8 @@ async def sessions(request: Request) -> Response:
         if cursor is not None and not _CURSOR.match(cursor):
             raise _Refused(_error(400, "invalid_request", "cursor: not one this API handed out"))
         subject = params.get("sub") or None
+        if subject is not None:
+            _storable("sub", subject)
         rows = await list_sessions(ctx.db, ctx.now(), subject=subject, after=cursor, limit=limit)
     except _Refused as refused:
         return refused.response
@@ -115,7 +118,7 @@ async def revoke(request: Request) -> Response:
         ctx = _admitted(request)
         body = await _json_object(request)
         if set(body) == {"sub"} and isinstance(body["sub"], str) and 0 < len(body["sub"]) <= 255:
-            subject = body["sub"]
+            subject = _storable("sub", body["sub"])
             ended = await ctx.sessions.revoke_subject(subject)
             log.info("admin.revoked", subject=subject, ended=len(ended))
             return JSONResponse({"ended": len(ended)})
@@ -180,8 +183,23 @@ async def _json_object(request: Request) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError):
         log.warning("admin.refused", reason="bad_json")
         raise _Refused(_error(400, "invalid_request", "the body is not JSON")) from None
+    except RecursionError:
+        # Arrays nested thousands deep fit in MAX_BODY and exhaust the parser's stack.
+        log.warning("admin.refused", reason="json_too_deep")
+        raise _Refused(_error(400, "invalid_request", "the body is nested too deep")) from None
     if not isinstance(value, dict):
         raise _Refused(_error(400, "invalid_request", "the body must be a JSON object"))
+    return value
+
+
+def _storable(field: str, value: str) -> str:
+    """``value``, when the database can take it: JSON's "\\u0000" and "\\ud800" parse into
+    strings that PostgreSQL (NUL) or either driver (a lone surrogate) refuse, which would
+    otherwise surface as an outage (503) or a crash (500)."""
+    problem = text_problem(value)
+    if problem is not None:
+        log.warning("admin.refused", reason="unstorable_text", field=field, problem=problem)
+        raise _Refused(_error(400, "invalid_request", f"{field}: {problem}"))
     return value
 
 

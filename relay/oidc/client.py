@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -115,14 +116,13 @@ async def refresh_tokens(
         raise ProviderBadResponse(f"token.status_{response.status_code}")
     body = json_object(response, "token")
     _check_token_type(body)
-    access = body.get("access_token")
-    if not isinstance(access, str) or not access:
+    access = _token(body, "access_token")
+    if access is None:
         raise ProviderBadResponse("token.missing_access_token")
-    refresh, id_token = body.get("refresh_token"), body.get("id_token")
     return Refreshed(
         access_token=access,
-        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
-        id_token=id_token if isinstance(id_token, str) and id_token else None,
+        refresh_token=_token(body, "refresh_token"),
+        id_token=_token(body, "id_token"),
         expires_in=_expires_in(body),
     )
 
@@ -198,17 +198,36 @@ def _expires_in(body: dict[str, Any]) -> int | None:
 
 def _parse_token_response(body: dict[str, Any]) -> TokenResponse:
     _check_token_type(body)
-    id_token = body.get("id_token")
-    if not isinstance(id_token, str) or not id_token:
+    id_token = _token(body, "id_token")
+    if id_token is None:
         raise ProviderBadResponse("token.missing_id_token")
-    access = body.get("access_token")
-    refresh = body.get("refresh_token")
     return TokenResponse(
         id_token=id_token,
-        access_token=access if isinstance(access, str) else None,
-        refresh_token=refresh if isinstance(refresh, str) else None,
+        access_token=_token(body, "access_token"),
+        refresh_token=_token(body, "refresh_token"),
         expires_in=_expires_in(body),
     )
+
+
+# RFC 6749 Appendix A.12 and A.17: access-token and refresh-token are 1*VSCHAR (%x20-7E); an
+# ID token is a compact JWS (RFC 7515 §7.1), base64url and dots, well inside that. A token
+# outside it cannot travel in an Authorization header (httpx refuses non-ASCII, a CR or LF
+# would split the header), nor be stored (PostgreSQL text refuses NUL): nonsense from the
+# provider, said as such (502) before anything uses it or a session is written.
+_VSCHAR = re.compile(r"[\x20-\x7e]+")
+
+
+def _token(body: dict[str, Any], name: str) -> str | None:
+    """The named token, None when absent (or not a string, as before); a string outside
+    VSCHAR is a bad response."""
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        return None
+    if not _VSCHAR.fullmatch(value):
+        raise ProviderBadResponse(
+            f"token.malformed_{name}", f"{name} holds characters outside %x20-7E (RFC 6749 A)"
+        )
+    return value
 
 
 async def fetch_userinfo(

@@ -60,6 +60,8 @@ def json_object(response: httpx2.Response, what: str) -> dict[str, Any]:
         body = response.json()
     except ValueError as exc:
         raise ProviderBadResponse(f"{what}.not_json") from exc
+    except RecursionError as exc:  # arrays nested thousands deep fit easily in MAX_BODY
+        raise ProviderBadResponse(f"{what}.nested_too_deep") from exc
     if not isinstance(body, dict):
         raise ProviderBadResponse(f"{what}.not_an_object")
     return body

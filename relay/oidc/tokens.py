@@ -159,7 +159,14 @@ async def validate_logout_token(
 
 
 def _is_subject(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 255
+    # Also text the store can hold: PostgreSQL refuses NUL (a 503 blaming the database, on
+    # one backend only), and a lone surrogate encodes in no driver (a 500).
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 255
+        and "\x00" not in value
+        and not any("\ud800" <= c <= "\udfff" for c in value)
+    )
 
 
 async def _verified_claims(

@@ -14,6 +14,18 @@ What makes a cached answer safe is not a TTL:
   default, always, is for a cache nobody else can end sessions behind, like the CLI's.)
 - A lookup that raced an invalidation does not put a stale row back: every invalidation
   bumps ``generation``, and ``put`` refuses an entry read under an older one.
+
+Misses are remembered too, briefly (``miss_ttl`` seconds, at most ``max_entries``): a
+cookie that names no session (a forged or long-expired one, sent again and again) costs
+one SELECT per window, not one per request. This memory needs neither trust nor
+invalidations, since ending sessions only makes a miss truer; what could make it wrong is a
+session *appearing* under a remembered id. It is remembered only when the table had no
+active row by that hash, and a session's id is drawn (32 random bytes) when the session is
+created and handed to the browser only after the row commits: no replica can have looked it
+up before, so no replica can hold a miss for it. A browser that sent an old cookie and then
+signs in gets a new id, never its old one back. ``born`` (from ``Sessions.create``) also
+clears a miss for the id on this replica, and a miss read before a create here is not
+remembered (the ``births`` counter, as ``generation`` does for ``put``).
 """
 
 from __future__ import annotations
@@ -40,12 +52,19 @@ def _always() -> bool:
 
 
 class SessionCache:
-    def __init__(self, max_entries: int, trusted: Callable[[], bool] = _always) -> None:
+    def __init__(
+        self, max_entries: int, trusted: Callable[[], bool] = _always, *, miss_ttl: int = 0
+    ) -> None:
         self._entries: OrderedDict[str, CachedSession] = OrderedDict()
         self._max = max_entries
         self.trusted = trusted
         self.generation = 0
         self.hits = self.misses = self.invalidations = 0
+        # id hash -> the clock second until which it is known to name no session
+        self._missed: OrderedDict[str, int] = OrderedDict()
+        self._miss_ttl = miss_ttl if max_entries > 0 else 0
+        self.births = 0
+        self.misses_remembered = 0  # lookups answered "no such session" from _missed
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -67,6 +86,35 @@ class SessionCache:
         self._entries.move_to_end(id_hash)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+    def known_missing(self, id_hash: str, now: int) -> bool:
+        """The table had no active session by this hash less than miss_ttl seconds ago."""
+        until = self._missed.get(id_hash)
+        if until is None:
+            return False
+        if now >= until:
+            del self._missed[id_hash]
+            return False
+        self.misses_remembered += 1
+        return True
+
+    def remember_missing(self, id_hash: str, now: int, births: int) -> None:
+        """The table has no active row by this hash, read when ``births`` was current."""
+        if self._miss_ttl == 0 or births != self.births:
+            return
+        self._missed[id_hash] = now + self._miss_ttl
+        self._missed.move_to_end(id_hash)
+        while len(self._missed) > self._max:
+            self._missed.popitem(last=False)
+
+    def born(self, id_hash: str) -> None:
+        """A session was created under this hash: it is missing no more."""
+        self.births += 1
+        self._missed.pop(id_hash, None)
+
+    @property
+    def missing(self) -> int:
+        return len(self._missed)
 
     def discard(self, id_hash: str) -> None:
         """Forget an entry that is merely out of date (no session ended)."""

@@ -50,6 +50,19 @@ _TIMEOUTS = (
 _GRACE = 1.0
 
 
+def text_problem(value: str) -> str | None:
+    """Why the database cannot store ``value`` as text, or None. Asked of text from outside
+    (an admin's request, an operator's argument, a provider's answer) before a statement
+    carries it: the driver's refusal would otherwise look like an outage (a 503) or a crash."""
+    if "\x00" in value:
+        return "contains a NUL character, which PostgreSQL text cannot hold"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (a lone surrogate)"
+    return None
+
+
 def make_engine(
     url: str, *, timeout: float = 2.0, pool_size: int = 10, max_overflow: int = 0
 ) -> AsyncEngine:

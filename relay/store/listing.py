@@ -97,6 +97,19 @@ def _email(claims: str | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def printable(value: str) -> str:
+    """``value`` safe to print on an operator's terminal: every character that is not
+    printable (ESC and the other controls, bidirectional overrides, lone surrogates) and the
+    backslash itself shown as a Python escape. Claims come from the provider and, through it,
+    from users: a subject holding "\\x1b[2J" must not clear the screen or forge a line."""
+    if value.isprintable() and "\\" not in value:
+        return value
+    return "".join(
+        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
+        for c in value
+    )
+
+
 # A session named by the start of its hash, as the logs and `relay sessions list` show it
 # (12 characters). Shorter than this names too many sessions to be a deliberate choice.
 MIN_PREFIX = 8

@@ -172,6 +172,9 @@ class Sessions:
                     expires_at=expires_at,
                 )
             )
+        # After the commit: a miss remembered by a read that ran before it is cleared, and one
+        # read before it that comes back later is not remembered (cache.py, births).
+        self.cache.born(id_hash)
         session = ActiveSession(
             id_hash,
             subject,
@@ -208,6 +211,8 @@ class Sessions:
             self.cache.discard(id_hash)
             entry = None
         if entry is None:
+            if self.cache.known_missing(id_hash, now):
+                return None
             entry = await self._read(id_hash, now)
             if entry is None:
                 return None
@@ -232,10 +237,14 @@ class Sessions:
 
     async def _read(self, id_hash: str, now: int) -> CachedSession | None:
         self.cache.misses += 1
-        generation = self.cache.generation
+        generation, births = self.cache.generation, self.cache.births
         async with self._db.read() as conn:
             row = (await conn.execute(_LOOKUP, {"key": id_hash})).first()
-        if row is None or row.expires_at <= now:
+        if row is None:
+            # Nobody has an active session by this hash; see cache.py on why nobody will.
+            self.cache.remember_missing(id_hash, now, births)
+            return None
+        if row.expires_at <= now:
             return None
         try:
             access_token = self._sealer.open(row.access_token)
