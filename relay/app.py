@@ -45,6 +45,7 @@ from relay.store.database import (
     migrate,
 )
 from relay.store.invalidation import Listener
+from relay.store.outage import OutageGrace
 from relay.store.pending import PendingLogins
 from relay.store.sessions import Lifetimes, Sessions
 from relay.store.sqlite_watch import Watcher
@@ -99,7 +100,8 @@ def create_app(
             session.absolute_lifetime, session.idle_timeout, session.touch_interval
         )
         cache = SessionCache(config.cache.max_entries, miss_ttl=config.cache.miss_ttl)
-        endings = track_endings(db, database.url, cache)
+        grace = OutageGrace(config.cache.outage_grace)
+        endings = track_endings(db, database.url, cache, grace)
         listener = endings if isinstance(endings, Listener) else None
         sessions = Sessions(
             db,
@@ -107,6 +109,7 @@ def create_app(
             lifetimes,
             cache,
             refresh_margin=config.refresh.margin if config.refresh.enabled else None,
+            grace=grace,
         )
         discovery = Discovery(http, config.provider.issuer, config.provider.metadata_ttl, clock)
         jwks = JwksCache(http, config.provider.jwks_refresh_cooldown, clock)
@@ -131,7 +134,7 @@ def create_app(
             clock=clock,
             access=access,
         )
-        metrics.watch(cache, listener, discovery)
+        metrics.watch(cache, listener, discovery, grace)
         app.state.engine = engine
         app.state.metrics = metrics
         login_limiter = LoginLimiter(config.limits.login_rate, config.limits.storage_uri)
@@ -193,12 +196,15 @@ def create_app(
     )
 
 
-def track_endings(db: Database, url: str, cache: SessionCache) -> Listener | Watcher:
+def track_endings(
+    db: Database, url: str, cache: SessionCache, grace: OutageGrace | None = None
+) -> Listener | Watcher:
     """What tells this process's cache of sessions ended by others; the cache is trusted
-    only while it does."""
+    only while it does. Only the listener holds the cache for an outage grace: a SQLite
+    file has no failover to ride out."""
     if db.is_postgres:
         # Other replicas end sessions too (store/invalidation.py).
-        return Listener(url, cache, timeout=db.timeout)
+        return Listener(url, cache, timeout=db.timeout, grace=grace)
     # So do other processes on the same file, `relay sessions revoke` first of all
     # (store/sqlite_watch.py).
     watcher = Watcher(url, cache, timeout=db.timeout)

@@ -286,6 +286,11 @@ class CacheConfig(_Section):
     # max_entries of them), so that the same bogus cookie again costs no SELECT. A new
     # session is never refused by it (see relay/store/cache.py). 0 turns it off.
     miss_ttl: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0, le=60)] = 5
+    # PostgreSQL: while this replica cannot reach the database at all, the sessions its cache
+    # held when it lost the database keep passing for at most this long from then (see
+    # relay/store/outage.py); others get 503. A session ended elsewhere meanwhile passes
+    # here for up to this long. 0, the default, keeps the 1-second bound: 503 at once.
+    outage_grace: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0, le=3600)] = 0
 
 
 class RedirectsConfig(_Section):

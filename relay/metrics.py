@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from relay.oidc.discovery import Discovery
 from relay.store.cache import SessionCache
 from relay.store.invalidation import Listener
+from relay.store.outage import OutageGrace
 
 
 class Metrics:
@@ -53,16 +54,27 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, cache: SessionCache, listener: Listener | None, discovery: Discovery) -> None:
+    def watch(
+        self,
+        cache: SessionCache,
+        listener: Listener | None,
+        discovery: Discovery,
+        grace: OutageGrace | None = None,
+    ) -> None:
         """Read when scraped: the cache's counters, the listener's and the provider's state."""
-        self.registry.register(_StateCollector(cache, listener, discovery))
+        self.registry.register(_StateCollector(cache, listener, discovery, grace))
 
 
 class _StateCollector(Collector):
     def __init__(
-        self, cache: SessionCache, listener: Listener | None, discovery: Discovery
+        self,
+        cache: SessionCache,
+        listener: Listener | None,
+        discovery: Discovery,
+        grace: OutageGrace | None,
     ) -> None:
         self._cache = cache
+        self._grace = grace
         self._listener = listener
         self._discovery = discovery
 
@@ -106,6 +118,22 @@ class _StateCollector(Collector):
             "1 while the cache may answer: the invalidation listener (or SQLite watcher) is live.",
             value=1 if trusted else 0,
         )
+        if self._grace is not None and self._grace.seconds > 0:
+            yield GaugeMetricFamily(
+                "relay_session_cache_outage_grace",
+                "1 while held sessions ride out a database outage (cache.outage_grace).",
+                value=1 if self._grace.active else 0,
+            )
+            yield CounterMetricFamily(
+                "relay_session_cache_outage_grace_answers",
+                "Checks answered from sessions held through a database outage.",
+                value=self._grace.answered_total,
+            )
+            yield CounterMetricFamily(
+                "relay_session_cache_outage_graces",
+                "Database outages this replica rode out with its held sessions.",
+                value=self._grace.episodes,
+            )
         if self._listener is not None:
             yield GaugeMetricFamily(
                 "relay_invalidation_listener_connected",

@@ -37,6 +37,8 @@ async def readyz(request: Request) -> Response:
         body["provider"] = f"unavailable: {ctx.discovery.last_error}"
     # Trusted while the invalidation listener (PostgreSQL) or watcher (SQLite) keeps up.
     body["session_cache"] = "trusted" if ctx.sessions.cache.trusted() else "bypassed"
+    if ctx.sessions.grace.covers():
+        body["session_cache"] = "outage_grace"  # held sessions answer; the probe still fails
     if ctx.lifecycle.shutting_down:
         body["status"] = "shutting_down"
         return JSONResponse(body, status_code=503)

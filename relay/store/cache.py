@@ -78,6 +78,12 @@ class SessionCache:
         self._entries.move_to_end(id_hash)
         return entry
 
+    def held(self, id_hash: str) -> CachedSession | None:
+        """The entry, trusted or not: only for riding out a database outage, which decides
+        when it may answer (store/outage.py). Entries stay put while untrusted, as no ``put``
+        is taken then, and ``invalidate`` still drops the ones that end here."""
+        return self._entries.get(id_hash)
+
     def put(self, id_hash: str, entry: CachedSession, generation: int) -> None:
         """Remember a session read from the table when ``generation`` was current."""
         if generation != self.generation or not self.trusted() or self._max == 0:

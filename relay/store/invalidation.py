@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.background import stop_if_cancelling
 from relay.store.cache import SessionCache
+from relay.store.outage import OutageGrace
 
 log = structlog.get_logger("relay.invalidation")
 
@@ -70,12 +71,15 @@ class Listener:
         *,
         timeout: float,
         monotonic: Callable[[], float] = time.monotonic,
+        grace: OutageGrace | None = None,
     ) -> None:
         self._conninfo = libpq_url(database_url)
         self._cache = cache
         self._timeout = timeout
         self._monotonic = monotonic
         self._trusted_until = 0.0
+        self._confirmed_at: float | None = None  # the start of the last answered heartbeat
+        self._grace = grace if grace is not None else OutageGrace(0)
         self.connected = False
         self.reconnects = 0
         cache.trusted = self.trusted
@@ -94,19 +98,26 @@ class Listener:
                 self._lost(exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX)
-            if self.connected:  # it had come back in between
+            # It had come back in between; or held sessions are riding out the outage, and
+            # the sooner it is seen back, the sooner they are checked again.
+            if self.connected or self._grace.covers():
                 delay = HEARTBEAT
 
     async def _listen(self) -> None:
-        async with asyncio.timeout(self._timeout):
-            conn = await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, connect_timeout=max(2, round(self._timeout))
-            )
+        try:
+            async with asyncio.timeout(self._timeout):
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=max(2, round(self._timeout))
+                )
+        except (psycopg.Error, OSError, TimeoutError):
+            self._grace.unreachable()  # what lets held sessions ride out an outage
+            raise
         try:
             async with asyncio.timeout(self._timeout):
                 await conn.execute(f"LISTEN {CHANNEL}")
             # Whatever ended while nobody listened is unknown: start from an empty cache.
             self._cache.flush()
+            self._grace.release()  # after the flush: nothing held from before is left
             self.connected = True
             self.reconnects += 1
             log.info("invalidation.listening", reconnects=self.reconnects - 1)
@@ -134,10 +145,14 @@ class Listener:
             async for notice in conn.notifies(timeout=0):
                 self._cache.invalidate(notice.payload.split())
         self._trusted_until = started + TRUST
+        self._confirmed_at = started
 
     def _lost(self, exc: BaseException) -> None:
         self._trusted_until = 0.0
-        self._cache.flush()
+        # With [cache] outage_grace, what the cache holds is kept, untrusted, for the
+        # database's return or the grace's end (store/outage.py); the reconnect flushes it.
+        if not self._grace.hold(self._confirmed_at, len(self._cache)):
+            self._cache.flush()
         if self.connected:
             log.warning("invalidation.lost", error=type(exc).__name__)
         self.connected = False

@@ -15,12 +15,14 @@ from sqlalchemy import Delete, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.crypto import Sealer, SealError
+from relay.errors import DatabaseUnavailable
 from relay.store.cache import CachedSession, SessionCache
 from relay.store.database import Database
 from relay.store.invalidation import announce
 from relay.store.listing import AmbiguousPrefix, hash_prefix
 from relay.store.logout_tokens import remember as remember_logout_token
 from relay.store.models import sessions
+from relay.store.outage import OutageGrace
 
 ACTIVE = "active"
 
@@ -134,6 +136,7 @@ class Sessions:
         cache: SessionCache,
         *,
         refresh_margin: int | None = None,
+        grace: OutageGrace | None = None,
     ) -> None:
         self._db = db
         self._sealer = sealer
@@ -141,6 +144,8 @@ class Sessions:
         self.cache = cache
         # Seconds before the access token's expiry that a refresh is due; None: never.
         self.refresh_margin = refresh_margin
+        # Off unless [cache] outage_grace is set (and the listener holds the cache for it).
+        self.grace = grace if grace is not None else OutageGrace(0)
 
     async def create(
         self,
@@ -194,7 +199,11 @@ class Sessions:
         expired, no touch or refresh due. No I/O: the forward-auth shortcut asks this first."""
         entry = self.cache.get(id_hash)
         if entry is None:
-            return None
+            # Riding out an outage, maybe; a refresh due is the routed gate's to try.
+            held = self.cache.held(id_hash)
+            if held is None or self.refresh_due(held.session, now):
+                return None
+            return self._held(id_hash, now)
         session = entry.session
         if session.expires_at <= now or self._touch_due(entry, now):
             return None
@@ -213,7 +222,18 @@ class Sessions:
         if entry is None:
             if self.cache.known_missing(id_hash, now):
                 return None
-            entry = await self._read(id_hash, now)
+            held = self._held(id_hash, now)
+            if held is not None:
+                return held  # riding out an outage: no touch, nothing can be written
+            try:
+                entry = await self._read(id_hash, now)
+            except DatabaseUnavailable as exc:
+                self.grace.failed(exc)  # refused or unreachable: held sessions ride it out
+                held = self._held(id_hash, now)
+                if held is None:
+                    raise
+                return held
+            self.grace.reachable()
             if entry is None:
                 return None
         else:
@@ -221,6 +241,17 @@ class Sessions:
         if self._touch_due(entry, now):
             entry = await self._touch(id_hash, entry, now)
         return None if entry is None else entry.session
+
+    def _held(self, id_hash: str, now: int) -> ActiveSession | None:
+        """A session held since the database went away, while [cache] outage_grace lets it
+        answer (store/outage.py): unexpired by what this replica knew."""
+        if not self.grace.covers():
+            return None
+        entry = self.cache.held(id_hash)
+        if entry is None or entry.session.expires_at <= now:
+            return None
+        self.grace.answered()
+        return entry.session
 
     def refresh_due(self, session: ActiveSession, now: int) -> bool:
         """The access token has expired or expires within the margin, and can be refreshed."""
