@@ -100,7 +100,7 @@ def create_app(
             session.absolute_lifetime, session.idle_timeout, session.touch_interval
         )
         cache = SessionCache(config.cache.max_entries, miss_ttl=config.cache.miss_ttl)
-        grace = OutageGrace(config.cache.outage_grace)
+        grace = OutageGrace(config.cache.outage_grace, renew=engine.dispose)
         endings = track_endings(db, database.url, cache, grace)
         listener = endings if isinstance(endings, Listener) else None
         sessions = Sessions(

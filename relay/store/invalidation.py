@@ -115,6 +115,7 @@ class Listener:
         try:
             async with asyncio.timeout(self._timeout):
                 await conn.execute(f"LISTEN {CHANNEL}")
+            await self._grace.renew()  # after an outage it rode out, if any
             # Whatever ended while nobody listened is unknown: start from an empty cache.
             self._cache.flush()
             self._grace.release()  # after the flush: nothing held from before is left
@@ -126,7 +127,7 @@ class Listener:
                 async for notice in conn.notifies(timeout=HEARTBEAT):
                     self._cache.invalidate(notice.payload.split())
         finally:
-            self._trusted_until = 0.0
+            self._untrust()  # before the await below lets a check run on an unheld cache
             try:
                 async with asyncio.timeout(self._timeout):
                     await conn.close()
@@ -147,12 +148,15 @@ class Listener:
         self._trusted_until = started + TRUST
         self._confirmed_at = started
 
-    def _lost(self, exc: BaseException) -> None:
+    def _untrust(self) -> None:
         self._trusted_until = 0.0
         # With [cache] outage_grace, what the cache holds is kept, untrusted, for the
         # database's return or the grace's end (store/outage.py); the reconnect flushes it.
         if not self._grace.hold(self._confirmed_at, len(self._cache)):
             self._cache.flush()
+
+    def _lost(self, exc: BaseException) -> None:
+        self._untrust()
         if self.connected:
             log.warning("invalidation.lost", error=type(exc).__name__)
         self.connected = False

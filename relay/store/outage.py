@@ -26,8 +26,9 @@ which the metrics read.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -38,12 +39,21 @@ log = structlog.get_logger("relay.cache")
 # A connection refused, reset or unreachable; not "database.timeout" (a statement or lock
 # that took too long, a pool exhausted: a database that is there, only slow).
 _UNREACHABLE = "database.unavailable"
+# Dropping the pool's connections closes sockets, most of them dead already: local work.
+_RENEW_TIMEOUT = 5.0
 
 
 class OutageGrace:
-    def __init__(self, seconds: float, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        renew: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.seconds = seconds
         self._monotonic = monotonic
+        self._renew = renew  # replaces the pool's connections (the engine's dispose)
         self._since: float | None = None  # held from this moment on (the last confirmation)
         self._entries = 0  # how many were held then
         self._unreachable = False  # an attempt to connect failed since the hold, none got through
@@ -106,6 +116,19 @@ class OutageGrace:
     def answered(self) -> None:
         self._answered += 1
         self.answered_total += 1
+
+    async def renew(self) -> None:
+        """The listener is back: if held sessions answered, the pool's connections from before
+        are dropped before the cache is flushed (they are dead, or after a failover talk to
+        the old primary); the checks that fill it again then get new ones, not a 503 each
+        for a dead connection. Held sessions answer meanwhile."""
+        if self._started is None or self._renew is None:
+            return
+        try:
+            async with asyncio.timeout(_RENEW_TIMEOUT):
+                await self._renew()
+        except (OSError, TimeoutError) as exc:
+            log.warning("cache.outage_grace_renew_failed", error=type(exc).__name__)
 
     def release(self) -> None:
         """The listener is back and has flushed the cache: the episode ends."""
