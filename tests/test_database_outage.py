@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from relay.crypto import hash_id
 from tests.conftest import PG_ADMIN, postgres_database, run_migrations
-from tests.live import auth, eventually, libpq, relay_config, replicas, seed_session
+from tests.live import auth, eventually, libpq, metric, relay_config, replicas, seed_session
 from tests.process import RelayProcess
 
 pytestmark = pytest.mark.postgres
@@ -254,3 +254,130 @@ def test_sessions_table_locked_under_load(tmp_path: Path) -> None:
             reasons = {e.get("reason") for e in relay.events() if e.get("status") == 503}
             assert reasons == {"database.timeout"}
         assert session_count(url) == 4  # no session lost
+
+
+GRACE_CONFIG = '[cache]\noutage_grace = "30s"\n'
+
+
+def grace_lines(relay: RelayProcess) -> list[dict[str, Any]]:
+    return [e for e in relay.collect() if e["event"].startswith("cache.outage_grace")]
+
+
+def grace_line(relay: RelayProcess, event: str) -> dict[str, Any] | None:
+    return next((e for e in grace_lines(relay) if e["event"] == event), None)
+
+
+def test_outage_grace_rides_out_a_database_outage_under_load(tmp_path: Path) -> None:
+    """With [cache] outage_grace = 30s the database refuses connections and cuts every open
+    one for about 4 s under load: the sessions the relay had cached answer 200 throughout,
+    sessions it had not seen get 503, nobody gets a 401 or a 500, the grace is logged and
+    counted, and everything comes back without a restart."""
+    with postgres_database() as url:
+        run_migrations(url)
+        name = make_url(url).database
+        assert name is not None
+        cached = [seed_session(url, f"cached-{n}") for n in range(3)]
+        uncached = [seed_session(url, f"uncached-{n}") for n in range(2)]
+        config, base = relay_config(tmp_path, "relay", url, extra=GRACE_CONFIG)
+        with (
+            replicas(config) as (relay,),
+            httpx2.Client(timeout=30) as http,
+            psycopg.connect(PG_ADMIN, autocommit=True) as admin,
+            load_on(base, cached) as warm,
+        ):
+            eventually(lambda: len(warm.answers) > 20, 5, "the load runs")
+            try:
+                blocked = block(admin, name)
+                with load_on(base, uncached) as cold:  # never asked for before the outage
+                    eventually(
+                        lambda: grace_line(relay, "cache.outage_grace_started"),
+                        BOUND + SLACK,
+                        "the grace starts",
+                    )
+                    ready = http.get(base + "/readyz")
+                    assert ready.status_code == 503
+                    assert ready.json()["session_cache"] == "outage_grace"
+                    eventually(lambda: time.monotonic() > blocked + 4, 5, "the outage lasts 4 s")
+                    restoring = time.monotonic()  # answered before this: during the outage
+                    admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                    eventually(
+                        lambda: all(auth(http, base, c) == 200 for c in uncached),
+                        10,
+                        "the sessions it had not seen answer 200 again",
+                    )
+                    recovered = time.monotonic()
+                    eventually(
+                        lambda: (
+                            {a.cookie for a in cold.between(recovered) if a.status == 200}
+                            == set(uncached)
+                        ),
+                        5,
+                        "the uncached sessions are served again under load",
+                    )
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            eventually(
+                lambda: grace_line(relay, "cache.outage_grace_ended"),
+                10,
+                "the grace ends when the listener is back",
+            )
+            warm.stop()
+            assert {a.status for a in warm.answers} == {200}
+            assert len(warm.between(blocked + TRUST, restoring)) > 20  # served from held
+            assert {a.status for a in cold.answers} <= {200, 503}
+            assert all(a.status == 503 for a in cold.between(blocked, restoring))
+            assert all(a.status == 200 for a in cold.between(recovered))
+            assert all(a.received - a.sent < BOUND + SLACK for a in cold.answers)
+            started, ended = grace_lines(relay)
+            assert started["event"] == "cache.outage_grace_started" and started["held"] == 3
+            assert started["grace"] == 30 and 0 < started["remaining"] <= 30
+            assert ended["event"] == "cache.outage_grace_ended"
+            assert ended["reason"] == "database_back" and ended["answered"] > 0
+            assert 4 - SLACK < ended["seconds"] < 30
+            assert metric(http, base, "relay_session_cache_outage_graces_total") == 1
+            assert metric(http, base, "relay_session_cache_outage_grace_answers_total") > 0
+            assert metric(http, base, "relay_session_cache_outage_grace") == 0
+            assert metric(http, base, "relay_session_cache_trusted") == 1
+            check_log(relay, [warm, cold])
+        assert session_count(url) == 5  # no session lost
+
+
+def test_outage_grace_runs_out(tmp_path: Path) -> None:
+    """With outage_grace = 2s and the database away for longer, the held sessions answer 200
+    until 2 s after the last moment the relay knew it heard every ending, then 503 (never
+    401): the grace counts from the outage's start, not per session."""
+    with postgres_database() as url:
+        run_migrations(url)
+        name = make_url(url).database
+        assert name is not None
+        cookies = [seed_session(url, f"user-{n}") for n in range(2)]
+        extra = '[cache]\noutage_grace = "2s"\n'
+        config, base = relay_config(tmp_path, "relay", url, extra=extra)
+        with (
+            replicas(config) as (relay,),
+            psycopg.connect(PG_ADMIN, autocommit=True) as admin,
+            load_on(base, cookies) as load,
+        ):
+            eventually(lambda: len(load.answers) > 20, 5, "the load runs")
+            try:
+                blocked = block(admin, name)
+                eventually(
+                    lambda: grace_line(relay, "cache.outage_grace_ended"),
+                    2 + BOUND + SLACK,
+                    "the grace runs out",
+                )
+                ran_out = time.monotonic()
+                eventually(lambda: time.monotonic() > ran_out + 1, 2, "a second past its end")
+                restoring = time.monotonic()
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            load.stop()
+            during = load.between(blocked, restoring)
+            assert {a.status for a in load.answers} == {200, 503}
+            # The last heartbeat answered no later than the block: 2 s after it, no more 200.
+            assert not [a for a in during if a.status == 200 and a.sent > blocked + 2]
+            assert [a for a in during if a.status == 200 and a.sent > blocked + TRUST]
+            assert all(a.status == 503 for a in load.between(ran_out, restoring))
+            ended = grace_lines(relay)[-1]
+            assert ended["reason"] == "expired" and ended["answered"] > 0
+            check_log(relay, [load])

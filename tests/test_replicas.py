@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,17 +60,27 @@ class Cluster:
     http: httpx2.Client
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+@contextmanager
+def two_replicas(tmp_path: Path, extra_b: str = "") -> Iterator[Cluster]:
     """Replicas A (as root) and B (as a role of its own, to tell its connections apart) on one
-    fresh database, with the same session secret and the same provider."""
+    fresh database, with the same session secret and the same provider; ``extra_b`` is more
+    of B's config."""
     with postgres_role() as role, postgres_database() as url, served_provider() as provider:
         run_migrations(url)
         grant_tables(url, role)
         config_a, a = relay_config(tmp_path, "a", url, issuer=provider.issuer)
-        config_b, b = relay_config(tmp_path, "b", as_role(url, role), issuer=provider.issuer)
+        config_b, b = relay_config(
+            tmp_path, "b", as_role(url, role), issuer=provider.issuer, extra=extra_b
+        )
         with replicas(config_a, config_b) as (relay_a, relay_b), httpx2.Client(timeout=10) as http:
             yield Cluster(url, provider, a, b, relay_a, relay_b, role, http)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Two replicas, A and B (two_replicas)."""
+    with two_replicas(tmp_path) as c:
+        yield c
 
 
 def cached_on(c: Cluster, base: str, cookie: str) -> None:
@@ -234,6 +245,51 @@ def test_a_replica_whose_listener_is_cut_off_still_honours_revocations(cluster: 
     assert first_401(c, c.b, live, time.monotonic()) < BOUND
     statuses = {e["status"] for e in c.relay_b.collect() if e["event"] == "http.request"}
     assert statuses <= {200, 401}
+
+
+def test_a_replica_cut_off_under_outage_grace_admits_a_revoked_session_until_back(
+    tmp_path: Path,
+) -> None:
+    """The case [cache] outage_grace trades away (README): B (grace 30 s) is cut off from a
+    database that A still reaches. A logout on A cannot reach B: B keeps admitting that
+    session from what it held, as it admits the live one; A refuses it at once. When B can
+    connect again its listener flushes the cache (notifications sent meanwhile were lost)
+    and the session is refused there too, without a restart."""
+    with two_replicas(tmp_path, '[cache]\noutage_grace = "30s"\n') as c:
+        revoked = sign_in(c.a, c.provider, "alice", "op-1")
+        live = sign_in(c.a, c.provider, "bob", "op-2")
+        for cookie in (revoked, live):
+            cached_on(c, c.b, cookie)
+        admin = psycopg.connect(libpq(c.url), autocommit=True)
+        try:
+            # Every connection of B's cut, and none new: B cannot reach the database at all.
+            admin.execute(f'ALTER ROLE "{c.role_b}" NOLOGIN')
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (c.role_b,),
+            )
+            eventually(
+                lambda: metric(c.http, c.b, "relay_session_cache_outage_grace") == 1,
+                BOUND,
+                "B rides out the outage",
+            )
+            logout(c.http, c.a, revoked)
+            assert auth(c.http, c.a, revoked) == 401
+            until = time.monotonic() + 1.5
+            while time.monotonic() < until:
+                assert auth(c.http, c.b, revoked) == 200  # the price, bounded by the grace
+                assert auth(c.http, c.b, live) == 200
+        finally:
+            admin.execute(f'ALTER ROLE "{c.role_b}" LOGIN')
+            admin.close()
+        back = time.monotonic()
+        # B's listener retries every 0.25 s while it rides out an outage.
+        assert first_401(c, c.b, revoked, back) < 3 * BOUND
+        assert auth(c.http, c.b, live) == 200
+        ended = [e for e in c.relay_b.collect() if e["event"] == "cache.outage_grace_ended"]
+        assert [e["reason"] for e in ended] == ["database_back"]
+        statuses = {e["status"] for e in c.relay_b.collect() if e["event"] == "http.request"}
+        assert statuses <= {200, 401}
 
 
 def prune_events(relay: RelayProcess) -> list[str]:
