@@ -220,6 +220,18 @@ def test_a_refresh_due_goes_to_the_routed_gate(refused: Database) -> None:
     assert asyncio.run(sessions.get("a", NOW)) is due
 
 
+def test_a_logout_that_cannot_be_written_drops_the_held_session(refused: Database) -> None:
+    """A logout on a replica riding out an outage fails (503), but the session stops passing
+    here: the user asked to leave."""
+    sessions, _ = store(refused, GRACE, session("a"))
+    sessions.grace.unreachable()
+    with pytest.raises(DatabaseUnavailable):
+        asyncio.run(sessions.delete("a"))
+    assert sessions.cached("a", NOW) is None
+    with pytest.raises(DatabaseUnavailable):
+        asyncio.run(sessions.get("a", NOW))
+
+
 def test_an_ending_here_drops_a_held_session(refused: Database) -> None:
     """invalidate() still reaches held entries (a logout on this replica, before the outage
     or by a statement that got through)."""

@@ -452,10 +452,16 @@ class Sessions:
             .where(sessions.c.id_hash == id_hash, sessions.c.status == ACTIVE)
             .returning(sessions.c.id_token)
         )
-        async with self._db.write() as conn:
-            row = (await conn.execute(statement)).first()
-            if row is not None:
-                await announce(conn, [id_hash])
+        try:
+            async with self._db.write() as conn:
+                row = (await conn.execute(statement)).first()
+                if row is not None:
+                    await announce(conn, [id_hash])
+        except DatabaseUnavailable:
+            # The user asked to leave and gets a 503: at least this replica stops admitting
+            # the session from what it holds through an outage (outage_grace).
+            self.cache.discard(id_hash)
+            raise
         self.cache.invalidate([id_hash])
         if row is None:
             return None
