@@ -285,6 +285,11 @@ def test_a_replica_cut_off_under_outage_grace_admits_a_revoked_session_until_bac
         back = time.monotonic()
         # B's listener retries every 0.25 s while it rides out an outage.
         assert first_401(c, c.b, revoked, back) < 3 * BOUND
+        # And once B trusts its cache again, nothing held from before the outage is in it.
+        eventually(
+            lambda: metric(c.http, c.b, "relay_session_cache_trusted") == 1, 2, "B trusts again"
+        )
+        assert auth(c.http, c.b, revoked) == 401
         assert auth(c.http, c.b, live) == 200
         ended = [e for e in c.relay_b.collect() if e["event"] == "cache.outage_grace_ended"]
         assert [e["reason"] for e in ended] == ["database_back"]

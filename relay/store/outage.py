@@ -78,9 +78,8 @@ class OutageGrace:
             return True  # a reconnect that failed: the same outage, the same start
         if self._monotonic() >= since + self.seconds:
             return False
+        # (Unreachable is still false: only a failure from now on can say otherwise.)
         self._since, self._entries = since, entries
-        # Only failures from now on say the database is unreachable.
-        self._unreachable = False
         return True
 
     def unreachable(self) -> None:
