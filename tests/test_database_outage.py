@@ -21,9 +21,18 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from relay.crypto import hash_id
+from relay.crypto import Sealer, hash_id
 from tests.conftest import PG_ADMIN, postgres_database, run_migrations
-from tests.live import auth, eventually, libpq, metric, relay_config, replicas, seed_session
+from tests.live import (
+    SECRET,
+    auth,
+    eventually,
+    libpq,
+    metric,
+    relay_config,
+    replicas,
+    seed_session,
+)
 from tests.process import RelayProcess
 
 pytestmark = pytest.mark.postgres
@@ -259,6 +268,17 @@ def test_sessions_table_locked_under_load(tmp_path: Path) -> None:
 GRACE_CONFIG = '[cache]\noutage_grace = "30s"\n'
 
 
+def refresh_due(url: str, cookie: str) -> None:
+    """Give the session a refresh token and an access token that expired 5 s ago: every check
+    wants a refresh (the provider, 127.0.0.1:9, never answers one), and [refresh]
+    outage_grace (10 minutes) lets it pass meanwhile."""
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        conn.execute(
+            "UPDATE sessions SET refresh_token = %s, access_expires_at = %s WHERE id_hash = %s",
+            (Sealer(SECRET).seal("a-refresh-token"), int(time.time()) - 5, hash_id(cookie)),
+        )
+
+
 def grace_lines(relay: RelayProcess) -> list[dict[str, Any]]:
     return [e for e in relay.collect() if e["event"].startswith("cache.outage_grace")]
 
@@ -271,13 +291,15 @@ def test_outage_grace_rides_out_a_database_outage_under_load(tmp_path: Path) -> 
     """With [cache] outage_grace = 30s the database refuses connections and cuts every open
     one for about 4 s under load: the sessions the relay had cached answer 200 throughout,
     sessions it had not seen get 503, nobody gets a 401 or a 500, the grace is logged and
-    counted, and everything comes back without a restart."""
+    counted, and everything comes back without a restart. One cached session has a refresh
+    due, which the outage makes impossible to claim: [refresh] outage_grace answers for it."""
     with postgres_database() as url:
         run_migrations(url)
         name = make_url(url).database
         assert name is not None
         cached = [seed_session(url, f"cached-{n}") for n in range(3)]
         uncached = [seed_session(url, f"uncached-{n}") for n in range(2)]
+        refresh_due(url, cached[0])
         config, base = relay_config(tmp_path, "relay", url, extra=GRACE_CONFIG)
         with (
             replicas(config) as (relay,),
@@ -323,7 +345,9 @@ def test_outage_grace_rides_out_a_database_outage_under_load(tmp_path: Path) -> 
             )
             warm.stop()
             assert {a.status for a in warm.answers} == {200}
-            assert len(warm.between(blocked + TRUST, restoring)) > 20  # served from held
+            held = warm.between(blocked + TRUST, restoring)  # answered from held sessions
+            assert len(held) > 20 and {a.cookie for a in held} == set(cached)
+            assert any(e["event"] == "refresh.failed" for e in relay.events())  # it was due
             assert {a.status for a in cold.answers} <= {200, 503}
             assert all(a.status == 503 for a in cold.between(blocked, restoring))
             assert all(a.status == 200 for a in cold.between(recovered))
