@@ -141,7 +141,7 @@ def block(admin: psycopg.Connection, name: str) -> float:
 
 def test_database_outage_under_load(tmp_path: Path) -> None:
     """The database refuses connections for about 4 s while four clients keep asking /auth
-    for four sessions the relay has cached."""
+    for four sessions the relay has cached ([cache] outage_grace off, the default)."""
     with postgres_database() as url:
         run_migrations(url)
         name = make_url(url).database

@@ -196,7 +196,9 @@ class Sessions:
 
     def cached(self, id_hash: str, now: int) -> ActiveSession | None:
         """The session, when the cache alone can answer for it now: trusted, holding it, not
-        expired, no touch or refresh due. No I/O: the forward-auth shortcut asks this first."""
+        expired, no touch or refresh due; or, riding out a database outage, held from before
+        it (store/outage.py; no touch can be written then). No I/O: the forward-auth shortcut
+        asks this first, and get() answers alike."""
         entry = self.cache.get(id_hash)
         if entry is None:
             # Riding out an outage, maybe; a refresh due is the routed gate's to try.
