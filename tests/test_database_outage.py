@@ -3,7 +3,11 @@ under load: /auth answers 503 within the bound (database.timeout 2 s + 1 s grace
 and never 500; every failure is one clean log line; and it all comes back without a restart
 and without losing a session.
 
-Each test blocks only its own fresh database.
+With [cache] outage_grace set, the sessions the relay had cached keep answering 200 through
+such an outage, for at most that long; a partition (through tests/tcp_proxy.py) starts it
+only once a connection fails, and a database merely slow never does.
+
+Each test blocks only its own fresh database, or the path through its own proxy.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from tests.live import (
     seed_session,
 )
 from tests.process import RelayProcess
+from tests.tcp_proxy import tcp_proxy
 
 pytestmark = pytest.mark.postgres
 
@@ -405,3 +410,78 @@ def test_outage_grace_runs_out(tmp_path: Path) -> None:
             ended = grace_lines(relay)[-1]
             assert ended["reason"] == "expired" and ended["answered"] > 0
             check_log(relay, [load])
+
+
+def through_proxy(url: str, port: int) -> str:
+    return make_url(url).set(host="127.0.0.1", port=port).render_as_string(False)
+
+
+def test_a_partition_starts_the_grace_only_once_a_connection_fails(tmp_path: Path) -> None:
+    """The network to the database drops everything (connections stay open, nothing arrives),
+    with outage_grace = 30s: a slow database is no outage, so the cached sessions ride it out
+    only once the listener gave up on its connection and a new one failed; before that they
+    get 503 at worst, never 401 or 500; then 200 until the network heals, and after."""
+    with postgres_database() as url:
+        run_migrations(url)
+        cookies = [seed_session(url, f"user-{n}") for n in range(2)]
+        parsed = make_url(url)
+        with tcp_proxy(parsed.host or "127.0.0.1", parsed.port or 5432) as proxy:
+            proxied = through_proxy(url, proxy.port)
+            config, base = relay_config(tmp_path, "relay", proxied, extra=GRACE_CONFIG)
+            with replicas(config) as (relay,), load_on(base, cookies) as load:
+                eventually(lambda: len(load.answers) > 20, 5, "the load runs")
+                proxy.partition()
+                cut = time.monotonic()
+                started = eventually(
+                    lambda: grace_line(relay, "cache.outage_grace_started"),
+                    # The heartbeat's timeout (2 s), psycopg's attempt to cancel it (5 s),
+                    # closing (2 s), a backoff, a connect timeout (2 s).
+                    15,
+                    "the grace starts",
+                )
+                began = time.monotonic()
+                assert began - cut > 2 - SLACK  # not while the listener was merely slow
+                assert started["held"] == 2
+                eventually(lambda: time.monotonic() > began + 3, 4, "3 s of the grace")
+                healing = time.monotonic()
+                proxy.heal()
+                eventually(lambda: grace_line(relay, "cache.outage_grace_ended"), 10, "back")
+                healed = time.monotonic()
+                eventually(
+                    lambda: (
+                        {a.cookie for a in load.between(healed) if a.status == 200} == set(cookies)
+                    ),
+                    5,
+                    "the load is served again",
+                )
+            assert {a.status for a in load.answers} <= {200, 503}
+            riding = load.between(began, healing)
+            assert len(riding) > 20 and all(a.status == 200 for a in riding)
+            ended = grace_line(relay, "cache.outage_grace_ended")
+            assert ended is not None and ended["reason"] == "database_back"
+            check_log(relay, [load])
+
+
+def test_a_database_merely_slow_is_no_outage(tmp_path: Path) -> None:
+    """With outage_grace = 30s, the network to the database stalls for 1.2 s (less than
+    database.timeout): the listener's heartbeat answers late, so the cache is bypassed for a
+    moment and checks wait for the table, but nothing is held, no grace starts, and every
+    check answers 200."""
+    with postgres_database() as url:
+        run_migrations(url)
+        cookies = [seed_session(url, f"user-{n}") for n in range(2)]
+        parsed = make_url(url)
+        with tcp_proxy(parsed.host or "127.0.0.1", parsed.port or 5432) as proxy:
+            proxied = through_proxy(url, proxy.port)
+            config, base = relay_config(tmp_path, "relay", proxied, extra=GRACE_CONFIG)
+            with replicas(config) as (relay,), load_on(base, cookies) as load:
+                eventually(lambda: len(load.answers) > 20, 5, "the load runs")
+                proxy.partition()
+                stalled = time.monotonic()
+                eventually(lambda: time.monotonic() > stalled + 1.2, 2, "a 1.2 s stall")
+                proxy.heal()
+                healed = time.monotonic()
+                eventually(lambda: len(load.between(healed + 1)) > 20, 5, "the load runs after it")
+            assert {a.status for a in load.answers} == {200}
+            assert not grace_lines(relay)
+            assert not [e for e in relay.events() if e["event"] == "invalidation.lost"]
