@@ -168,11 +168,12 @@ def test_a_head_not_complete_within_header_timeout_gets_408(
     and disconnected header_timeout after it connected, however it keeps sending; a
     kept-alive connection's next request gets the same bound from its first byte."""
     port, relay = bounded
+    # Before connecting: the relay's clock starts when it accepts, which this must not miss.
+    start = time.monotonic()
     with (
         socket.create_connection(("127.0.0.1", port), timeout=10) as trickle,
         socket.create_connection(("127.0.0.1", port), timeout=10) as silent,
     ):
-        start = time.monotonic()
         trickle.sendall(b"GET /auth HTTP/1.1\r\nHost: x\r\n")
         trickle.settimeout(0.2)
         lines = 0
