@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx2
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
@@ -37,13 +36,7 @@ from relay.refresh import Refresher
 from relay.routes import InternalPort, routes
 from relay.sampler import run_sampler
 from relay.store.cache import SessionCache
-from relay.store.database import (
-    Database,
-    current_revision,
-    head_revision,
-    make_engine,
-    migrate,
-)
+from relay.store.database import Database, ensure_schema, make_engine
 from relay.store.invalidation import Listener
 from relay.store.outage import OutageGrace
 from relay.store.pending import PendingLogins
@@ -53,10 +46,6 @@ from relay.store.sqlite_watch import Watcher
 log = structlog.get_logger("relay.app")
 
 SHUTDOWN_GRACE = 5.0  # seconds the background tasks get to stop
-
-
-class SchemaBehind(Exception):
-    """The database is not at the migrations' head; ``relay migrate`` fixes it."""
 
 
 def create_app(
@@ -81,7 +70,7 @@ def create_app(
         )
         db = Database(engine, database.timeout)
         try:
-            await ensure_schema(engine, config)
+            await ensure_schema(engine)
         except BaseException:
             await db.dispose()
             raise
@@ -231,20 +220,3 @@ def middleware(config: Config, metrics: Metrics, lifecycle: Lifecycle) -> list[M
         stack.append(Middleware(InternalPort, port=config.server.internal_port, prefix=prefix))
     stack.append(Middleware(AuthShortcut, prefix=prefix, memo_max=max(config.cache.max_entries, 1)))
     return stack
-
-
-async def ensure_schema(
-    engine: AsyncEngine, config: Config, *, migrate_sqlite: bool = True
-) -> None:
-    """At head, or made so on SQLite (the embedded default migrates itself); else refuse."""
-    current, head = await current_revision(engine), head_revision()
-    if current == head:
-        return
-    if config.database.is_sqlite:
-        before, after = await migrate(engine)
-        log.info("database.migrated", before=before, after=after)
-        return
-    raise SchemaBehind(
-        f"database schema is at {current or 'nothing'}, this relay needs {head}: "
-        "run `relay migrate --config PATH` first"
-    )

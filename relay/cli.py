@@ -117,9 +117,8 @@ async def _reach(config: Config) -> list[str]:
     provider's metadata for exactly provider.issuer. One line per problem."""
     import httpx2
 
-    from relay.app import SchemaBehind, ensure_schema
     from relay.oidc.discovery import Discovery
-    from relay.store.database import Database, make_engine
+    from relay.store.database import Database, SchemaBehind, ensure_schema, make_engine
 
     problems = []
     engine = make_engine(config.database.url, timeout=config.database.timeout)
@@ -128,7 +127,7 @@ async def _reach(config: Config) -> list[str]:
             if config.database.is_sqlite:  # `relay serve` migrates SQLite itself
                 await Database(engine, config.database.timeout).ping()
             else:
-                await ensure_schema(engine, config)
+                await ensure_schema(engine)
     except DatabaseUnavailable as exc:
         problems.append(_database_problem(config, exc))
     except SchemaBehind as exc:
@@ -151,8 +150,8 @@ async def _reach(config: Config) -> list[str]:
 
 
 def _serve(config: Config) -> int:
-    from relay.app import SchemaBehind
     from relay.serve import serve
+    from relay.store.database import SchemaBehind
 
     try:
         asyncio.run(_check_schema(config))
@@ -163,13 +162,11 @@ def _serve(config: Config) -> int:
 
 
 async def _check_schema(config: Config) -> None:
-    from relay.app import ensure_schema
-    from relay.store.database import make_engine
+    from relay.store.database import ensure_schema, make_engine
 
     engine = make_engine(config.database.url, timeout=config.database.timeout)
     try:
-        with translated():
-            await ensure_schema(engine, config)
+        await ensure_schema(engine)
     finally:
         await engine.dispose()
 

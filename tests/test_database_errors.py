@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from relay.app import create_app
 from relay.errors import DatabaseUnavailable
-from relay.store.database import Database, make_engine
+from relay.store.database import Database, ensure_schema, make_engine
 from tests.conftest import (
     PG_ADMIN,
     PUBLIC_URL,
@@ -155,3 +155,19 @@ def test_sqlite_locked_is_503_within_the_bound(
         e for e in log_lines(log_stream) if e["event"] == "http.request" and e["status"] == 503
     ]
     assert line["reason"] == "database.unavailable" and "locked" in line["detail"]
+
+
+def test_schema_check_on_an_unreachable_database_is_a_database_error() -> None:
+    """Checking the schema at startup translates a refused connection like every other path:
+    a DatabaseUnavailable naming the reason, not the driver's exception."""
+    engine = make_engine("postgresql+psycopg://relay@127.0.0.1:9/relay", timeout=2)
+
+    async def check() -> None:
+        try:
+            await ensure_schema(engine)
+        finally:
+            await engine.dispose()
+
+    with pytest.raises(DatabaseUnavailable) as caught:
+        asyncio.run(check())
+    assert caught.value.reason == "database.unavailable"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import structlog
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
@@ -26,6 +27,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from relay.errors import DatabaseUnavailable
+
+log = structlog.get_logger("relay.store")
 
 # What an unreachable, refusing, locked or slow database looks like from here. SQLAlchemy's
 # own errors (a statement that does not compile...) are bugs, left to crash loudly.
@@ -209,3 +212,24 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> tuple[str | No
 
     async with engine.begin() as conn:
         return await conn.run_sync(upgrade)
+
+
+class SchemaBehind(Exception):
+    """The database is not at the migrations' head; ``relay migrate`` fixes it."""
+
+
+async def ensure_schema(engine: AsyncEngine) -> None:
+    """At head, or made so on SQLite (the embedded default migrates itself); else refuse.
+    A database that cannot be reached is a DatabaseUnavailable, as on every other path."""
+    with translated():
+        current, head = await current_revision(engine), head_revision()
+        if current == head:
+            return
+        if engine.dialect.name == "sqlite":
+            before, after = await migrate(engine)
+            log.info("database.migrated", before=before, after=after)
+            return
+    raise SchemaBehind(
+        f"database schema is at {current or 'nothing'}, this relay needs {head}: "
+        "run `relay migrate --config PATH` first"
+    )

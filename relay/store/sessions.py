@@ -474,21 +474,6 @@ class Sessions:
             # without an id_token_hint for the provider.
             return None
 
-    async def delete_for_provider_session(self, subject: str | None, sid: str | None) -> int:
-        """End every session of a provider session (sid) and/or user (sub); return how many."""
-        statement = delete(sessions).where(sessions.c.status == ACTIVE)
-        if sid is not None:
-            statement = statement.where(sessions.c.sid == sid)
-        if subject is not None:
-            statement = statement.where(sessions.c.subject == subject)
-        async with self._db.write() as conn:
-            ended = [
-                row.id_hash for row in await conn.execute(statement.returning(sessions.c.id_hash))
-            ]
-            await announce(conn, ended)
-        self.cache.invalidate(ended)
-        return len(ended)
-
     async def revoke_subject(self, subject: str) -> list[str]:
         """End every active session of this user (an operator's revocation); return their
         hashes. Every replica drops them from its cache (store/invalidation.py)."""
@@ -539,8 +524,8 @@ class Sessions:
 
     async def _end(self, conn: AsyncConnection, statement: Delete) -> list[str]:
         """Run a DELETE of sessions and tell every replica, in ``conn``'s transaction. The
-        caller drops them from this cache after the commit, as delete_for_provider_session
-        does: a read between an early drop and the commit would cache them again."""
+        caller drops them from this cache after the commit, as revoke_subject does: a
+        read between an early drop and the commit would cache them again."""
         ended = [row.id_hash for row in await conn.execute(statement.returning(sessions.c.id_hash))]
         await announce(conn, ended)
         return ended
