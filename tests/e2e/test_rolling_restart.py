@@ -27,6 +27,7 @@ pytestmark = pytest.mark.e2e
 
 CLIENTS = 3  # threads, each with its own session and keepalive connection to nginx
 PAUSE = 0.003  # between one thread's requests: steady traffic, not a flood
+STEADY = 200  # answers to wait for with both replicas serving, before and after the restarts
 
 
 def seed_sessions(database_url: str, count: int) -> list[str]:
@@ -174,6 +175,19 @@ class Clients:
                 since <= a.at < until and a.upstreams[-1:] == [address] for a in self.answers
             )
 
+    def wait_answers(self, count: int, timeout: float = 10) -> None:
+        """Wait until ``count`` more answers have come back (from anyone)."""
+        with self._lock:
+            wanted = len(self.answers) + count
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if len(self.answers) >= wanted:
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {count} answers within {timeout}s")
+            time.sleep(0.05)
+
     def wait_served_by(self, address: str, since: float, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
         while self.served_by(address, since) < 20:
@@ -214,7 +228,7 @@ def test_rolling_restart_behind_nginx_drops_no_request(tmp_path: Path) -> None:
             clients.start()
             for name in ("a", "b"):
                 clients.wait_served_by(address[name], since=began)
-            time.sleep(1)
+            clients.wait_answers(STEADY)  # steady traffic on both before (and after)
 
             timings: dict[str, float] = {}
             draining: dict[str, int] = {}
@@ -237,7 +251,7 @@ def test_rolling_restart_behind_nginx_drops_no_request(tmp_path: Path) -> None:
             both_back = back
             for name in ("a", "b"):
                 clients.wait_served_by(address[name], since=both_back)
-            time.sleep(1)
+            clients.wait_answers(STEADY)  # steady traffic on both before (and after)
             clients.stop()
             elapsed = time.monotonic() - began
         finally:
