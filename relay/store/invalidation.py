@@ -12,11 +12,11 @@ be missing. The cache is trusted until ``TRUST`` seconds after the start of the 
 heartbeat. A connection that dies, hangs or is terminated stops confirming: within ``TRUST``
 the cache is bypassed (every /auth reads the table). A heartbeat that is merely slow (a busy
 machine) resumes trust when it answers, with the notifications that came before it handled
-first; one that gets no answer within the database timeout, or a connection that fails,
-counts as lost: the listener reconnects and flushes the cache before trusting it again,
-because notifications sent meanwhile were lost. A
-session ended on any replica therefore stops working everywhere within ``TRUST`` seconds,
-plus the time the ending transaction takes to commit.
+first; one that gets no answer within the database timeout (its socket is shut then), or a
+connection that fails, counts as lost: the listener reconnects and flushes the cache before
+trusting it again, because notifications sent meanwhile were lost. A session ended on any
+replica therefore stops working everywhere within ``TRUST`` seconds, plus the time the ending
+transaction takes to commit.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.background import stop_if_cancelling
 from relay.store.cache import SessionCache
+from relay.store.database import Deadline
 from relay.store.outage import OutageGrace
 
 log = structlog.get_logger("relay.invalidation")
@@ -138,13 +139,19 @@ class Listener:
         started = self._monotonic()
         # A slow answer (a busy machine) only lets trust lapse for a moment: the connection
         # still holds every notification, in order, and nothing needs flushing. Only a
-        # connection that does not answer within the database timeout counts as lost.
-        async with asyncio.timeout(self._timeout):
-            await conn.execute("SELECT 1")
-            # Notifications that came in ahead of the answer are held by psycopg until asked
-            # for: take them before vouching for the cache.
-            async for notice in conn.notifies(timeout=0):
-                self._cache.invalidate(notice.payload.split())
+        # connection that does not answer within the database timeout counts as lost: its
+        # socket is shut then, as no cancellation could cross a link that hangs (psycopg
+        # would wait 5 s trying, and the close as long again).
+        deadline = Deadline(self._timeout, conn)
+        try:
+            async with asyncio.timeout(self._timeout + 1):
+                await conn.execute("SELECT 1")
+                # Notifications that came in ahead of the answer are held by psycopg until
+                # asked for: take them before vouching for the cache.
+                async for notice in conn.notifies(timeout=0):
+                    self._cache.invalidate(notice.payload.split())
+        finally:
+            deadline.cancel()
         self._trusted_until = started + TRUST
         self._confirmed_at = started
 

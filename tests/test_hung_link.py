@@ -1,0 +1,102 @@
+"""A database link that hangs (no data, no close: a partition, a dead NAT entry) holds nobody
+longer than the documented bound. No cancellation can cross such a link, so the relay shuts the
+connection's socket rather than wait for one (store/database.py, _CUT), and the listener cuts
+its own connection when a heartbeat goes unanswered (store/invalidation.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from relay.errors import DatabaseUnavailable
+from relay.store.cache import SessionCache
+from relay.store.database import Database, make_engine
+from relay.store.invalidation import TRUST, Listener
+from tests.conftest import postgres_database
+from tests.tcp_proxy import TcpProxy, tcp_proxy
+
+pytestmark = pytest.mark.postgres
+
+TIMEOUT = 1.0  # database.timeout
+BOUND = TIMEOUT + 0.5  # the documented bound: the socket is shut then
+SLACK = 0.5  # scheduling on a busy machine; the hang without the cut lasts 10 s more
+
+
+def through(url: str, proxy: TcpProxy) -> str:
+    return make_url(url).set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+
+
+async def until(check: Callable[[], bool], seconds: float, what: str) -> float:
+    """Wait for ``check``; return when it came true (monotonic)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
+        await asyncio.sleep(0.01)
+    return time.monotonic()
+
+
+def test_a_statement_on_a_hung_link_answers_within_the_bound() -> None:
+    """A read and a write on pooled connections whose link hangs fail as database.timeout
+    within database.timeout + 0.5 s, not after psycopg's cancellation and the pool's reset
+    (13 s); once the link heals the pool serves again without a restart."""
+    with postgres_database() as url:
+        parsed = make_url(url)
+        with tcp_proxy(parsed.host or "127.0.0.1", parsed.port or 5432) as proxy:
+
+            async def go() -> None:
+                db = Database(make_engine(through(url, proxy), timeout=TIMEOUT), TIMEOUT)
+                try:
+                    async with db.read() as conn:  # a pooled connection, then the hang
+                        await conn.execute(text("SELECT 1"))
+                    proxy.partition()
+                    # A pooled connection is cut at the bound; the pool's next one cannot
+                    # be opened either, and libpq gives up on it after max(2, timeout) s.
+                    for block, bound in ((db.write, BOUND), (db.read, max(2, TIMEOUT))):
+                        started = time.monotonic()
+                        with pytest.raises(DatabaseUnavailable) as caught:
+                            async with block() as conn:
+                                await conn.execute(text("SELECT 1"))
+                        took = time.monotonic() - started
+                        assert caught.value.reason == "database.timeout"
+                        assert took < bound + SLACK, f"{block.__name__} took {took:.1f} s"
+                    proxy.heal()
+                    async with db.read() as conn:
+                        assert (await conn.execute(text("SELECT 2"))).scalar() == 2
+                finally:
+                    await db.dispose()
+
+            asyncio.run(go())
+
+
+def test_the_listener_notices_a_hung_link_within_its_bound() -> None:
+    """The listener's link hangs: the cache stops being trusted within TRUST of the last
+    confirmation (so a revocation written meanwhile cannot pass later than that), and the
+    listener gives the connection up within database.timeout + 0.5 s, not 12.5 s."""
+    with postgres_database() as url:
+        parsed = make_url(url)
+        with tcp_proxy(parsed.host or "127.0.0.1", parsed.port or 5432) as proxy:
+
+            async def go() -> None:
+                cache = SessionCache(100)
+                listener = Listener(through(url, proxy), cache, timeout=TIMEOUT)
+                task = asyncio.create_task(listener.run())
+                try:
+                    await until(cache.trusted, 10, "trusted")
+                    proxy.partition()
+                    cut = time.monotonic()
+                    untrusted = await until(lambda: not cache.trusted(), 5, "untrusted")
+                    assert untrusted - cut < TRUST + SLACK
+                    lost = await until(lambda: not listener.connected, 15, "loss noticed")
+                    assert lost - cut < BOUND + 0.25 + SLACK, f"noticed after {lost - cut:.1f} s"
+                    proxy.heal()
+                    await until(cache.trusted, 10, "trusted again")
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+
+            asyncio.run(go())
