@@ -67,6 +67,7 @@ def create_app(
             timeout=database.timeout,
             pool_size=database.pool_size,
             max_overflow=database.max_overflow,
+            pooled=database.pooled,
         )
         db = Database(engine, database.timeout)
         try:
@@ -90,7 +91,7 @@ def create_app(
         )
         cache = SessionCache(config.cache.max_entries, miss_ttl=config.cache.miss_ttl)
         grace = OutageGrace(config.cache.outage_grace, renew=engine.dispose)
-        endings = track_endings(db, database.url, cache, grace)
+        endings = track_endings(db, database.listen_url or database.url, cache, grace)
         listener = endings if isinstance(endings, Listener) else None
         sessions = Sessions(
             db,

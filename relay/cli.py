@@ -87,10 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _database_problem(config: Config, exc: DatabaseUnavailable) -> str:
-    return (
-        f"cannot use the database at {config.database.display_url} (database.url): "
-        f"{exc.detail or exc.reason}"
-    )
+    detail = exc.detail or exc.reason
+    if "unsupported startup parameter" in detail:
+        # PgBouncer (and other transaction poolers) refuse the timeouts sent at connect.
+        return (
+            f"cannot use the database at {config.database.display_url} (database.url): a "
+            "connection pooler refuses startup parameters: set [database] pooled = true, "
+            "and listen_url to a direct connection"
+        )
+    return f"cannot use the database at {config.database.display_url} (database.url): {detail}"
 
 
 def _check_config(config: Config, *, connect: bool) -> int:
@@ -121,7 +126,9 @@ async def _reach(config: Config) -> list[str]:
     from relay.store.database import Database, SchemaBehind, ensure_schema, make_engine
 
     problems = []
-    engine = make_engine(config.database.url, timeout=config.database.timeout)
+    engine = make_engine(
+        config.database.url, timeout=config.database.timeout, pooled=config.database.pooled
+    )
     try:
         with translated():
             if config.database.is_sqlite:  # `relay serve` migrates SQLite itself
@@ -164,7 +171,9 @@ def _serve(config: Config) -> int:
 async def _check_schema(config: Config) -> None:
     from relay.store.database import ensure_schema, make_engine
 
-    engine = make_engine(config.database.url, timeout=config.database.timeout)
+    engine = make_engine(
+        config.database.url, timeout=config.database.timeout, pooled=config.database.pooled
+    )
     try:
         await ensure_schema(engine)
     finally:
@@ -174,7 +183,9 @@ async def _check_schema(config: Config) -> None:
 async def _migrate(config: Config) -> int:
     from relay.store.database import make_engine, migrate
 
-    engine = make_engine(config.database.url, timeout=config.database.timeout)
+    engine = make_engine(
+        config.database.url, timeout=config.database.timeout, pooled=config.database.pooled
+    )
     try:
         with translated():
             before, after = await migrate(engine)
@@ -189,7 +200,10 @@ async def _prune(config: Config) -> int:
     from relay.store.database import Database, make_engine
 
     db = Database(
-        make_engine(config.database.url, timeout=config.database.timeout), config.database.timeout
+        make_engine(
+            config.database.url, timeout=config.database.timeout, pooled=config.database.pooled
+        ),
+        config.database.timeout,
     )
     try:
         result = await prune_once(db, int(time.time()), config.session.prune_batch_size)
@@ -234,7 +248,10 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
     from relay.store.sessions import Lifetimes
 
     db = Database(
-        make_engine(config.database.url, timeout=config.database.timeout), config.database.timeout
+        make_engine(
+            config.database.url, timeout=config.database.timeout, pooled=config.database.pooled
+        ),
+        config.database.timeout,
     )
     session = config.session
     try:

@@ -233,12 +233,25 @@ class DatabaseConfig(_Section):
     # need none; logins and cache misses share these.
     pool_size: int = Field(default=10, ge=1, le=1000)
     max_overflow: int = Field(default=0, ge=0, le=1000)
+    # `url` goes through a transaction pooler (PgBouncer): no startup options and no
+    # server-side prepared statements, which such a pooler refuses or loses.
+    pooled: bool = False
+    # A direct connection to PostgreSQL for the invalidation listener: LISTEN cannot work
+    # through a transaction pooler. Default: `url`.
+    listen_url: str | None = None
 
     @field_validator("url")
     @classmethod
     def _supported(cls, value: str) -> str:
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+psycopg://")):
             raise ValueError('must start with "sqlite+aiosqlite://" or "postgresql+psycopg://"')
+        return value
+
+    @field_validator("listen_url")
+    @classmethod
+    def _postgres(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("postgresql+psycopg://"):
+            raise ValueError('must start with "postgresql+psycopg://"')
         return value
 
     @property

@@ -177,14 +177,13 @@ def test_backchannel_logout_on_one_replica_ends_the_session_on_the_other_within_
 
 def b_listener(c: Cluster) -> list[int]:
     """The backend of B's invalidation listener: B's role, and a last statement that only the
-    listener sends (LISTEN, then its heartbeat; nothing in this test asks B's pool for
-    SELECT 1: /readyz is not called on B)."""
+    listener sends (LISTEN, then its heartbeat, a probe notification on its own channel)."""
     database = make_url(c.url).database
     with psycopg.connect(libpq(c.url), autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s AND usename = %s"
             " AND backend_type = 'client backend'"
-            " AND (query LIKE 'LISTEN%%' OR query = 'SELECT 1')",
+            " AND (query LIKE 'LISTEN%%' OR query = 'SELECT pg_notify($1, $2)')",
             (database, c.role_b),
         ).fetchall()
     return [row[0] for row in rows]

@@ -74,10 +74,18 @@ def text_problem(value: str) -> str | None:
 
 
 def make_engine(
-    url: str, *, timeout: float = 2.0, pool_size: int = 10, max_overflow: int = 0
+    url: str,
+    *,
+    timeout: float = 2.0,
+    pool_size: int = 10,
+    max_overflow: int = 0,
+    pooled: bool = False,
 ) -> AsyncEngine:
     """An engine whose every wait is bounded by ``timeout`` seconds: a connection from the pool,
-    a new connection, a statement, a lock. SQL parameters never reach an error message."""
+    a new connection, a statement, a lock. SQL parameters never reach an error message.
+    ``pooled``: through a transaction pooler ([database] pooled), which refuses startup
+    options and loses server-side prepared statements between transactions; the server's
+    own timeouts are then not set, and the relay's bound (Database, _CUT) is the bound."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, hide_parameters=True)
         busy_ms = int(timeout * 1000)
@@ -92,7 +100,14 @@ def make_engine(
 
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         return engine
-    ms = int(timeout * 1000)
+    connect_args: dict[str, Any] = {
+        "connect_timeout": max(2, round(timeout)),  # libpq's floor is 2 seconds
+    }
+    if pooled:
+        connect_args["prepare_threshold"] = None
+    else:
+        ms = int(timeout * 1000)
+        connect_args["options"] = f"-c statement_timeout={ms} -c lock_timeout={ms}"
     return create_async_engine(
         url,
         hide_parameters=True,
@@ -103,10 +118,7 @@ def make_engine(
         # a 503 like any other failure and invalidates the pool; pinging cost a round trip
         # on every checkout.
         pool_pre_ping=False,
-        connect_args={
-            "connect_timeout": max(2, round(timeout)),  # libpq's floor is 2 seconds
-            "options": f"-c statement_timeout={ms} -c lock_timeout={ms}",
-        },
+        connect_args=connect_args,
     )
 
 

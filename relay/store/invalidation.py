@@ -5,23 +5,28 @@ notification goes out if and only if the sessions really ended (NOTIFY is transa
 Each replica keeps one :class:`Listener` connection, which drops the named sessions from its
 cache the moment the notification arrives.
 
-The listener also says whether the cache may be trusted. Every ``HEARTBEAT`` seconds it sends
-a ``SELECT 1`` on the listening connection; PostgreSQL delivers every notification committed
-before that statement ahead of its answer, so when the answer comes, nothing older can still
-be missing. The cache is trusted until ``TRUST`` seconds after the start of the last answered
-heartbeat. A connection that dies, hangs or is terminated stops confirming: within ``TRUST``
-the cache is bypassed (every /auth reads the table). A heartbeat that is merely slow (a busy
-machine) resumes trust when it answers, with the notifications that came before it handled
-first; one that gets no answer within the database timeout (its socket is shut then), or a
-connection that fails, counts as lost: the listener reconnects and flushes the cache before
-trusting it again, because notifications sent meanwhile were lost. A session ended on any
-replica therefore stops working everywhere within ``TRUST`` seconds, plus the time the ending
-transaction takes to commit.
+The listener also says whether the cache may be trusted. Every ``HEARTBEAT`` seconds it sends a
+notification of its own (a probe, on a channel only this listener uses) on the listening
+connection; PostgreSQL delivers every notification committed before that statement ahead of its
+answer, so when the probe comes back, nothing older can still be missing. The probe, not merely
+an answer, is the proof: behind a transaction pooler (PgBouncer) the LISTEN ran on one server
+connection and the next statement may run on another, which answers queries but never delivers
+a notification; there the probe never comes back, and the cache is never trusted
+(``invalidation.unproven``, every check reads the table) rather than trusted blind. The cache
+is trusted until ``TRUST`` seconds after the start of the last answered heartbeat. A connection
+that dies, hangs or is terminated stops confirming: within ``TRUST`` the cache is bypassed
+(every /auth reads the table). A heartbeat that is merely slow (a busy machine) resumes trust
+when it answers, with the notifications that came before it handled first; one that gets no
+answer within the database timeout (its socket is shut then), or a connection that fails,
+counts as lost: the listener reconnects and flushes the cache before trusting it again, because
+notifications sent meanwhile were lost. A session ended on any replica therefore stops working
+everywhere within ``TRUST`` seconds, plus the time the ending transaction takes to commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable, Sequence
 
@@ -44,6 +49,10 @@ TRUST = 0.75  # seconds a confirmation is good for; the documented bound is 1 se
 _PER_NOTIFY = 100  # hashes per payload: 100 x 65 bytes stays under PostgreSQL's 8000
 _NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :payload)")
 _RETRY_MAX = 5.0
+
+
+class Unproven(Exception):
+    """The listener's own probe did not come back through its LISTEN."""
 
 
 async def announce(conn: AsyncConnection, id_hashes: Sequence[str]) -> None:
@@ -81,6 +90,11 @@ class Listener:
         self._trusted_until = 0.0
         self._confirmed_at: float | None = None  # the start of the last answered heartbeat
         self._grace = grace if grace is not None else OutageGrace(0)
+        # Unique per listener: another replica's probes are not this one's proof.
+        self._probe_channel = f"relay_probe_{secrets.token_hex(8)}"
+        self._probes = 0
+        self._unproven_logged = False
+        self.unproven = 0  # connections or heartbeats that could not prove delivery
         self.connected = False
         self.reconnects = 0
         cache.trusted = self.trusted
@@ -94,7 +108,7 @@ class Listener:
         while True:
             try:
                 await self._listen()
-            except (psycopg.Error, OSError, TimeoutError) as exc:
+            except (psycopg.Error, OSError, TimeoutError, Unproven) as exc:
                 stop_if_cancelling()
                 self._lost(exc)
             await asyncio.sleep(delay)
@@ -115,7 +129,12 @@ class Listener:
             raise
         try:
             async with asyncio.timeout(self._timeout):
+                # A pooler hands out its own backend id: the server's differs from it.
+                cursor = await conn.execute("SELECT pg_backend_pid()")
+                if (await cursor.fetchone()) != (conn.info.backend_pid,):
+                    self._unproven("the listener's connection is not direct")
                 await conn.execute(f"LISTEN {CHANNEL}")
+                await conn.execute(f"LISTEN {self._probe_channel}")
             await self._grace.renew()  # after an outage it rode out, if any
             # Whatever ended while nobody listened is unknown: start from an empty cache.
             self._cache.flush()
@@ -126,7 +145,7 @@ class Listener:
             while True:
                 await self._confirm(conn)
                 async for notice in conn.notifies(timeout=HEARTBEAT):
-                    self._cache.invalidate(notice.payload.split())
+                    self._heard(notice)
         finally:
             self._untrust()  # before the await below lets a check run on an unheld cache
             try:
@@ -142,18 +161,45 @@ class Listener:
         # connection that does not answer within the database timeout counts as lost: its
         # socket is shut then, as no cancellation could cross a link that hangs (psycopg
         # would wait 5 s trying, and the close as long again).
+        self._probes += 1
+        probe = str(self._probes)
         deadline = Deadline(self._timeout, conn)
         try:
             async with asyncio.timeout(self._timeout + 1):
-                await conn.execute("SELECT 1")
-                # Notifications that came in ahead of the answer are held by psycopg until
-                # asked for: take them before vouching for the cache.
+                await conn.execute("SELECT pg_notify(%s, %s)", (self._probe_channel, probe))
+                # The probe and whatever came in ahead of it are held by psycopg until asked
+                # for: take them before vouching for the cache.
+                proven = False
                 async for notice in conn.notifies(timeout=0):
-                    self._cache.invalidate(notice.payload.split())
+                    proven = self._heard(notice) == probe or proven
         finally:
             deadline.cancel()
+        if not proven:
+            self._unproven("the listener's own notification did not come back through its LISTEN")
         self._trusted_until = started + TRUST
         self._confirmed_at = started
+        self._unproven_logged = False
+
+    def _heard(self, notice: psycopg.Notify) -> str | None:
+        """Act on a notification; the probe's number if it is one of this listener's."""
+        if notice.channel == self._probe_channel:
+            return notice.payload
+        self._cache.invalidate(notice.payload.split())
+        return None
+
+    def _unproven(self, why: str) -> None:
+        # Not a lost connection: it answers. Reconnecting finds the same pooler, so the cache
+        # stays untrusted (every check reads the table), and this is said once.
+        self.unproven += 1
+        if not self._unproven_logged:
+            log.error(
+                "invalidation.unproven",
+                detail=f"{why}: a transaction pooler (PgBouncer) between the relay and "
+                "PostgreSQL? The session cache is not trusted, every check reads the table; "
+                "set [database] listen_url to a direct connection",
+            )
+            self._unproven_logged = True
+        raise Unproven(why)
 
     def _untrust(self) -> None:
         self._trusted_until = 0.0
