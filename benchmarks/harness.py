@@ -364,12 +364,16 @@ def wrk(
     path: str = "/auth",
 ) -> dict[str, Any]:
     """One wrk run against the server; its figures plus the server's CPU time per request."""
-    argv = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s"]
+    # wrk reads whole units only ("8.0s" is a usage error).
+    argv = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
     argv += ["-s", str(script), f"http://127.0.0.1:{server.port}{path}", "--", str(offset)]
     metrics_before = cache_metrics(server)
     cpu_before = server.cpu_seconds()
     started = time.monotonic()
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk exited {done.returncode}: {(done.stderr or done.stdout)[-500:]}")
+    out = done.stdout
     wall = time.monotonic() - started
     cpu = server.cpu_seconds() - cpu_before
     metrics = {k: v - metrics_before[k] for k, v in cache_metrics(server).items()}

@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx2
 import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from relay.access import Access
 from relay.background import stop_tasks
-from relay.config import Config
+from relay.config import Config, DatabaseConfig
 from relay.cookies import CookiePolicy
 from relay.crypto import Sealer
 from relay.endpoints import Context, Lifecycle
@@ -37,6 +38,7 @@ from relay.routes import InternalPort, routes
 from relay.sampler import run_sampler
 from relay.store.cache import SessionCache
 from relay.store.database import Database, ensure_schema, make_engine
+from relay.store.hot import HotStatements
 from relay.store.invalidation import Listener
 from relay.store.outage import OutageGrace
 from relay.store.pending import PendingLogins
@@ -62,13 +64,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         database = config.database
-        engine = make_engine(
-            database.url,
-            timeout=database.timeout,
-            pool_size=database.pool_size,
-            max_overflow=database.max_overflow,
-            pooled=database.pooled,
-        )
+        engine = _engine(database)
         db = Database(engine, database.timeout)
         try:
             await ensure_schema(engine)
@@ -90,7 +86,8 @@ def create_app(
             session.absolute_lifetime, session.idle_timeout, session.touch_interval
         )
         cache = SessionCache(config.cache.max_entries, miss_ttl=config.cache.miss_ttl)
-        grace = OutageGrace(config.cache.outage_grace, renew=engine.dispose)
+        db.hot = await _open_hot(db, config)
+        grace = OutageGrace(config.cache.outage_grace, renew=_renewer(engine, db.hot))
         endings = track_endings(db, database.listen_url or database.url, cache, grace)
         listener = endings if isinstance(endings, Listener) else None
         sessions = Sessions(
@@ -184,6 +181,44 @@ def create_app(
         exception_handlers={RelayError: error_response},
         lifespan=lifespan,
     )
+
+
+def _engine(database: DatabaseConfig) -> AsyncEngine:
+    """With PostgreSQL the uncached checks have connections of their own (store/hot.py): the
+    engine's serve logins, logouts and refresh leases, two kept open and the rest closed when
+    returned, so that a burst leaves no backends behind."""
+    kept = min(database.pool_size, 2)
+    return make_engine(
+        database.url,
+        timeout=database.timeout,
+        pool_size=kept,
+        max_overflow=database.pool_size - kept + database.max_overflow,
+        pooled=database.pooled,
+    )
+
+
+async def _open_hot(db: Database, config: Config) -> HotStatements | None:
+    """PostgreSQL: the uncached check's lookup and touch, prepared (store/hot.py)."""
+    if not db.is_postgres:
+        return None
+    database = config.database
+    hot = HotStatements(
+        database.url, timeout=database.timeout, size=database.pool_size, pooled=database.pooled
+    )
+    await hot.open()
+    return hot
+
+
+def _renewer(engine: AsyncEngine, hot: HotStatements | None) -> Callable[[], Awaitable[None]]:
+    """What drops the connections from before an outage: the engine's pool's, the hot
+    statements' (store/outage.py, renew)."""
+
+    async def renew() -> None:
+        await engine.dispose()
+        if hot is not None:
+            await hot.renew()
+
+    return renew
 
 
 def track_endings(

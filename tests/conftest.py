@@ -25,7 +25,7 @@ from starlette.testclient import TestClient
 from relay.app import create_app
 from relay.config import Config, config_from_mapping
 from relay.logs import configure_logging
-from relay.store.database import make_engine, migrate
+from relay.store.database import Database, make_engine, migrate
 from tests.provider import CLIENT_ID, CLIENT_SECRET, ISSUER, ProviderTransport, TestProvider
 
 PUBLIC_URL = "https://relay.test"
@@ -187,16 +187,26 @@ def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def count_statements(engine: Any, prefix: str) -> Iterator[list[str]]:
-    """Record every SQL statement starting with ``prefix`` that the engine sends."""
+def count_statements(target: Any, prefix: str) -> Iterator[list[str]]:
+    """Record every SQL statement starting with ``prefix`` that ``target`` sends: an engine,
+    or a relay's Database (its engine and, on PostgreSQL, its hot statements)."""
     seen: list[str] = []
 
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def observe(statement: str) -> None:
         if statement.lstrip().upper().startswith(prefix):
             seen.append(statement)
 
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        observe(statement)
+
+    hot = getattr(target, "hot", None)
+    engine = target.engine.sync_engine if isinstance(target, Database) else target
     event.listen(engine, "before_cursor_execute", record)
+    if hot is not None:
+        hot.observers.append(observe)
     try:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
+        if hot is not None:
+            hot.observers.remove(observe)

@@ -90,7 +90,7 @@ def test_cached_auth_sends_no_statement(relay: TestClient, provider: TestProvide
     wait_until_trusted(relay)
     relay.app.state.relay.sessions.cache.flush()  # the next /auth is a miss: routed
     first = relay.get("/auth")
-    engine = relay.app.state.engine.sync_engine
+    engine = relay.app.state.relay.db  # the engine and the hot statements
     with count_statements(engine, "") as statements:
         again = relay.get("/auth")
         redirect = relay.get("/auth/redirect")
@@ -107,7 +107,7 @@ def test_cache_off_reads_the_table_every_time(make_relay: Any, provider: TestPro
     """With [cache] max_entries = 0 every /auth is one SELECT."""
     with make_relay(cache={"max_entries": 0}) as relay:
         sign_in(relay, provider)
-        engine = relay.app.state.engine.sync_engine
+        engine = relay.app.state.relay.db  # the engine and the hot statements
         with count_statements(engine, "SELECT") as reads:
             for _ in range(5):
                 assert relay.get("/auth").status_code == 200
@@ -191,7 +191,7 @@ def test_misses_are_not_remembered_with_the_cache_or_miss_ttl_off() -> None:
 
 def lookups(statements: list[str]) -> list[str]:
     """The session lookups among them (a stats sampler may also read the table)."""
-    return [s for s in statements if "WHERE sessions.id_hash" in s]
+    return [s for s in statements if "WHERE sessions.id_hash" in s or "WHERE id_hash" in s]
 
 
 def bogus_auth(relay: TestClient, cookie: str) -> int:
@@ -202,7 +202,7 @@ def test_a_repeated_bogus_cookie_costs_one_select_per_window(relay: TestClient, 
     """A well-formed cookie naming no session: one SELECT, then 401s without the database for
     miss_ttl (5 s), then one SELECT again. Distinct bogus cookies still cost one each: a flood
     of those is the proxy's to rate-limit."""
-    engine = relay.app.state.engine.sync_engine
+    engine = relay.app.state.relay.db  # the engine and the hot statements
     bogus = new_id()
     with count_statements(engine, "SELECT") as reads:
         for _ in range(20):

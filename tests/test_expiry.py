@@ -76,7 +76,7 @@ def test_a_written_touch_extends_the_idle_window(
         sign_in(relay, provider)
         created = session_row(db).created_at
         assert session_row(db).expires_at == created + 300
-        engine = relay.app.state.engine.sync_engine
+        engine = relay.app.state.relay.db  # the engine and the hot statements
         with count_statements(engine, "UPDATE") as updates:
             clock.advance(60)
             assert relay.get("/auth").status_code == 200
@@ -96,7 +96,7 @@ def test_a_check_between_touches_does_not_extend_the_idle_window(
     with make_relay(session={"idle_timeout": "5m", "touch_interval": "1m"}) as relay:
         sign_in(relay, provider)
         created = session_row(db).created_at
-        engine = relay.app.state.engine.sync_engine
+        engine = relay.app.state.relay.db  # the engine and the hot statements
         with count_statements(engine, "UPDATE") as updates:
             clock.advance(59)
             assert relay.get("/auth").status_code == 200

@@ -320,7 +320,7 @@ def test_concurrent_checks_share_one_refresh(
             )
         return [answer.status_code for answer in answers]
 
-    engine = relay.app.state.engine.sync_engine
+    engine = relay.app.state.relay.db  # the engine and the hot statements
     with count_statements(engine, "UPDATE") as updates:
         assert relay.portal.call(hammer) == [200] * 20
     assert len(provider.refresh_requests) == 1

@@ -22,7 +22,7 @@ def test_touch_writes_at_most_once_per_interval(
     """Many /auth requests inside one touch_interval cost no UPDATE and, cached, no further
     SELECT than the first; the next interval costs one UPDATE."""
     sign_in(relay, provider)
-    engine = relay.app.state.engine.sync_engine
+    engine = relay.app.state.relay.db  # the engine and the hot statements
     with count_statements(engine, "UPDATE") as updates, count_statements(engine, "SELECT") as reads:
         for _ in range(20):
             assert relay.get("/auth").status_code == 200

@@ -16,7 +16,7 @@ import socket
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import structlog
@@ -29,6 +29,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from relay.errors import DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from relay.store.hot import HotStatements
 
 log = structlog.get_logger("relay.store")
 
@@ -186,6 +189,9 @@ class Database:
         # SQLite serves one process (README), so this is every writer but the pruner's
         # batches and single-statement autocommit updates, which still wait on busy_timeout.
         self._one_writer = contextlib.nullcontext() if self.is_postgres else asyncio.Lock()
+        # PostgreSQL, in `relay serve`: the uncached check's lookup and touch on a psycopg pool
+        # of their own, prepared (store/hot.py); None: those go through the engine too.
+        self.hot: HotStatements | None = None
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -238,6 +244,8 @@ class Database:
             await conn.exec_driver_sql("SELECT 1")
 
     async def dispose(self) -> None:
+        if self.hot is not None:
+            await self.hot.close()
         await self.engine.dispose()
 
 

@@ -8,6 +8,7 @@ invalidates it on every replica (store/invalidation.py).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -82,6 +83,17 @@ _LOOKUP = select(
     sessions.c.access_expires_at,
     sessions.c.refresh_token.is_not(None).label("has_refresh_token"),
 ).where(sessions.c.id_hash == bindparam("key"), sessions.c.status == ACTIVE)
+# The same two, as SQL for store/hot.py (PostgreSQL): tests/test_sessions.py holds them to
+# the SQLAlchemy forms above.
+LOOKUP_SQL = (
+    "SELECT subject, claims, created_at, last_accessed_at, expires_at, access_token,"
+    " access_expires_at, refresh_token IS NOT NULL FROM sessions"
+    " WHERE id_hash = %s AND status = 'active'"
+)
+TOUCH_SQL = (
+    "UPDATE sessions SET last_accessed_at = %s, expires_at = %s"
+    " WHERE id_hash = %s AND status = 'active' AND expires_at > %s AND last_accessed_at <= %s"
+)
 # A touch writes only if nobody (no other request, no other replica) touched the row within
 # the interval: of concurrent touches one writes, and the others read the row again.
 _TOUCH = (
@@ -271,29 +283,36 @@ class Sessions:
     async def _read(self, id_hash: str, now: int) -> CachedSession | None:
         self.cache.misses += 1
         generation, births = self.cache.generation, self.cache.births
-        async with self._db.read() as conn:
-            row = (await conn.execute(_LOOKUP, {"key": id_hash})).first()
+        row: Sequence[Any] | None
+        if self._db.hot is not None:
+            row = await self._db.hot.fetch_one(LOOKUP_SQL, (id_hash,))
+        else:
+            async with self._db.read() as conn:
+                row = (await conn.execute(_LOOKUP, {"key": id_hash})).first()
         if row is None:
             # Nobody has an active session by this hash; see cache.py on why nobody will.
             self.cache.remember_missing(id_hash, now, births)
             return None
-        if row.expires_at <= now:
+        subject, claims, created_at, last_accessed_at, expires_at, sealed, access_expires_at = row[
+            :7
+        ]
+        if expires_at <= now:
             return None
         try:
-            access_token = self._sealer.open(row.access_token)
+            access_token = self._sealer.open(sealed)
         except SealError:
             access_token = None  # sealed under a secret no longer configured
         entry = CachedSession(
             ActiveSession(
                 id_hash,
-                row.subject,
-                json.loads(row.claims),
-                row.created_at,
-                row.last_accessed_at,
-                row.expires_at,
+                subject,
+                json.loads(claims),
+                created_at,
+                last_accessed_at,
+                expires_at,
                 access_token,
-                row.access_expires_at,
-                bool(row.has_refresh_token),
+                access_expires_at,
+                bool(row[7]),
             )
         )
         self.cache.put(id_hash, entry, generation)
@@ -302,20 +321,26 @@ class Sessions:
     async def _touch(self, id_hash: str, entry: CachedSession, now: int) -> CachedSession | None:
         expires_at = self._lifetimes.expires_at(entry.session.created_at, now)
         entry.touching = True
+        touched_before = now - self._lifetimes.touch_interval
         try:
-            async with self._db.read() as conn:
-                result = await conn.execute(
-                    _TOUCH,
-                    {
-                        "key": id_hash,
-                        "now": now,
-                        "touched_before": now - self._lifetimes.touch_interval,
-                        "new_expires_at": expires_at,
-                    },
-                )
+            if self._db.hot is not None:
+                params = (now, expires_at, id_hash, now, touched_before)
+                touched = await self._db.hot.execute(TOUCH_SQL, params)
+            else:
+                async with self._db.read() as conn:
+                    result = await conn.execute(
+                        _TOUCH,
+                        {
+                            "key": id_hash,
+                            "now": now,
+                            "touched_before": touched_before,
+                            "new_expires_at": expires_at,
+                        },
+                    )
+                touched = result.rowcount
         finally:
             entry.touching = False
-        if result.rowcount == 1:
+        if touched == 1:
             entry.session = replace(entry.session, last_accessed_at=now, expires_at=expires_at)
             return entry
         # Touched elsewhere within the interval, or gone: the table knows which.
