@@ -153,6 +153,23 @@ class Deadline:
         self._handle.cancel()
 
 
+@contextlib.contextmanager
+def cut_off(driver_connection: Any, timeout: float) -> Iterator[None]:
+    """Guard a block on a PostgreSQL connection: at ``timeout + _CUT`` its socket is shut, and
+    what fails then is a ``database.timeout``; the driver's error is chained."""
+    deadline = Deadline(timeout + _CUT, driver_connection)
+    try:
+        yield
+    except _FAILURES as exc:
+        if deadline.fired:
+            raise DatabaseUnavailable(
+                "database.timeout", f"no answer within {timeout + _CUT:g} s: connection closed"
+            ) from exc
+        raise
+    finally:
+        deadline.cancel()
+
+
 def failure(exc: BaseException) -> DatabaseUnavailable:
     """The relay error for a database failure: a reason slug and the driver's first line."""
     cause = getattr(exc, "orig", None) or exc
@@ -218,18 +235,8 @@ class Database:
             yield
             return
         driver_connection = conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
-        deadline = Deadline(self.timeout + _CUT, driver_connection)
-        try:
+        with cut_off(driver_connection, self.timeout):
             yield
-        except _FAILURES as exc:
-            if deadline.fired:
-                raise DatabaseUnavailable(
-                    "database.timeout",
-                    f"no answer within {self.timeout + _CUT:g} s: connection closed",
-                ) from exc
-            raise
-        finally:
-            deadline.cancel()
 
     @contextlib.asynccontextmanager
     async def maintenance(self) -> AsyncIterator[AsyncConnection]:

@@ -31,8 +31,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from sqlalchemy.engine import make_url
 
-from relay.errors import DatabaseUnavailable
-from relay.store.database import _CUT, _FAILURES, _GRACE, Deadline, translated
+from relay.store.database import _GRACE, cut_off, translated
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -98,20 +97,12 @@ class HotStatements:
         with translated():
             async with asyncio.timeout(self.timeout + _GRACE), self._slots:
                 conn = await self._take()
-                deadline = Deadline(self.timeout + _CUT, conn)
                 healthy = False
                 try:
-                    yield conn
+                    with cut_off(conn, self.timeout):
+                        yield conn
                     healthy = True
-                except _FAILURES as exc:
-                    if deadline.fired:
-                        raise DatabaseUnavailable(
-                            "database.timeout",
-                            f"no answer within {self.timeout + _CUT:g} s: connection closed",
-                        ) from exc
-                    raise
                 finally:
-                    deadline.cancel()
                     await self._give_back(conn, healthy)
 
     async def _take(self) -> Connection:
