@@ -11,6 +11,7 @@ writes    4. database writes per 1,000 checks with touch_interval = 2 s
 prune     5. `relay prune` of 1,000,000 expired rows while /auth is under load
 rss       6. relay RSS while 100,000 distinct sessions are looked up
 login     7. /login -> provider -> /callback round trips against the development provider
+peers     8. bare, the Node stack (benchmarks/node), the relay cached and uncached, in one run
 
 Needs wrk on PATH and py-spy in the virtualenv (for profiles when a target is missed).
 """
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import auth_load, login, prune_load, rss, writes
+from benchmarks import auth_load, login, peers, prune_load, rss, writes
 from benchmarks.harness import BENCH_DIR
 
 Runner = Callable[[bool, int | None, float | None], dict[str, Any]]
@@ -66,11 +67,19 @@ BENCHMARKS: dict[str, Runner] = {
     "login": lambda quick, rounds, seconds: login.run(
         seconds=seconds or (4 if quick else 10), rounds=rounds or (2 if quick else 3)
     ),
+    "peers": lambda quick, rounds, seconds: peers.run(
+        rows=10_000, seconds=seconds or (3 if quick else 10), rounds=rounds or (2 if quick else 3)
+    ),
 }
 
 
 def _fmt(spread: dict[str, float], unit: str = "") -> str:
     return f"{spread['median']:,.4g}{unit} ({spread['min']:,.4g}-{spread['max']:,.4g})"
+
+
+def _ratio(ratio: dict[str, Any]) -> str:
+    rounds = ratio["per_round"]
+    return f"{ratio['of_medians']} ({rounds['min']:.3g}-{rounds['max']:.3g})"
 
 
 FIGURES = (("rps", " req/s"), ("p50_ms", " ms"), ("p99_ms", " ms"), ("cpu_us_per_req", " us"))
@@ -130,6 +139,16 @@ def table(results: dict[str, Any]) -> str:
                 f" | {_fmt(r['bare_rps'])}, {_fmt(r['bare_p99_ms'], ' ms')} |"
                 f" {r['rps_ratio_of_medians']} | |"
             )
+        elif name == "peers":
+            for row in ("bare", "node", "relay", "relay-uncached"):
+                f = r["figures"][row]
+                lines.append(
+                    f"| peers | {row}: req/s, p99, CPU/check | {_fmt(f['rps'])},"
+                    f" {_fmt(f['p99_ms'], ' ms')}, {_fmt(f['cpu_us_per_req'], ' us')} |"
+                    f" vs bare {_ratio(r['vs_bare'][row]['rps'])} |"
+                    f" vs node {_ratio(r['vs_node'][row]['rps'])} |"
+                    f" {targets if row == 'relay-uncached' else ''} |"
+                )
         elif name == "login":
             lines.append(
                 f"| login | logins/s | {_fmt(r['logins_per_s'])} | {_fmt(r['bare_rps'])} req/s"

@@ -345,11 +345,13 @@ def workdir() -> Iterator[Path]:
 # ---------------------------------------------------------------- load and measurement
 
 
-def cookie_script(directory: Path, cookies: list[str], name: str = "cookies") -> Path:
+def cookie_script(
+    directory: Path, cookies: list[str], name: str = "cookies", cookie_name: str = COOKIE_NAME
+) -> Path:
     (directory / f"{name}.txt").write_text("\n".join(cookies) + "\n")
     script = directory / f"{name}.lua"
     script.write_text(
-        WRK_LUA % {"path": directory / f"{name}.txt", "threads": WRK_THREADS, "name": COOKIE_NAME}
+        WRK_LUA % {"path": directory / f"{name}.txt", "threads": WRK_THREADS, "name": cookie_name}
     )
     return script
 

@@ -28,6 +28,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
+from psycopg import pq
+from psycopg.abc import Loader
+from psycopg.errors import error_from_result
 from psycopg.pq import TransactionStatus
 from sqlalchemy.engine import make_url
 
@@ -60,6 +63,9 @@ class HotStatements:
         self._idle: list[tuple[Connection, float]] = []  # oldest first; taken from the end
         self._generation = 0  # renew() retires every connection opened before it
         self._born: dict[int, int] = {}  # id(connection) -> generation
+        self._prepared: dict[int, set[bytes]] = {}  # id(connection) -> statement names
+        self._statements: dict[str, tuple[bytes, bytes]] = {}
+        self._loaders: dict[int, Loader] = {}
         # Tests count the statements a check sends (tests/conftest.py count_statements).
         self.observers: list[Callable[[str], None]] = []
 
@@ -81,16 +87,63 @@ class HotStatements:
         for observe in self.observers:
             observe(sql)
         async with self._connection() as conn:
-            cursor = await conn.execute(sql, params, prepare=self._prepare)
-            return await cursor.fetchone()
+            result = await self._run(conn, sql, params)
+            if result.ntuples == 0:
+                return None
+            row = []
+            for column in range(result.nfields):
+                value = result.get_value(0, column)
+                if value is not None:
+                    value = self._loader(conn, result.ftype(column)).load(value)
+                row.append(value)
+            return tuple(row)
 
     async def execute(self, sql: str, params: tuple[Any, ...]) -> int:
         """Run one statement; how many rows it changed."""
         for observe in self.observers:
             observe(sql)
         async with self._connection() as conn:
-            cursor = await conn.execute(sql, params, prepare=self._prepare)
-            return cursor.rowcount
+            result = await self._run(conn, sql, params)
+            return int(result.command_tuples or 0)
+
+    async def _run(self, conn: Connection, sql: str, params: tuple[Any, ...]) -> pq.abc.PGresult:
+        """One statement as one round trip on libpq (psycopg.pq), prepared on the server once
+        per connection unless pooled. psycopg's own ``execute`` builds a cursor, converts the
+        query and steps a generator per message: about 150 µs of CPU per lookup here, against
+        60-85 µs this way. Parameters are str or int, sent as text."""
+        pgconn = conn.pgconn
+        name, text = self._statement(sql)
+        values = [None if value is None else str(value).encode() for value in params]
+        if not self._prepare:
+            pgconn.send_query_params(text, values)
+            return _checked(await _result(pgconn), conn)
+        prepared = self._prepared.setdefault(id(conn), set())
+        if name not in prepared:
+            pgconn.send_prepare(name, text)
+            _checked(await _result(pgconn), conn)
+            prepared.add(name)
+        pgconn.send_query_prepared(name, values)
+        return _checked(await _result(pgconn), conn)
+
+    def _statement(self, sql: str) -> tuple[bytes, bytes]:
+        """Its name on the server and its text with libpq's numbered placeholders."""
+        found = self._statements.get(sql)
+        if found is None:
+            parts = sql.split("%s")
+            text = parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+            found = self._statements[sql] = (
+                f"relay_hot_{len(self._statements)}".encode(),
+                text.encode(),
+            )
+        return found
+
+    def _loader(self, conn: Connection, oid: int) -> Loader:
+        """psycopg's own text loader for a column type (the same for every connection: the
+        relay registers no adapters of its own)."""
+        loader = self._loaders.get(oid)
+        if loader is None:
+            loader = self._loaders[oid] = conn.adapters.get_loader(oid, pq.Format.TEXT)(oid, conn)  # type: ignore[misc]
+        return loader
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
@@ -130,7 +183,51 @@ class HotStatements:
 
     async def _discard(self, conn: Connection) -> None:
         self._born.pop(id(conn), None)
+        self._prepared.pop(id(conn), None)
         with contextlib.suppress(psycopg.Error, OSError):
             # Its socket may hang: no close waits longer than the bound.
             async with asyncio.timeout(self.timeout):
                 await conn.close()
+
+
+_OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
+
+
+async def _result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult:
+    """The answer to the one query just sent: flush it, then read until libpq has every
+    result of it (the last is None), waiting on the socket in the event loop."""
+    loop = asyncio.get_running_loop()
+    while pgconn.flush():
+        await _ready(loop.add_writer, loop.remove_writer, pgconn.socket)
+    first: pq.abc.PGresult | None = None
+    while True:
+        pgconn.consume_input()  # a shut or dead socket raises here: a psycopg error
+        while not pgconn.is_busy():
+            result = pgconn.get_result()
+            if result is None:
+                if first is None:
+                    raise psycopg.OperationalError("no result from the server")
+                return first
+            if first is None:
+                first = result
+        await _ready(loop.add_reader, loop.remove_reader, pgconn.socket)
+
+
+async def _ready(add: Callable[..., None], remove: Callable[[int], object], fileno: int) -> None:
+    waiter = asyncio.get_running_loop().create_future()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    add(fileno, wake)
+    try:
+        await waiter
+    finally:
+        remove(fileno)
+
+
+def _checked(result: pq.abc.PGresult, conn: Connection) -> pq.abc.PGresult:
+    if result.status not in _OK:
+        raise error_from_result(result, encoding=conn.info.encoding)
+    return result
