@@ -71,7 +71,7 @@ async def _admit(request: Request, ctx: Context) -> ActiveSession:
     return await ctx.gate.admit(
         ctx.cookies.session_id(request),
         forwarded_host(request, ctx.proxies),
-        request.url.query,
+        request.scope["query_string"].decode("latin-1"),  # as the shortcut reads it
     )
 
 

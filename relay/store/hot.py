@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -84,27 +84,36 @@ class HotStatements:
             await self._discard(conn)
 
     async def fetch_one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        for observe in self.observers:
-            observe(sql)
-        async with self._connection() as conn:
-            result = await self._run(conn, sql, params)
-            if result.ntuples == 0:
-                return None
-            row = []
-            for column in range(result.nfields):
-                value = result.get_value(0, column)
-                if value is not None:
-                    value = self._loader(conn, result.ftype(column)).load(value)
-                row.append(value)
-            return tuple(row)
+        result = await self._call(sql, params)
+        if result.ntuples == 0:
+            return None
+        row = []
+        for column in range(result.nfields):
+            value = result.get_value(0, column)
+            if value is not None:
+                value = self._loader(result.ftype(column)).load(value)
+            row.append(value)
+        return tuple(row)
 
     async def execute(self, sql: str, params: tuple[Any, ...]) -> int:
         """Run one statement; how many rows it changed."""
+        result = await self._call(sql, params)
+        return int(result.command_tuples or 0)
+
+    async def _call(self, sql: str, params: tuple[Any, ...]) -> pq.abc.PGresult:
         for observe in self.observers:
             observe(sql)
-        async with self._connection() as conn:
-            result = await self._run(conn, sql, params)
-            return int(result.command_tuples or 0)
+        with translated():
+            async with asyncio.timeout(self.timeout + _GRACE), self._slots:
+                conn = await self._take()
+                healthy = False
+                try:
+                    with cut_off(conn, self.timeout):
+                        result = await self._run(conn, sql, params)
+                    healthy = True
+                    return result
+                finally:
+                    await self._give_back(conn, healthy)
 
     async def _run(self, conn: Connection, sql: str, params: tuple[Any, ...]) -> pq.abc.PGresult:
         """One statement as one round trip on libpq (psycopg.pq), prepared on the server once
@@ -137,26 +146,16 @@ class HotStatements:
             )
         return found
 
-    def _loader(self, conn: Connection, oid: int) -> Loader:
-        """psycopg's own text loader for a column type (the same for every connection: the
-        relay registers no adapters of its own)."""
+    def _loader(self, oid: int) -> Loader:
+        """psycopg's own text loader for a column type (the relay registers no adapters of
+        its own, and the database speaks UTF-8)."""
         loader = self._loaders.get(oid)
         if loader is None:
-            loader = self._loaders[oid] = conn.adapters.get_loader(oid, pq.Format.TEXT)(oid, conn)  # type: ignore[misc]
+            found = psycopg.adapters.get_loader(oid, pq.Format.TEXT)
+            if found is None:
+                raise TypeError(f"no psycopg loader for type {oid}")
+            loader = self._loaders[oid] = found(oid, None)
         return loader
-
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Connection]:
-        with translated():
-            async with asyncio.timeout(self.timeout + _GRACE), self._slots:
-                conn = await self._take()
-                healthy = False
-                try:
-                    with cut_off(conn, self.timeout):
-                        yield conn
-                    healthy = True
-                finally:
-                    await self._give_back(conn, healthy)
 
     async def _take(self) -> Connection:
         now = time.monotonic()
