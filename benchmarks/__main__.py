@@ -12,6 +12,7 @@ prune     5. `relay prune` of 1,000,000 expired rows while /auth is under load
 rss       6. relay RSS while 100,000 distinct sessions are looked up
 login     7. /login -> provider -> /callback round trips against the development provider
 peers     8. bare, the Node stack (benchmarks/node), the relay cached and uncached, in one run
+cache_bytes 9. the memory one cached session costs (tracemalloc, in this process)
 
 Needs wrk on PATH and py-spy in the virtualenv (for profiles when a target is missed).
 """
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import auth_load, login, peers, prune_load, rss, writes
+from benchmarks import auth_load, cache_bytes, login, peers, prune_load, rss, writes
 from benchmarks.harness import BENCH_DIR
 
 Runner = Callable[[bool, int | None, float | None], dict[str, Any]]
@@ -66,6 +67,9 @@ BENCHMARKS: dict[str, Runner] = {
     ),
     "login": lambda quick, rounds, seconds: login.run(
         seconds=seconds or (4 if quick else 10), rounds=rounds or (2 if quick else 3)
+    ),
+    "cache_bytes": lambda quick, rounds, seconds: cache_bytes.run(
+        sessions=10_000 if quick else 50_000
     ),
     "peers": lambda quick, rounds, seconds: peers.run(
         rows=10_000, seconds=seconds or (3 if quick else 10), rounds=rounds or (2 if quick else 3)

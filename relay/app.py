@@ -97,6 +97,9 @@ def create_app(
             cache,
             refresh_margin=config.refresh.margin if config.refresh.enabled else None,
             grace=grace,
+            keep_access_token=(
+                config.headers.pass_access_token or config.headers.set_authorization_header
+            ),
         )
         discovery = Discovery(http, config.provider.issuer, config.provider.metadata_ttl, clock)
         jwks = JwksCache(http, config.provider.jwks_refresh_cooldown, clock)
@@ -254,5 +257,5 @@ def middleware(config: Config, metrics: Metrics, lifecycle: Lifecycle) -> list[M
     ]
     if config.server.internal_port is not None:
         stack.append(Middleware(InternalPort, port=config.server.internal_port, prefix=prefix))
-    stack.append(Middleware(AuthShortcut, prefix=prefix, memo_max=max(config.cache.max_entries, 1)))
+    stack.append(Middleware(AuthShortcut, prefix=prefix))
     return stack

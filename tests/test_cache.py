@@ -253,3 +253,16 @@ def test_a_session_created_under_a_remembered_miss_passes_its_first_check(
         return await sessions.get(id_hash, now)
 
     assert relay.portal.call(go) is not None
+
+
+def test_a_cached_session_costs_what_the_readme_says() -> None:
+    """About 2.8 KB per session with typical claims (README, "How big the cache is"): the
+    figure the default max_entries is sized from. The access token is not held unless a
+    header sends it; claim and group names are shared between sessions."""
+    from benchmarks.cache_bytes import measure
+
+    without = measure(5_000, with_token=False)["bytes_per_session"]
+    with_token = measure(5_000, with_token=True)["bytes_per_session"]
+    assert without <= 3_000, without
+    assert with_token <= 4_000, with_token
+    assert with_token - without >= 900  # the token itself: only held when sent to apps

@@ -22,33 +22,20 @@ from relay.crypto import hash_id, short_hash
 from relay.endpoints import SESSION, Context, session
 from relay.errors import RelayError
 from relay.pages import error_response
-from relay.store.sessions import ActiveSession
 
 _READS = frozenset({"GET", "HEAD"})
 # Per session: the apps (query strings, forwarded hosts) one user checks against at once.
 _VERDICTS_MAX = 32
-
-
-class _Memo:
-    """One session's rendered headers and its verdicts per (query string, forwarded host)."""
-
-    __slots__ = ("headers", "session", "verdicts")
-
-    def __init__(self, session: ActiveSession, headers: list[tuple[bytes, bytes]]) -> None:
-        self.session = session
-        self.headers = headers
-        self.verdicts: dict[tuple[bytes, bytes | None], bool] = {}
+_HEADERS = "headers"  # the memo's key for the rendered headers; verdicts are keyed by tuples
 
 
 class AuthShortcut:
-    def __init__(self, app: ASGIApp, prefix: str, memo_max: int) -> None:
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
         self.app = app
         self._paths = {
             prefix + "/auth": session.auth,
             prefix + "/auth/redirect": session.auth_redirect,
         }
-        self._memo: dict[str, _Memo] = {}
-        self._memo_max = memo_max
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self._paths.get(scope.get("path", ""))
@@ -92,23 +79,22 @@ class AuthShortcut:
         # cheaper in the scope than bound to the log context on every check.
         scope[SESSION] = short_hash(active.id_hash)
         # The cache hands out the same ActiveSession until the session changes (a touch, a
-        # new read): its headers and verdicts are worked out once per change, not per request.
-        memo = self._memo.get(active.id_hash)
-        if memo is None or memo.session is not active:
-            if len(self._memo) >= self._memo_max:
-                # As many as the cache holds: past that, the entries are for sessions it has
-                # let go of. Start afresh rather than keep them (and their sessions) alive.
-                self._memo.clear()
-            memo = self._memo[active.id_hash] = _Memo(active, ctx.identity.render(active))
+        # new read): its headers and verdicts are worked out once per change, not per request,
+        # and kept on it (ActiveSession.memo).
+        memo = active.memo
+        headers = memo.get(_HEADERS)
+        if headers is None:
+            headers = memo[_HEADERS] = ctx.identity.render(active)
         if host is not None and (scope.get("client") or ("",))[0] not in ctx.proxies:
             host = None  # only a trusted proxy names the app
         key = (scope["query_string"], host)
-        allowed = memo.verdicts.get(key)
+        allowed = memo.get(key)
         if allowed is None:
-            if len(memo.verdicts) >= _VERDICTS_MAX:
-                memo.verdicts.clear()
+            if len(memo) > _VERDICTS_MAX:
+                memo.clear()
+                memo[_HEADERS] = headers
             forwarded = None if host is None else host.decode("latin-1")
             query = scope["query_string"].decode("latin-1")
-            allowed = memo.verdicts[key] = access.refusal(active.claims, forwarded, query) is None
+            allowed = memo[key] = access.refusal(active.claims, forwarded, query) is None
         # A refusal is the routed endpoint's to give: it logs the reason and renders the page.
-        return memo.headers if allowed else None
+        return headers if allowed else None

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from relay.store.sessions import ActiveSession
 
 
-@dataclass
+@dataclass(slots=True)
 class CachedSession:
     session: ActiveSession
     # A touch of this session is on its way to the database: the other requests for it do not
