@@ -44,6 +44,7 @@ from relay.store.outage import OutageGrace
 from relay.store.pending import PendingLogins
 from relay.store.sessions import Lifetimes, Sessions
 from relay.store.sqlite_watch import Watcher
+from relay.store.warm import Warmer
 
 log = structlog.get_logger("relay.app")
 
@@ -152,19 +153,10 @@ def create_app(
             run_sampler(db, metrics, clock, stop_sampling), name="sampler"
         )
         tasks.append(await start_tracking(endings))
-        app.state.pruner = None
-        if run_pruner_task:
-            app.state.pruner = asyncio.create_task(
-                run_pruner(
-                    db,
-                    interval=session.prune_interval,
-                    batch_size=session.prune_batch_size,
-                    clock=clock,
-                    metrics=metrics,
-                ),
-                name="pruner",
-            )
-            tasks.append(app.state.pruner)
+        app.state.warmer, app.state.pruner, housekeeping = _housekeeping(
+            config, db, sessions, metrics, clock, prune=run_pruner_task
+        )
+        tasks.extend(housekeeping)
         log.info("relay.started", public_url=config.server.public_url)
         try:
             yield
@@ -184,6 +176,40 @@ def create_app(
         exception_handlers={RelayError: error_response},
         lifespan=lifespan,
     )
+
+
+def _housekeeping(
+    config: Config,
+    db: Database,
+    sessions: Sessions,
+    metrics: Metrics,
+    clock: Callable[[], float],
+    *,
+    prune: bool,
+) -> tuple[Warmer | None, asyncio.Task[None] | None, list[asyncio.Task[None]]]:
+    """The cache's warm starts and the pruner, as background tasks."""
+    tasks = []
+    warmer = None
+    if config.cache.max_entries > 0:
+        # A replica starts with an empty cache: fill it from the table in the background once
+        # it may be believed, and again after every flush (store/warm.py).
+        warmer = Warmer(db, sessions, sessions.cache, clock)
+        tasks.append(asyncio.create_task(warmer.run(), name="cache-warmer"))
+    pruner = None
+    if prune:
+        session = config.session
+        pruner = asyncio.create_task(
+            run_pruner(
+                db,
+                interval=session.prune_interval,
+                batch_size=session.prune_batch_size,
+                clock=clock,
+                metrics=metrics,
+            ),
+            name="pruner",
+        )
+        tasks.append(pruner)
+    return warmer, pruner, tasks
 
 
 def _engine(database: DatabaseConfig) -> AsyncEngine:

@@ -30,6 +30,7 @@ remembered (the ``births`` counter, as ``generation`` does for ``put``).
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -65,6 +66,13 @@ class SessionCache:
         self._miss_ttl = miss_ttl if max_entries > 0 else 0
         self.births = 0
         self.misses_remembered = 0  # lookups answered "no such session" from _missed
+        # Set while the cache is empty for want of a warm start (store/warm.py): at the start,
+        # and by every flush. ``flushes`` tells a warm start that the cache was emptied under
+        # it; ``_ended`` collects what ended while one runs (it read an older snapshot).
+        self.emptied = asyncio.Event()
+        self.emptied.set()
+        self.flushes = 0
+        self._ended: set[str] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -92,6 +100,30 @@ class SessionCache:
         self._entries.move_to_end(id_hash)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+    @property
+    def room(self) -> int:
+        return max(0, self._max - len(self._entries))
+
+    def begin_warm(self) -> None:
+        """A warm start is about to read the table: remember what ends from now on."""
+        self._ended = set()
+
+    def end_warm(self) -> None:
+        self._ended = None
+
+    def put_cold(self, id_hash: str, entry: CachedSession, flushes: int) -> bool:
+        """Add a session loaded by a warm start, as the least recently used (the table's
+        order is most recent first), unless the cache holds it already (a check was there
+        first), it ended since the warm start began, or the cache is full. False: the warm
+        start must stop (the cache was flushed or is untrusted: what it read may be stale)."""
+        if flushes != self.flushes or not self.trusted() or len(self._entries) >= self._max:
+            return False
+        if id_hash in self._entries or (self._ended is not None and id_hash in self._ended):
+            return True
+        self._entries[id_hash] = entry
+        self._entries.move_to_end(id_hash, last=False)
+        return True
 
     def known_missing(self, id_hash: str, now: int) -> bool:
         """The table had no active session by this hash less than miss_ttl seconds ago."""
@@ -130,11 +162,15 @@ class SessionCache:
         """These sessions ended: forget them, and anything read before now."""
         self.generation += 1
         for id_hash in id_hashes:
+            if self._ended is not None:
+                self._ended.add(id_hash)
             if self._entries.pop(id_hash, None) is not None:
                 self.invalidations += 1
 
     def flush(self) -> None:
         """Forget everything: invalidations may have been missed."""
         self.generation += 1
+        self.flushes += 1
         self.invalidations += len(self._entries)
         self._entries.clear()
+        self.emptied.set()

@@ -103,6 +103,13 @@ _LOOKUP = select(
     sessions.c.access_expires_at,
     sessions.c.refresh_token.is_not(None).label("has_refresh_token"),
 ).where(sessions.c.id_hash == bindparam("key"), sessions.c.status == ACTIVE)
+# A warm start (store/warm.py): the same columns for the most recently active sessions.
+WARM = (
+    select(sessions.c.id_hash, *_LOOKUP.selected_columns)
+    .where(sessions.c.status == ACTIVE, sessions.c.expires_at > bindparam("now"))
+    .order_by(sessions.c.last_accessed_at.desc())
+    .limit(bindparam("room"))
+)
 # The same two, as SQL for store/hot.py (PostgreSQL): tests/test_sessions.py holds them to
 # the SQLAlchemy forms above.
 LOOKUP_SQL = (
@@ -317,6 +324,13 @@ class Sessions:
             # Nobody has an active session by this hash; see cache.py on why nobody will.
             self.cache.remember_missing(id_hash, now, births)
             return None
+        entry = self.record(id_hash, row, now)
+        if entry is not None:
+            self.cache.put(id_hash, entry, generation)
+        return entry
+
+    def record(self, id_hash: str, row: Sequence[Any], now: int) -> CachedSession | None:
+        """A session from a row of LOOKUP_SQL's columns (no I/O); None if it has expired."""
         subject, claims, created_at, last_accessed_at, expires_at, sealed, access_expires_at = row[
             :7
         ]
@@ -327,7 +341,7 @@ class Sessions:
             # None when sealed under a secret no longer configured
             with contextlib.suppress(SealError):
                 access_token = self._sealer.open(sealed)
-        entry = CachedSession(
+        return CachedSession(
             ActiveSession(
                 id_hash,
                 subject,
@@ -340,8 +354,6 @@ class Sessions:
                 bool(row[7]),
             )
         )
-        self.cache.put(id_hash, entry, generation)
-        return entry
 
     async def _touch(self, id_hash: str, entry: CachedSession, now: int) -> CachedSession | None:
         expires_at = self._lifetimes.expires_at(entry.session.created_at, now)

@@ -1,0 +1,117 @@
+"""Warm starts: a replica whose cache is empty (it just started, or its cache was flushed when
+its listener came back) loads the most recently active sessions in the background, so that a
+rolling deploy does not send every session down the uncached path at once.
+
+- It runs only once the cache may be believed (the listener's, or the SQLite watcher's, first
+  proof): what it loads is then kept right by the same invalidations as everything else.
+- One streamed SELECT, most recently active first, at most as many as the cache has room
+  for, read in batches of ``BATCH`` with the event loop free between them; at most
+  ``SECONDS`` in all. Memory is the cache's own bound plus one batch.
+- A session a check has put there first is kept (it is newer); one that ended since the
+  SELECT began is not loaded (the cache remembers what ended meanwhile, as its snapshot may
+  be older); a flush, or the cache becoming untrusted, stops it (``SessionCache.put_cold``).
+- Never in the way: /healthz and /readyz do not wait for it (a replica answers every check
+  correctly without it, only slower), and a database error ends it with one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from sqlalchemy import Row
+
+from relay.errors import DatabaseUnavailable
+from relay.store.cache import SessionCache
+from relay.store.database import Database
+from relay.store.sessions import WARM, Sessions
+
+log = structlog.get_logger("relay.store")
+
+BATCH = 500
+SECONDS = 60.0
+# How often a warm start waiting for the cache to be trusted looks again.
+_TRUST_POLL = 0.1
+
+
+class Warmer:
+    def __init__(
+        self,
+        db: Database,
+        sessions: Sessions,
+        cache: SessionCache,
+        clock: Callable[[], float],
+        *,
+        seconds: float = SECONDS,
+    ) -> None:
+        self._db = db
+        self._sessions = sessions
+        self._cache = cache
+        self._clock = clock
+        self._seconds = seconds
+        self.runs = 0  # warm starts finished (tests wait on it)
+
+    async def run(self) -> None:
+        """Forever: each time the cache is emptied, warm it once it is trusted."""
+        while True:
+            await self._cache.emptied.wait()
+            # Trust is the listener's clock reading of its last proof: nothing signals it.
+            while not self._cache.trusted():  # noqa: ASYNC110
+                await asyncio.sleep(_TRUST_POLL)
+            # Flushes until now (the listener's first connect flushes too) are this warm
+            # start's; one while it runs sets it again, for the next.
+            self._cache.emptied.clear()
+            try:
+                await self.warm()
+            except DatabaseUnavailable as exc:
+                log.warning("cache.warm_failed", reason=exc.reason, detail=exc.detail)
+            self.runs += 1
+
+    async def warm(self) -> int:
+        """Load what fits; how many sessions were loaded."""
+        cache = self._cache
+        room = cache.room
+        if room == 0:
+            return 0
+        started = time.monotonic()
+        now = int(self._clock())
+        flushes = cache.flushes
+        loaded, stopped = 0, "done"
+        cache.begin_warm()
+        try:
+            async with self._db.maintenance() as conn:
+                statement = WARM.execution_options(yield_per=BATCH)
+                result = await conn.stream(statement, {"now": now, "room": room})
+                async for rows in result.partitions(BATCH):
+                    count, stop = self._put(rows, now, flushes)
+                    loaded += count
+                    if stop is None and time.monotonic() - started > self._seconds:
+                        stop = "time"
+                    if stop is not None:
+                        stopped = stop
+                        break
+                    await asyncio.sleep(0)  # the checks waiting go first
+        finally:
+            cache.end_warm()
+        log.info(
+            "cache.warmed",
+            sessions=loaded,
+            seconds=round(time.monotonic() - started, 3),
+            stopped=stopped,
+        )
+        return loaded
+
+    def _put(self, rows: Sequence[Row[Any]], now: int, flushes: int) -> tuple[int, str | None]:
+        """Put a batch in the cache: how many went in, and why to stop, if so."""
+        count = 0
+        for row in rows:
+            entry = self._sessions.record(row[0], row[1:], now)
+            if entry is None:
+                continue  # expired since the SELECT began
+            if not self._cache.put_cold(row[0], entry, flushes):
+                return count, "cache_full" if self._cache.room == 0 else "cache_emptied"
+            count += 1
+        return count, None
