@@ -85,15 +85,18 @@ class Warmer:
             async with self._db.maintenance() as conn:
                 statement = WARM.execution_options(yield_per=BATCH)
                 result = await conn.stream(statement, {"now": now, "room": room})
-                async for rows in result.partitions(BATCH):
-                    count, stop = self._put(rows, now, flushes)
-                    loaded += count
-                    if stop is None and time.monotonic() - started > self._seconds:
-                        stop = "time"
-                    if stop is not None:
-                        stopped = stop
-                        break
-                    await asyncio.sleep(0)  # the checks waiting go first
+                try:
+                    async for rows in result.partitions(BATCH):
+                        count, stop = self._put(rows, now, flushes)
+                        loaded += count
+                        if stop is None and time.monotonic() - started > self._seconds:
+                            stop = "time"
+                        if stop is not None:
+                            stopped = stop
+                            break
+                        await asyncio.sleep(0)  # the checks waiting go first
+                finally:
+                    await result.close()  # its server-side cursor, stopped early or not
         finally:
             cache.end_warm()
         log.info(
