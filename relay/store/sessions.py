@@ -103,12 +103,16 @@ _LOOKUP = select(
     sessions.c.access_expires_at,
     sessions.c.refresh_token.is_not(None).label("has_refresh_token"),
 ).where(sessions.c.id_hash == bindparam("key"), sessions.c.status == ACTIVE)
-# A warm start (store/warm.py): the same columns for the most recently active sessions.
-WARM = (
-    select(sessions.c.id_hash, *_LOOKUP.selected_columns)
+# A warm start (store/warm.py): the most recently active sessions' hashes, then their rows
+# (LOOKUP's columns) a batch at a time.
+WARM_IDS = (
+    select(sessions.c.id_hash)
     .where(sessions.c.status == ACTIVE, sessions.c.expires_at > bindparam("now"))
     .order_by(sessions.c.last_accessed_at.desc())
     .limit(bindparam("room"))
+)
+WARM_ROWS = select(sessions.c.id_hash, *_LOOKUP.selected_columns).where(
+    sessions.c.id_hash.in_(bindparam("keys", expanding=True)), sessions.c.status == ACTIVE
 )
 # The same two, as SQL for store/hot.py (PostgreSQL): tests/test_sessions.py holds them to
 # the SQLAlchemy forms above.

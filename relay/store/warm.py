@@ -4,12 +4,15 @@ rolling deploy does not send every session down the uncached path at once.
 
 - It runs only once the cache may be believed (the listener's, or the SQLite watcher's, first
   proof): what it loads is then kept right by the same invalidations as everything else.
-- One streamed SELECT, most recently active first, at most as many as the cache has room
-  for, read in batches of ``BATCH`` with the event loop free between them; at most
-  ``SECONDS`` in all. Memory is the cache's own bound plus one batch.
+- One SELECT of the hashes of the most recently active sessions, at most as many as the
+  cache has room for (about 100 bytes each, held while it runs), then their rows ``BATCH``
+  at a time by primary key, each a short statement of its own, with the event loop free
+  between them; at most ``SECONDS`` in all. No server-side cursor or long transaction is
+  held open, and memory is the cache's own bound plus the hashes and one batch.
 - A session a check has put there first is kept (it is newer); one that ended since the
-  SELECT began is not loaded (the cache remembers what ended meanwhile, as its snapshot may
-  be older); a flush, or the cache becoming untrusted, stops it (``SessionCache.put_cold``).
+  warm start began is not loaded (the cache remembers what ended meanwhile: a batch's
+  snapshot may be older than an ending it hears of); a flush, or the cache becoming
+  untrusted, stops it (``SessionCache.put_cold``).
 - Never in the way: /healthz and /readyz do not wait for it (a replica answers every check
   correctly without it, only slower), and a database error ends it with one log line.
 """
@@ -27,7 +30,7 @@ from sqlalchemy import Row
 from relay.errors import DatabaseUnavailable
 from relay.store.cache import SessionCache
 from relay.store.database import Database
-from relay.store.sessions import WARM, Sessions
+from relay.store.sessions import WARM_IDS, WARM_ROWS, Sessions
 
 log = structlog.get_logger("relay.store")
 
@@ -83,20 +86,21 @@ class Warmer:
         cache.begin_warm()
         try:
             async with self._db.maintenance() as conn:
-                statement = WARM.execution_options(yield_per=BATCH)
-                result = await conn.stream(statement, {"now": now, "room": room})
-                try:
-                    async for rows in result.partitions(BATCH):
-                        count, stop = self._put(rows, now, flushes)
-                        loaded += count
-                        if stop is None and time.monotonic() - started > self._seconds:
-                            stop = "time"
-                        if stop is not None:
-                            stopped = stop
-                            break
-                        await asyncio.sleep(0)  # the checks waiting go first
-                finally:
-                    await result.close()  # its server-side cursor, stopped early or not
+                ids = (await conn.execute(WARM_IDS, {"now": now, "room": room})).scalars().all()
+            for start in range(0, len(ids), BATCH):
+                batch = ids[start : start + BATCH]
+                async with self._db.read() as conn:
+                    found = (await conn.execute(WARM_ROWS, {"keys": batch})).all()
+                rank = {id_hash: n for n, id_hash in enumerate(batch)}
+                rows = sorted(found, key=lambda row: rank[row[0]])  # most recent first
+                count, stop = self._put(rows, now, flushes)
+                loaded += count
+                if stop is None and time.monotonic() - started > self._seconds:
+                    stop = "time"
+                if stop is not None:
+                    stopped = stop
+                    break
+                await asyncio.sleep(0)  # the checks waiting go first
         finally:
             cache.end_warm()
         log.info(
