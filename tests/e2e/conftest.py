@@ -27,7 +27,7 @@ from tests.e2e.stack import (
     provider_service,
     self_signed_certificate,
     upstream_service,
-    wait_for_file,
+    wait_for_tls,
 )
 from tests.process import RelayProcess, free_port
 
@@ -190,7 +190,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             caddy_ports = (ports["caddy"], ports["caddy_http"])
             caddy = caddy_service(workdir, caddy_ports, ports["relay"], ports["upstream"])
             s.services.append(caddy.start(ports["caddy"]))
-            wait_for_file(caddy_root_certificate(workdir))
+            wait_for_tls(ports["caddy"], caddy_root_certificate(workdir))
             haproxy_ports = (ports["haproxy"], ports["haproxy_http"])
             haproxy = haproxy_service(
                 workdir, haproxy_ports, ports["relay"], ports["upstream"], tls=(cert, key)

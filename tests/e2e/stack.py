@@ -9,6 +9,7 @@ import ipaddress
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -45,6 +46,26 @@ def wait_for_file(path: Path, timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear within {timeout}s")
         time.sleep(0.05)
+
+
+def wait_for_tls(port: int, cafile: Path, timeout: float = 30) -> None:
+    """Until a TLS handshake on the port succeeds against ``cafile``: Caddy listens and writes
+    its root certificate before it has issued the site's own, and a handshake in between
+    gets an internal-error alert."""
+    wait_for_file(cafile, timeout)
+    context = ssl.create_default_context(cafile=str(cafile))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1"),
+            ):
+                return
+        except (ssl.SSLError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class Service:

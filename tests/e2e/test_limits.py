@@ -23,7 +23,7 @@ from tests.e2e.stack import (
     caddy_root_certificate,
     caddy_service,
     nginx_service,
-    wait_for_file,
+    wait_for_tls,
 )
 from tests.process import free_port
 
@@ -250,7 +250,7 @@ def test_caddy_shows_a_retry_page_when_the_relay_is_down(stack: Stack, tmp_path:
     caddy = caddy_service(tmp_path, ports, free_port(), stack.ports["upstream"])
     caddy.start(ports[0])
     try:
-        wait_for_file(caddy_root_certificate(tmp_path))
+        wait_for_tls(ports[0], caddy_root_certificate(tmp_path))
         tls = ssl.create_default_context(cafile=str(caddy_root_certificate(tmp_path)))
         with httpx2.Client(verify=tls, timeout=15) as client:
             for path in ("/headers", "/oauth2/login"):
