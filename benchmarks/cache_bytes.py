@@ -22,7 +22,7 @@ from relay.access import Access
 from relay.config import config_from_mapping
 from relay.headers import IdentityHeaders
 from relay.store.cache import CachedSession, SessionCache
-from relay.store.sessions import ActiveSession, shared
+from relay.store.records import ActiveSession, shared
 
 TOKEN_BYTES = 700  # random bytes: a ~940-character token, as a signed JWT access token is
 

@@ -42,7 +42,8 @@ from relay.store.hot import HotStatements
 from relay.store.invalidation import Listener
 from relay.store.outage import OutageGrace
 from relay.store.pending import PendingLogins
-from relay.store.sessions import Lifetimes, Sessions
+from relay.store.records import Lifetimes
+from relay.store.sessions import Sessions
 from relay.store.sqlite_watch import Watcher
 from relay.store.warm import Warmer
 

@@ -245,7 +245,7 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
     from relay.crypto import Sealer
     from relay.store.cache import SessionCache
     from relay.store.database import make_engine
-    from relay.store.sessions import Lifetimes
+    from relay.store.records import Lifetimes
 
     db = Database(
         make_engine(
@@ -338,7 +338,7 @@ async def _revoke(sessions: Sessions, subject: str | None, id_prefix: str | None
         if problem is not None:  # bytes that are not UTF-8 reach argv as lone surrogates
             print(f"relay: --sub {printable(subject)} {problem}", file=sys.stderr)
             return 2
-        ended = await sessions.revoke_subject(subject)
+        ended = await sessions.revocation.revoke_subject(subject)
         log.info("admin.revoked", via="cli", subject=subject, ended=len(ended))
         plural = "" if len(ended) == 1 else "s"
         print(f"ended {len(ended)} session{plural} of {printable(subject)}")
@@ -352,7 +352,7 @@ async def _revoke(sessions: Sessions, subject: str | None, id_prefix: str | None
         )
         return 2
     try:
-        ended = await sessions.revoke_prefix(prefix)
+        ended = await sessions.revocation.revoke_prefix(prefix)
     except AmbiguousPrefix as exc:
         print(
             f"relay: {exc.matches} active sessions' ids start with {prefix}: nothing ended; "

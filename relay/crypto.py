@@ -65,6 +65,18 @@ class Sealer:
         except InvalidToken as exc:
             raise SealError("sealed value does not open with any configured secret") from exc
 
+    def open_or_absent(self, sealed: str | None) -> str | None:
+        """A session's token as the one policy reads it: sealed under a secret no longer
+        configured (rotated out of previous_secrets), it reads as absent, and the session goes
+        on without it (no token for apps, no logout hint). The two callers that cannot go on
+        use ``open`` and say why: a refresh token is forgotten, so that it is never tried
+        again (relay/refresh.py), and a pending login started with another secret is a
+        misconfiguration between replicas (relay/flows.py)."""
+        try:
+            return self.open(sealed)
+        except SealError:
+            return None
+
 
 def _derive_key(secret: str) -> bytes:
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(

@@ -38,7 +38,8 @@ from relay.oidc.tokens import (
 )
 from relay.redirects import return_url
 from relay.store.pending import PendingLogin, PendingLogins
-from relay.store.sessions import Sessions, Tokens
+from relay.store.records import Tokens
+from relay.store.sessions import Sessions
 
 log = structlog.get_logger("relay.flows")
 
@@ -281,7 +282,7 @@ class Flows:
             )
             # Kept while the token could still pass the age check, with the clock skew.
             keep_until = token.iat + provider.logout_token_max_age + provider.clock_skew + 1
-            ended = await self.sessions.end_by_logout_token(
+            ended = await self.sessions.revocation.end_by_logout_token(
                 hash_id(token.jti), keep_until, token.sub, token.sid
             )
             if ended is None:
@@ -299,7 +300,7 @@ class Flows:
         id_token = None
         if session_id is not None:
             id_hash = hash_id(session_id)
-            id_token = await self.sessions.delete(id_hash)
+            id_token = await self.sessions.revocation.delete(id_hash)
             log.info("logout", session=short_hash(id_hash), found=id_token is not None)
         after = self.config.provider.post_logout_redirect_url or self.config.default_redirect
         try:

@@ -15,7 +15,8 @@ from relay.access import Access
 from relay.crypto import hash_id, short_hash
 from relay.errors import AccessDenied, Unauthorized
 from relay.refresh import Refresher
-from relay.store.sessions import ActiveSession, Sessions
+from relay.store.records import ActiveSession
+from relay.store.sessions import Sessions
 
 log = structlog.get_logger("relay.gate")
 

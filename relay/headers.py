@@ -11,7 +11,7 @@ from typing import Any
 from relay.access import Access, claim, strings
 from relay.config import HeadersConfig
 from relay.exact import flaw, listed
-from relay.store.sessions import ActiveSession
+from relay.store.records import ActiveSession
 
 _EMPTY_TEXT = ((b"content-length", b"0"), (b"content-type", b"text/plain; charset=utf-8"))
 

@@ -8,7 +8,8 @@ refresh is due (``Sessions.refresh_due``: the access token has expired or expire
 - In this process, one refresh per session at a time: the first request starts it as a task,
   the requests that come meanwhile share it (single flight).
 - Across replicas, that task first claims the row with a guarded UPDATE of its refresh lease
-  (``Sessions.claim_refresh``), never a row lock held across the provider call.
+  (``RefreshLeases.claim_refresh``, store/leases.py), never a row lock held across the
+  provider call.
 - A replica that does not get the claim answers with the access token it has while that is
   valid; once it has expired, it waits (at most ``WAIT`` seconds) for the winner and answers
   with what the row then holds.
@@ -60,7 +61,8 @@ from relay.oidc.tokens import (
     unverified_claims,
     validate_refreshed_id_token,
 )
-from relay.store.sessions import ActiveSession, RefreshClaim, Sessions
+from relay.store.records import ActiveSession, RefreshClaim
+from relay.store.sessions import Sessions
 
 log = structlog.get_logger("relay.refresh")
 
@@ -161,14 +163,14 @@ class Refresher:
     async def _refresh(self, session: ActiveSession) -> ActiveSession | None:
         id_hash, now = session.id_hash, self.now()
         try:
-            claim = await self._sessions.claim_refresh(id_hash, now, self._lease)
+            claim = await self._sessions.leases.claim_refresh(id_hash, now, self._lease)
         except DatabaseUnavailable as exc:
             self._failed(session, exc.reason, "", now + self._config.refresh.retry_interval)
             return session
         except SealError:
             # Sealed under a secret no longer configured: it can never be sent, so the session
             # goes on without one (as with a provider that issues none), not into a 503.
-            await self._sessions.forget_refresh_token(id_hash)
+            await self._sessions.leases.forget_refresh_token(id_hash)
             self._failed(session, "refresh.token_unreadable", "", now)
             return await self._sessions.reload(id_hash, self.now())
         if claim is None:
@@ -203,7 +205,9 @@ class Refresher:
         retry_at = self.now() + self._config.refresh.retry_interval
         unsettled = claim.unsettled + int(lost)
         with contextlib.suppress(DatabaseUnavailable):  # the lease then runs out on its own
-            await self._sessions.release_refresh(id_hash, claim, retry_at, unsettled=unsettled)
+            await self._sessions.leases.release_refresh(
+                id_hash, claim, retry_at, unsettled=unsettled
+            )
         self._failed(session, failure.reason, failure.detail, retry_at, failure)
         return session
 
@@ -221,7 +225,9 @@ class Refresher:
             expires + self._config.refresh.outage_grace,
         )
         with contextlib.suppress(DatabaseUnavailable):  # then the lease runs out, and it repeats
-            await self._sessions.release_refresh(session.id_hash, claim, retry_at, unsettled=0)
+            await self._sessions.leases.release_refresh(
+                session.id_hash, claim, retry_at, unsettled=0
+            )
         self._remember(session.id_hash, retry_at)
         self._metrics.refreshes.labels(result="ambiguous").inc()
         log.warning(
@@ -300,7 +306,7 @@ class Refresher:
         self, session: ActiveSession, claim: RefreshClaim, answer: _Answer, *, claims_passed: bool
     ) -> ActiveSession | None:
         tokens = answer.tokens
-        stored = await self._sessions.store_refreshed(
+        stored = await self._sessions.leases.store_refreshed(
             session,
             claim,
             access_token=tokens.access_token,
@@ -324,7 +330,7 @@ class Refresher:
         current = await self._sessions.reload(id_hash, now)
         if current is None or not self._sessions.refresh_due(current, now):
             return current  # ended, or refreshed elsewhere
-        lease = await self._sessions.refresh_lease(id_hash)
+        lease = await self._sessions.leases.refresh_lease(id_hash)
         if not _expired(current, now):
             self._remember(id_hash, lease or now + 1)
             return current
@@ -334,16 +340,16 @@ class Refresher:
         deadline = loop.time() + WAIT
         while loop.time() < deadline and lease is not None and lease > self.now():
             await asyncio.sleep(_POLL)
-            if await self._sessions.refresh_lease(id_hash) != lease:
+            if await self._sessions.leases.refresh_lease(id_hash) != lease:
                 break
         current = await self._sessions.reload(id_hash, self.now())
         if current is not None and self._sessions.refresh_due(current, self.now()):
-            lease = await self._sessions.refresh_lease(id_hash)
+            lease = await self._sessions.leases.refresh_lease(id_hash)
             self._remember(id_hash, lease or self.now() + 1)
         return current
 
     async def _end(self, session: ActiveSession, reason: str = "token.invalid_grant") -> None:
-        await self._sessions.delete(session.id_hash)  # announced: every replica drops it
+        await self._sessions.revocation.delete(session.id_hash)  # announced: every replica drops it
         self._metrics.refreshes.labels(result="ended").inc()
         log.warning(
             "refresh.failed",

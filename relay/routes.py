@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.endpoints import INTERNAL, admin, backchannel, login, probes, session
+from relay.pages import json_error
 
 
 def routes(prefix: str) -> list[BaseRoute]:
@@ -63,7 +63,7 @@ class InternalPort:
             if (internal and path not in self._probes and not admin) or (
                 not internal and (path == self._metrics or admin)
             ):
-                await JSONResponse({"error": "not_found"}, status_code=404)(scope, receive, send)
+                await json_error(404, "not_found", "Not found.")(scope, receive, send)
                 return
             scope[INTERNAL] = internal
         await self.app(scope, receive, send)

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, text
 from relay.access import Access
 from relay.config import AccessConfig, ConfigError, config_from_mapping
 from relay.headers import IdentityHeaders
-from relay.store.sessions import ActiveSession
+from relay.store.records import ActiveSession
 from tests.conftest import PUBLIC_URL, callback_path, log_lines, provider_redirect, sign_in
 from tests.provider import TestProvider
 from tests.test_config import GOOD

@@ -94,7 +94,8 @@ def test_the_api_is_off_without_a_token(
     with make_relay(peer="127.0.0.1") as relay:
         response = call(relay, method, path, body, bearer())
     assert response.status_code == 404
-    assert response.json() == {"error": "not_found"}
+    assert response.json()["error"] == "not_found"
+    assert set(response.json()) == {"error", "message", "request_id"}
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ENDPOINTS, ids=ENDPOINT_IDS)
@@ -268,7 +269,7 @@ def test_bad_paging_parameters_get_400(admin: TestClient, params: dict[str, str]
     response = admin.get("/admin/sessions", params=params, headers=bearer())
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
-    assert response.json()["reason"]
+    assert response.json()["message"]
 
 
 def test_revoke_by_subject_ends_that_users_sessions_at_once(
@@ -499,7 +500,8 @@ def test_database_gone_is_503_json(
                 pg.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
             response = call(relay, *endpoint, bearer())
     assert response.status_code == 503
-    assert response.json() == {"error": "database.unavailable"}
+    assert response.json()["error"] == "database.unavailable"
+    assert response.json()["request_id"]
     events = log_lines(log_stream)
     assert [e["reason"] for e in events if e["event"] == "admin.failed"] == ["database.unavailable"]
     assert not [e for e in events if "exception" in e or "Traceback" in json.dumps(e)]
@@ -529,7 +531,7 @@ def test_revoke_refuses_text_the_database_cannot_take(
     response = admin.post("/admin/sessions/revoke", content=body, headers=bearer())
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
-    assert problem in response.json()["reason"]
+    assert problem in response.json()["message"]
     refused = [e for e in log_lines(log_stream) if e["event"] == "admin.refused"]
     assert refused[-1]["reason"] in ("unstorable_text", "json_too_deep")
     assert auth(admin, alice) == 200
@@ -540,6 +542,6 @@ def test_listing_by_a_subject_with_nul_is_400(admin: TestClient, log_stream: io.
     refusal of NUL taken for an outage (503)."""
     response = admin.get("/admin/sessions", params={"sub": "alice\x00"}, headers=bearer())
     assert response.status_code == 400
-    assert "NUL" in response.json()["reason"]
+    assert "NUL" in response.json()["message"]
     refused = [e for e in log_lines(log_stream) if e["event"] == "admin.refused"]
     assert refused[-1]["reason"] == "unstorable_text"

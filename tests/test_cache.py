@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from relay.crypto import hash_id, new_id
 from relay.store.cache import CachedSession, SessionCache
-from relay.store.sessions import ActiveSession, Tokens
+from relay.store.records import ActiveSession, Tokens
 from tests.conftest import count_statements, sign_in
 from tests.provider import TestProvider
 

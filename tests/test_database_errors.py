@@ -41,9 +41,9 @@ def test_sql_parameters_never_reach_the_error() -> None:
         async def go() -> DatabaseUnavailable:
             db = Database(make_engine(url), timeout=2)
             try:
-                async with db.read() as conn:
+                async with db.autocommit() as conn:
                     await conn.exec_driver_sql("DROP TABLE sessions")
-                async with db.read() as conn:
+                async with db.autocommit() as conn:
                     await conn.exec_driver_sql(
                         "SELECT * FROM sessions WHERE id_hash = %(h)s", {"h": "secret-param-42"}
                     )
@@ -70,7 +70,7 @@ def test_a_statement_past_the_bound_is_a_timeout() -> None:
             db = Database(make_engine(url, timeout=1), timeout=1)
             started = time.monotonic()
             try:
-                async with db.read() as conn:
+                async with db.autocommit() as conn:
                     await conn.exec_driver_sql("SELECT pg_sleep(10)")
             except DatabaseUnavailable as exc:
                 return exc, time.monotonic() - started

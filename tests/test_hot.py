@@ -67,7 +67,7 @@ def test_the_hot_statements_answer_as_their_sqlalchemy_forms() -> None:
             await hot.open()
             try:
                 for key in ("active", "refreshing", "expired", "pending", "missing"):
-                    async with db.read() as conn:
+                    async with db.autocommit() as conn:
                         expected = (await conn.execute(_LOOKUP, {"key": key})).first()
                     got = await hot.fetch_one(LOOKUP_SQL, (key,))
                     assert (None if expected is None else tuple(expected)) == got, key
@@ -81,7 +81,7 @@ def test_the_hot_statements_answer_as_their_sqlalchemy_forms() -> None:
                 ):
                     params = (NOW, NOW + 500, key, NOW, touched_before)
                     assert await hot.execute(TOUCH_SQL, params) == written, (key, touched_before)
-                async with db.read() as conn:
+                async with db.autocommit() as conn:
                     arguments = {
                         "key": "refreshing",
                         "now": NOW,

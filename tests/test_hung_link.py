@@ -51,7 +51,7 @@ def test_a_statement_on_a_hung_link_answers_within_the_bound() -> None:
             async def go() -> None:
                 db = Database(make_engine(through(url, proxy), timeout=TIMEOUT), TIMEOUT)
                 try:
-                    async with db.read() as conn:  # a pooled connection, then the hang
+                    async with db.autocommit() as conn:  # a pooled connection, then the hang
                         await conn.execute(text("SELECT 1"))
                     proxy.partition()
                     # A pooled connection is cut at the bound; the pool's next one cannot
@@ -65,7 +65,7 @@ def test_a_statement_on_a_hung_link_answers_within_the_bound() -> None:
                         assert caught.value.reason == "database.timeout"
                         assert took < bound + SLACK, f"{block.__name__} took {took:.1f} s"
                     proxy.heal()
-                    async with db.read() as conn:
+                    async with db.autocommit() as conn:
                         assert (await conn.execute(text("SELECT 2"))).scalar() == 2
                 finally:
                     await db.dispose()

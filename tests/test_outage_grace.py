@@ -17,7 +17,8 @@ from relay.errors import DatabaseUnavailable
 from relay.store.cache import CachedSession, SessionCache
 from relay.store.database import Database, make_engine
 from relay.store.outage import OutageGrace
-from relay.store.sessions import ActiveSession, Lifetimes, Sessions
+from relay.store.records import ActiveSession, Lifetimes
+from relay.store.sessions import Sessions
 from tests.conftest import log_lines
 from tests.process import free_port
 
@@ -226,7 +227,7 @@ def test_a_logout_that_cannot_be_written_drops_the_held_session(refused: Databas
     sessions, _ = store(refused, GRACE, session("a"))
     sessions.grace.unreachable()
     with pytest.raises(DatabaseUnavailable):
-        asyncio.run(sessions.delete("a"))
+        asyncio.run(sessions.revocation.delete("a"))
     assert sessions.cached("a", NOW) is None
     with pytest.raises(DatabaseUnavailable):
         asyncio.run(sessions.get("a", NOW))

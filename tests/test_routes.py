@@ -636,3 +636,20 @@ def test_a_login_begun_under_another_secret_is_a_misconfiguration(
         response = second.get("/callback?" + urlencode(params))
     assert response.status_code == 503
     assert "misconfigured" in response.text
+
+
+def test_every_json_error_has_the_one_shape(make_relay: Any) -> None:
+    """Admin API, back-channel logout, /metrics and /auth: a JSON error is always
+    {"error", "message", "request_id", ...}, the request id the one in X-Request-Id."""
+    with make_relay(peer="203.0.113.9", admin={"token": "t" * 32}) as relay:
+        answers = [
+            relay.get("/admin/stats"),  # no token: 401
+            relay.get("/metrics"),  # not an allowed reader: 404
+            relay.post("/backchannel-logout", data={"logout_token": "x"}),  # 400
+            relay.get("/auth", headers={"accept": "application/json"}),  # 401
+        ]
+    for answer in answers:
+        body = answer.json()
+        assert answer.status_code >= 400, answer
+        assert {"error", "message", "request_id"} <= set(body), body
+        assert body["message"] and body["request_id"] == answer.headers["x-request-id"], body

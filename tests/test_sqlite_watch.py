@@ -25,7 +25,8 @@ from relay.store.cache import SessionCache
 from relay.store.database import Database, make_engine
 from relay.store.models import sessions
 from relay.store.prune import prune
-from relay.store.sessions import Lifetimes, Sessions, Tokens
+from relay.store.records import Lifetimes, Tokens
+from relay.store.sessions import Sessions
 from relay.store.sqlite_watch import KEEP, Watcher
 from tests.conftest import PUBLIC_URL, FakeClock, base_config, run_migrations, sign_in
 from tests.live import eventually
@@ -156,7 +157,7 @@ def test_what_another_process_ends_leaves_the_cache_at_the_next_poll(url: str) -
         other_db = Database(make_engine(url), timeout=2)
         try:  # `relay sessions revoke --sub alice`, as the CLI builds it
             elsewhere = Sessions(other_db, Sealer("s" * 32), LIFETIMES, SessionCache(0))
-            assert len(await elsewhere.revoke_subject("alice")) == 1
+            assert len(await elsewhere.revocation.revoke_subject("alice")) == 1
         finally:
             await other_db.dispose()
         write(relay.other, "DELETE FROM sessions WHERE subject = 'bob'")

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, insert
 from relay.crypto import hash_id, new_id
 from relay.store.cache import CachedSession, SessionCache
 from relay.store.models import sessions
-from relay.store.sessions import ActiveSession
+from relay.store.records import ActiveSession
 from tests.conftest import count_statements
 
 SEEDED = 30

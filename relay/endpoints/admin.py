@@ -22,6 +22,7 @@ from relay.crypto import short_hash
 from relay.endpoints import INTERNAL, Context, context
 from relay.errors import RelayError
 from relay.forwarded import AddressSet, caller_address
+from relay.pages import json_error
 from relay.pruner import prune_once
 from relay.store.database import text_problem
 from relay.store.listing import (
@@ -44,10 +45,18 @@ class _Refused(Exception):
         self.response = response
 
 
-def _error(status: int, error: str, description: str | None = None) -> JSONResponse:
-    body = {"error": error} if description is None else {"error": error, "reason": description}
+_MESSAGES = {
+    "not_found": "Not found.",
+    "unauthorized": "A valid admin token is needed.",
+    "forbidden": "Not from this address.",
+    "no_such_session": "No active session has that id.",
+}
+
+
+def _error(status: int, error: str, description: str | None = None, **extra: Any) -> Response:
     headers = {"www-authenticate": 'Bearer realm="relay-admin"'} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    message = description or _MESSAGES.get(error, error.replace("_", " ").capitalize() + ".")
+    return json_error(status, error, message, headers, **extra)
 
 
 def _admitted(request: Request) -> Context:
@@ -119,7 +128,7 @@ async def revoke(request: Request) -> Response:
         body = await _json_object(request)
         if set(body) == {"sub"} and isinstance(body["sub"], str) and 0 < len(body["sub"]) <= 255:
             subject = _storable("sub", body["sub"])
-            ended = await ctx.sessions.revoke_subject(subject)
+            ended = await ctx.sessions.revocation.revoke_subject(subject)
             log.info("admin.revoked", subject=subject, ended=len(ended))
             return JSONResponse({"ended": len(ended)})
         if set(body) == {"id"} and isinstance(body["id"], str):
@@ -127,7 +136,7 @@ async def revoke(request: Request) -> Response:
             if prefix is None:
                 reason = f"id: {MIN_PREFIX} to 64 hex characters of a session's hash"
                 raise _Refused(_error(400, "invalid_request", reason))
-            ended = await ctx.sessions.revoke_prefix(prefix)
+            ended = await ctx.sessions.revocation.revoke_prefix(prefix)
             if not ended:
                 log.info("admin.revoked", session=prefix, ended=0)
                 return _error(404, "no_such_session", "no active session's id starts so")
@@ -138,13 +147,11 @@ async def revoke(request: Request) -> Response:
         return refused.response
     except AmbiguousPrefix as exc:
         log.info("admin.revoke_refused", reason="ambiguous_prefix", matches=exc.matches)
-        return JSONResponse(
-            {
-                "error": "ambiguous_id",
-                "reason": "several sessions' ids start so: give more characters",
-                "matches": exc.matches,
-            },
-            status_code=409,
+        return _error(
+            409,
+            "ambiguous_id",
+            "several sessions' ids start so: give more characters",
+            matches=exc.matches,
         )
     except RelayError as exc:
         return _unavailable(exc)
@@ -205,4 +212,4 @@ def _storable(field: str, value: str) -> str:
 
 def _unavailable(exc: RelayError) -> Response:
     log.warning("admin.failed", reason=exc.reason, detail=exc.detail or None)
-    return JSONResponse({"error": exc.reason}, status_code=exc.status)
+    return json_error(exc.status, exc.reason, exc.public_message)

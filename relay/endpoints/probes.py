@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from relay.endpoints import INTERNAL, context
 from relay.errors import DatabaseUnavailable, RelayError
 from relay.forwarded import caller_address
+from relay.pages import json_error
 
 log = structlog.get_logger("relay.probes")
 
@@ -56,6 +57,6 @@ async def metrics(request: Request) -> Response:
     internal = request.scope.get(INTERNAL, False)
     reader = caller_address(request, ctx.proxies)
     if not internal and reader not in ctx.metrics_readers:
-        return JSONResponse({"error": "not_found"}, status_code=404)
+        return json_error(404, "not_found", "Not found.")
     body = generate_latest(ctx.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

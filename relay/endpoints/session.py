@@ -16,7 +16,7 @@ from relay.errors import Forbidden, RelayError, Unauthorized
 from relay.forwarded import forwarded_host, is_navigation, original_url
 from relay.pages import error_response, page
 from relay.redirects import safe_redirect
-from relay.store.sessions import ActiveSession
+from relay.store.records import ActiveSession
 
 log = structlog.get_logger("relay.session")
 

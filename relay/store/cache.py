@@ -34,10 +34,8 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from relay.store.sessions import ActiveSession
+from relay.store.records import ActiveSession
 
 
 @dataclass(slots=True)

@@ -211,8 +211,9 @@ class Database:
         self.hot: HotStatements | None = None
 
     @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for statements that need no transaction (one SELECT, one UPDATE)."""
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose statements each commit on their own (a lookup, a touch, a lease
+        UPDATE): no transaction around a single statement."""
         with translated():
             async with asyncio.timeout(self.timeout + _GRACE):
                 async with self._autocommit.connect() as conn, self._bounded(conn):
@@ -247,7 +248,7 @@ class Database:
                 yield conn
 
     async def ping(self) -> None:
-        async with self.read() as conn:
+        async with self.autocommit() as conn:
             await conn.exec_driver_sql("SELECT 1")
 
     async def dispose(self) -> None:

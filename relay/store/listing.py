@@ -71,7 +71,7 @@ async def list_sessions(
         statement = statement.where(sessions.c.subject == subject)
     if after is not None:
         statement = statement.where(sessions.c.id_hash > after)
-    async with db.read() as conn:
+    async with db.autocommit() as conn:
         rows = (await conn.execute(statement)).all()
     return [
         SessionRow(

@@ -44,7 +44,7 @@ class PendingLogins:
             sessions.c.status == PENDING,
             sessions.c.expires_at > now,
         )
-        async with self._db.read() as conn:
+        async with self._db.autocommit() as conn:
             found: str | None = (await conn.execute(query)).scalar_one_or_none()
         return found
 

@@ -23,7 +23,7 @@ class SessionCounts:
 
 
 async def count_sessions(db: Database, now: int) -> SessionCounts:
-    async with db.read() as conn:
+    async with db.autocommit() as conn:
         rows = (await conn.execute(_COUNTS, {"now": now})).all()
     counts = {"active": 0, "pending": 0, "expired": 0}
     for row in rows:

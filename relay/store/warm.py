@@ -89,7 +89,7 @@ class Warmer:
                 ids = (await conn.execute(WARM_IDS, {"now": now, "room": room})).scalars().all()
             for start in range(0, len(ids), BATCH):
                 batch = ids[start : start + BATCH]
-                async with self._db.read() as conn:
+                async with self._db.autocommit() as conn:
                     found = (await conn.execute(WARM_ROWS, {"keys": batch})).all()
                 rank = {id_hash: n for n, id_hash in enumerate(batch)}
                 rows = sorted(found, key=lambda row: rank[row[0]])  # most recent first

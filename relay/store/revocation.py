@@ -1,0 +1,104 @@
+"""Ending sessions: logout, an operator's revocation, back-channel logout. Each ending deletes
+the row and, in the same transaction, tells every replica (store/invalidation.py); this
+process's cache drops it after the commit."""
+
+from __future__ import annotations
+
+from sqlalchemy import Delete, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from relay.crypto import Sealer
+from relay.errors import DatabaseUnavailable
+from relay.store.cache import SessionCache
+from relay.store.database import Database
+from relay.store.invalidation import announce
+from relay.store.listing import AmbiguousPrefix, hash_prefix
+from relay.store.logout_tokens import remember as remember_logout_token
+from relay.store.models import sessions
+from relay.store.records import ACTIVE
+
+
+class Revocation:
+    def __init__(self, db: Database, sealer: Sealer, cache: SessionCache) -> None:
+        self._db = db
+        self._sealer = sealer
+        self._cache = cache
+
+    async def delete(self, id_hash: str) -> str | None:
+        """End a session; return its ID token (for the provider's logout hint), if any."""
+        statement = (
+            delete(sessions)
+            .where(sessions.c.id_hash == id_hash, sessions.c.status == ACTIVE)
+            .returning(sessions.c.id_token)
+        )
+        try:
+            async with self._db.write() as conn:
+                row = (await conn.execute(statement)).first()
+                if row is not None:
+                    await announce(conn, [id_hash])
+        except DatabaseUnavailable:
+            # The user asked to leave and gets a 503: at least this replica stops admitting
+            # the session from what it holds through an outage (outage_grace).
+            self._cache.discard(id_hash)
+            raise
+        self._cache.invalidate([id_hash])
+        if row is None:
+            return None
+        # Unreadable: the session still ends, without an id_token_hint for the provider.
+        return self._sealer.open_or_absent(row.id_token)
+
+    async def revoke_subject(self, subject: str) -> list[str]:
+        """End every active session of this user (an operator's revocation); return their
+        hashes. Every replica drops them from its cache (store/invalidation.py)."""
+        statement = delete(sessions).where(
+            sessions.c.status == ACTIVE, sessions.c.subject == subject
+        )
+        async with self._db.write() as conn:
+            ended = await self._end(conn, statement)
+        self._cache.invalidate(ended)
+        return ended
+
+    async def revoke_prefix(self, prefix: str) -> list[str]:
+        """End the one active session whose hash starts with ``prefix`` (see
+        store/listing.py ``hash_prefix``); [] when none does. Raises AmbiguousPrefix, ending
+        nothing, when several do."""
+        if hash_prefix(prefix) != prefix:
+            raise ValueError("not a session hash prefix")
+        matching = sessions.c.status == ACTIVE, sessions.c.id_hash.like(prefix + "%")
+        async with self._db.write() as conn:
+            found = (await conn.execute(select(sessions.c.id_hash).where(*matching).limit(2))).all()
+            if len(found) > 1:
+                count = select(func.count()).select_from(sessions).where(*matching)
+                raise AmbiguousPrefix((await conn.execute(count)).scalar_one())
+            if not found:
+                return []
+            only = sessions.c.id_hash == found[0].id_hash
+            ended = await self._end(conn, delete(sessions).where(only, sessions.c.status == ACTIVE))
+        self._cache.invalidate(ended)
+        return ended
+
+    async def end_by_logout_token(
+        self, jti_hash: str, keep_until: int, subject: str | None, sid: str | None
+    ) -> int | None:
+        """Back-channel logout: remember the token's jti and end the sessions it names, in one
+        transaction (a token is used up exactly when its sessions end). None: the jti was
+        used before, a replay, and nothing ended."""
+        statement = delete(sessions).where(sessions.c.status == ACTIVE)
+        if sid is not None:
+            statement = statement.where(sessions.c.sid == sid)
+        if subject is not None:
+            statement = statement.where(sessions.c.subject == subject)
+        async with self._db.write() as conn:
+            if not await remember_logout_token(conn, jti_hash, keep_until):
+                return None
+            ended = await self._end(conn, statement)
+        self._cache.invalidate(ended)
+        return len(ended)
+
+    async def _end(self, conn: AsyncConnection, statement: Delete) -> list[str]:
+        """Run a DELETE of sessions and tell every replica, in ``conn``'s transaction. The
+        caller drops them from this cache after the commit, as revoke_subject does: a
+        read between an early drop and the commit would cache them again."""
+        ended = [row.id_hash for row in await conn.execute(statement.returning(sessions.c.id_hash))]
+        await announce(conn, ended)
+        return ended
