@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.config import LoggingConfig
+from relay.crypto import short_hash
 from relay.endpoints import SESSION, Lifecycle
 from relay.metrics import Metrics
 from relay.pages import error_response
@@ -128,7 +129,7 @@ class RequestContext:
                 return
             fields["sample_rate"] = self.auth_sample  # this line stands for 1/sample_rate
         if SESSION in scope:  # the shortcut's answer: named here, only if a line is written
-            fields["session"] = scope[SESSION]
+            fields["session"] = short_hash(scope[SESSION])
         # The path only: query strings carry codes and states.
         self._access.info(
             "http.request",

@@ -21,7 +21,7 @@ from relay.store.invalidation import Listener
 from relay.store.sessions import Sessions
 
 INTERNAL = "relay.internal_port"  # scope key: the request came in on [server].internal_port
-SESSION = "relay.session"  # scope key: the short hash of the session the shortcut answered for
+SESSION = "relay.session"  # scope key: the id hash of the session the shortcut answered for
 
 
 @dataclass

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.cookies import cookie_id
-from relay.crypto import hash_id, short_hash
+from relay.crypto import hash_id
 from relay.endpoints import SESSION, Context, session
 from relay.errors import RelayError
 from relay.pages import error_response
@@ -76,8 +76,8 @@ class AuthShortcut:
         if active is None:
             return None
         # For the access line, if one is written (most successful checks are not logged):
-        # cheaper in the scope than bound to the log context on every check.
-        scope[SESSION] = short_hash(active.id_hash)
+        # hashed for it there, not here on every check.
+        scope[SESSION] = active.id_hash
         # The cache hands out the same ActiveSession until the session changes (a touch, a
         # new read): its headers and verdicts are worked out once per change, not per request,
         # and kept on it (ActiveSession.memo).
