@@ -27,6 +27,10 @@ refresh is due (``Sessions.refresh_due``: the access token has expired or expire
   client; a refreshed ID token that fails validation) changes nothing: the session answers as
   before until [refresh] outage_grace past its access token's expiry, 503 after. No replica
   tries again before [refresh] retry_interval (the lease is held until then).
+
+Over ~300 lines: the rules above are one state machine (claim, ask, store or release, and the
+outcomes that are unknown), and each branch's reason sits beside it; the lease's SQL is in
+store/leases.py.
 """
 
 from __future__ import annotations
