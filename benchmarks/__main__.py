@@ -13,6 +13,8 @@ rss       6. relay RSS while 100,000 distinct sessions are looked up
 login     7. /login -> provider -> /callback round trips against the development provider
 peers     8. bare, the Node stack (benchmarks/node), the relay cached and uncached, in one run
 cache_bytes 9. the memory one cached session costs (tracemalloc, in this process)
+users     10. 100,000 active sessions checked uniformly, defaults: hit rate, ratio, RSS
+rolling   11. a rolling restart of two replicas with 100,000 sessions: p99 in the first minute
 
 Needs wrk on PATH and py-spy in the virtualenv (for profiles when a target is missed).
 """
@@ -29,7 +31,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import auth_load, cache_bytes, login, peers, prune_load, rss, writes
+from benchmarks import (
+    auth_load,
+    cache_bytes,
+    login,
+    peers,
+    prune_load,
+    rolling,
+    rss,
+    users,
+    writes,
+)
 from benchmarks.harness import BENCH_DIR
 
 Runner = Callable[[bool, int | None, float | None], dict[str, Any]]
@@ -71,6 +83,16 @@ BENCHMARKS: dict[str, Runner] = {
     "cache_bytes": lambda quick, rounds, seconds: cache_bytes.run(
         sessions=10_000 if quick else 50_000
     ),
+    "users": lambda quick, rounds, seconds: users.run(
+        sessions=10_000 if quick else 100_000,
+        seconds=seconds or (3 if quick else 10),
+        rounds=rounds or (2 if quick else 3),
+    ),
+    "rolling": lambda quick, rounds, seconds: rolling.run(
+        sessions=10_000 if quick else 100_000,
+        seconds=seconds or (5 if quick else 10),
+        windows=rounds or (2 if quick else 3),
+    ),
     "peers": lambda quick, rounds, seconds: peers.run(
         rows=10_000, seconds=seconds or (3 if quick else 10), rounds=rounds or (2 if quick else 3)
     ),
@@ -87,6 +109,40 @@ def _ratio(ratio: dict[str, Any]) -> str:
 
 
 FIGURES = (("rps", " req/s"), ("p50_ms", " ms"), ("p99_ms", " ms"), ("cpu_us_per_req", " us"))
+
+
+def _together(name: str, r: dict[str, Any], targets: str) -> list[str]:
+    """The rows of the benchmarks that run several servers or set-ups in one run."""
+    lines: list[str] = []
+    if name == "users":
+        lines.append(
+            f"| users | {r['sessions']:,} sessions: hit rate, req/s ratio (all / 64) |"
+            f" {_fmt(r['hit_rate'])} | | {_ratio(r['ratio_everyone']['rps'])} /"
+            f" {_ratio(r['ratio_64']['rps'])} | {targets} |"
+        )
+        lines.append(
+            f"| users | RSS after warm start / end, warm start |"
+            f" {r['rss_after_warm_start_kib']} / {r['rss_end_kib']} KiB | |"
+            f" {r['warm_start']} | |"
+        )
+    elif name == "rolling":
+        for restart in r["restarts"]:
+            lines.append(
+                f"| rolling | {restart['replica']}: worst p99 in its first minute |"
+                f" {restart['worst_p99_ms']} ms | steady {_fmt(r['steady_p99_ms'], ' ms')} |"
+                f" {restart['worst_over_steady']}x | {targets} |"
+            )
+    elif name == "peers":
+        for row in ("bare", "node", "relay", "relay-uncached"):
+            f = r["figures"][row]
+            lines.append(
+                f"| peers | {row}: req/s, p99, CPU/check | {_fmt(f['rps'])},"
+                f" {_fmt(f['p99_ms'], ' ms')}, {_fmt(f['cpu_us_per_req'], ' us')} |"
+                f" vs bare {_ratio(r['vs_bare'][row]['rps'])} |"
+                f" vs node {_ratio(r['vs_node'][row]['rps'])} |"
+                f" {targets if row == 'relay-uncached' else ''} |"
+            )
+    return lines
 
 
 def table(results: dict[str, Any]) -> str:
@@ -143,16 +199,8 @@ def table(results: dict[str, Any]) -> str:
                 f" | {_fmt(r['bare_rps'])}, {_fmt(r['bare_p99_ms'], ' ms')} |"
                 f" {r['rps_ratio_of_medians']} | |"
             )
-        elif name == "peers":
-            for row in ("bare", "node", "relay", "relay-uncached"):
-                f = r["figures"][row]
-                lines.append(
-                    f"| peers | {row}: req/s, p99, CPU/check | {_fmt(f['rps'])},"
-                    f" {_fmt(f['p99_ms'], ' ms')}, {_fmt(f['cpu_us_per_req'], ' us')} |"
-                    f" vs bare {_ratio(r['vs_bare'][row]['rps'])} |"
-                    f" vs node {_ratio(r['vs_node'][row]['rps'])} |"
-                    f" {targets if row == 'relay-uncached' else ''} |"
-                )
+        elif name in ("users", "rolling", "peers"):
+            lines.extend(_together(name, r, targets))
         elif name == "login":
             lines.append(
                 f"| login | logins/s | {_fmt(r['logins_per_s'])} | {_fmt(r['bare_rps'])} req/s"

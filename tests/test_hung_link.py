@@ -56,7 +56,7 @@ def test_a_statement_on_a_hung_link_answers_within_the_bound() -> None:
                     proxy.partition()
                     # A pooled connection is cut at the bound; the pool's next one cannot
                     # be opened either, and libpq gives up on it after max(2, timeout) s.
-                    for block, bound in ((db.write, BOUND), (db.read, max(2, TIMEOUT))):
+                    for block, bound in ((db.write, BOUND), (db.autocommit, max(2, TIMEOUT))):
                         started = time.monotonic()
                         with pytest.raises(DatabaseUnavailable) as caught:
                             async with block() as conn:
