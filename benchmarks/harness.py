@@ -127,16 +127,20 @@ def database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def seed(url: str, rows: int, *, known: int = 0, expired: bool = False) -> list[str]:
+def seed(
+    url: str, rows: int, *, known: int = 0, expired: bool = False, spread: int = 0
+) -> list[str]:
     """COPY ``rows`` active sessions into the table (all expired a day ago if ``expired``);
-    return the cookies of the first ``known`` of them. The others get random hashes."""
+    return the cookies of the first ``known`` of them. The others get random hashes. With
+    ``spread``, their last accesses are spread over that many seconds before now, as a real
+    user base's are (otherwise every session's touch comes due in the same second)."""
     now = int(time.time())
     if expired:
         created, last, expires = now - 3 * 86400, now - 2 * 86400, now - 86400
     else:
         created, last, expires = now, now, now + 86400
     cookies = [new_id() for _ in range(known)]
-    tail = f"\tactive\tuser-%d\t{CLAIMS}\t{created}\t{last}\t{expires}\n"
+    tail = f"\tactive\tuser-%d\t{CLAIMS}\t{created}\t%d\t{expires}\n"
     with (
         psycopg.connect(psycopg_url(url)) as conn,
         conn.cursor() as cur,
@@ -148,7 +152,7 @@ def seed(url: str, rows: int, *, known: int = 0, expired: bool = False) -> list[
         buffer = io.StringIO()
         for i in range(rows):
             key = hash_id(cookies[i]) if i < known else os.urandom(32).hex()
-            buffer.write(key + tail % i)
+            buffer.write(key + tail % (i, last - (i % spread if spread else 0)))
             if i % 50_000 == 49_999:
                 copy.write(buffer.getvalue())
                 buffer = io.StringIO()

@@ -43,7 +43,8 @@ def _both(
 def run(*, sessions: int, seconds: float, windows: int) -> dict[str, Any]:
     with h.database() as url, h.workdir() as tmp:
         print(f"  seeding {sessions:,} sessions with known cookies", flush=True)
-        cookies = h.seed(url, sessions, known=sessions)
+        # Last accesses spread over the touch interval (60 s), as a user base's are.
+        cookies = h.seed(url, sessions, known=sessions, spread=60)
         # Each replica gets every cookie; the second starts half way through the list.
         script = h.cookie_script(tmp, cookies, name="everyone")
         ports = (h.free_port(), h.free_port())

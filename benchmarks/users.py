@@ -23,7 +23,8 @@ WITHIN = 0.10
 def run(*, sessions: int, seconds: float, rounds: int) -> dict[str, Any]:
     with h.database() as url, h.workdir() as tmp:
         print(f"  seeding {sessions:,} sessions with known cookies", flush=True)
-        cookies = h.seed(url, sessions, known=sessions)
+        # Last accesses spread over the touch interval (60 s), as a user base's are.
+        cookies = h.seed(url, sessions, known=sessions, spread=60)
         everyone = h.cookie_script(tmp, cookies, name="everyone")
         few = h.cookie_script(tmp, cookies[:64], name="few")
         port = h.free_port()
