@@ -194,7 +194,7 @@ def _housekeeping(
     if config.cache.max_entries > 0:
         # A replica starts with an empty cache: fill it from the table in the background once
         # it may be believed, and again after every flush (store/warm.py).
-        warmer = Warmer(db, sessions, sessions.cache, clock)
+        warmer = Warmer(db, sessions, clock)
         tasks.append(asyncio.create_task(warmer.run(), name="cache-warmer"))
     pruner = None
     if prune:

@@ -28,7 +28,6 @@ import structlog
 from sqlalchemy import Row
 
 from relay.errors import DatabaseUnavailable
-from relay.store.cache import SessionCache
 from relay.store.database import Database
 from relay.store.sessions import WARM_IDS, WARM_ROWS, Sessions
 
@@ -45,14 +44,13 @@ class Warmer:
         self,
         db: Database,
         sessions: Sessions,
-        cache: SessionCache,
         clock: Callable[[], float],
         *,
         seconds: float = SECONDS,
     ) -> None:
         self._db = db
         self._sessions = sessions
-        self._cache = cache
+        self._cache = sessions.cache
         self._clock = clock
         self._seconds = seconds
         self.runs = 0  # warm starts finished (tests wait on it)
