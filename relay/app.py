@@ -21,7 +21,7 @@ from relay.cookies import CookiePolicy
 from relay.crypto import Sealer
 from relay.endpoints import Context, Lifecycle
 from relay.endpoints.shortcut import AuthShortcut
-from relay.errors import RelayError
+from relay.errors import DatabaseUnavailable, RelayError
 from relay.flows import Flows
 from relay.forwarded import AddressSet
 from relay.gate import Gate
@@ -165,6 +165,7 @@ def create_app(
             # The sampler stops at its next pause (see run_sampler), the others are cancelled.
             stop_sampling.set()
             await stop_tasks([sampler], tasks, SHUTDOWN_GRACE)
+            await _last_touches(sessions)
             await http.aclose()
             await login_limiter.close()
             await db.dispose()
@@ -188,8 +189,8 @@ def _housekeeping(
     *,
     prune: bool,
 ) -> tuple[Warmer | None, asyncio.Task[None] | None, list[asyncio.Task[None]]]:
-    """The cache's warm starts and the pruner, as background tasks."""
-    tasks = []
+    """The touches' writer, the cache's warm starts and the pruner, as background tasks."""
+    tasks = [asyncio.create_task(sessions.touches.run(), name="touches")]
     warmer = None
     if config.cache.max_entries > 0:
         # A replica starts with an empty cache: fill it from the table in the background once
@@ -211,6 +212,16 @@ def _housekeeping(
         )
         tasks.append(pruner)
     return warmer, pruner, tasks
+
+
+async def _last_touches(sessions: Sessions) -> None:
+    """Write the touches still queued, so that a deploy does not cut anyone's idle time."""
+    queued = sessions.touches.queued
+    try:
+        async with asyncio.timeout(SHUTDOWN_GRACE):
+            await sessions.touches.flush()
+    except (DatabaseUnavailable, TimeoutError) as exc:
+        log.warning("session.touches_lost", sessions=queued, reason=type(exc).__name__)
 
 
 def _engine(database: DatabaseConfig) -> AsyncEngine:

@@ -152,6 +152,21 @@ def warm_started(client: TestClient, timeout: float = 10) -> None:
         time.sleep(0.01)
 
 
+def touches_written(client: TestClient) -> None:
+    """Write the touches the checks so far have queued (store/touches.py): a running relay
+    writes them within a second, in the background, and a test on the fake clock moves
+    faster than that."""
+    client.portal.call(client.app.state.relay.sessions.touches.flush)  # type: ignore[attr-defined]
+
+
+def check(client: TestClient, path: str = "/auth") -> httpx2.Response:
+    """A forward-auth check, and the touch it may have queued written (a test on the fake
+    clock moves on faster than the writer's window)."""
+    response = client.get(path)
+    touches_written(client)
+    return response
+
+
 @pytest.fixture
 def relay(make_relay: Callable[..., Any]) -> Iterator[TestClient]:
     with make_relay() as client:

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from relay.crypto import hash_id, new_id
 from relay.store.cache import CachedSession, SessionCache
 from relay.store.records import ActiveSession, Tokens
-from tests.conftest import count_statements, sign_in
+from tests.conftest import count_statements, sign_in, touches_written
 from tests.provider import TestProvider
 
 
@@ -128,12 +128,15 @@ def test_a_row_deleted_behind_the_cache_is_refused_at_the_next_touch(
     relay: TestClient, provider: TestProvider, clock: Any, db: Engine
 ) -> None:
     """A row removed without a notification (by hand, in SQL) is noticed at the latest when
-    the touch is due: the touch finds no row and the session is refused."""
+    the touch is written: it finds no row, the cache lets the session go, and the next check
+    is refused (store/touches.py)."""
     sign_in(relay, provider)
     assert relay.get("/auth").status_code == 200
     with db.begin() as conn:
         conn.execute(text("DELETE FROM sessions WHERE status = 'active'"))
     clock.advance(61)
+    assert relay.get("/auth").status_code == 200  # valid by what the cache holds; touch queued
+    touches_written(relay)
     assert relay.get("/auth").status_code == 401
 
 

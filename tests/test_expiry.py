@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.conftest import callback_path, count_statements, provider_redirect, sign_in
+from tests.conftest import callback_path, check, count_statements, provider_redirect, sign_in
 from tests.provider import TestProvider
 
 COOKIE = "__Host-relay_session"
@@ -40,11 +40,11 @@ def test_idle_timeout_is_valid_a_second_before_and_refused_at_it(
     with make_relay(session=session, cache=cache) as relay:
         sign_in(relay, provider)
         clock.advance(1799)
-        assert relay.get("/auth").status_code == 200  # and this check touches the session
+        assert check(relay).status_code == 200  # and this check touches the session
         clock.advance(1799)
-        assert relay.get("/auth").status_code == 200
+        assert check(relay).status_code == 200
         clock.advance(1800)  # exactly idle_timeout after the last touch
-        assert relay.get("/auth").status_code == 401
+        assert check(relay).status_code == 401
 
 
 @CACHE
@@ -59,12 +59,12 @@ def test_absolute_lifetime_refuses_a_session_active_every_minute(
         created = session_row(db).created_at
         for _ in range(59):
             clock.advance(60)
-            assert relay.get("/auth").status_code == 200
+            assert check(relay).status_code == 200
         assert session_row(db).last_accessed_at == created + 3540
         clock.advance(59)
-        assert relay.get("/auth").status_code == 200
+        assert check(relay).status_code == 200
         clock.advance(1)
-        assert relay.get("/auth").status_code == 401
+        assert check(relay).status_code == 401
 
 
 def test_a_written_touch_extends_the_idle_window(
@@ -79,13 +79,13 @@ def test_a_written_touch_extends_the_idle_window(
         engine = relay.app.state.relay.db  # the engine and the hot statements
         with count_statements(engine, "UPDATE") as updates:
             clock.advance(60)
-            assert relay.get("/auth").status_code == 200
-            assert relay.get("/auth").status_code == 200
+            assert check(relay).status_code == 200
+            assert check(relay).status_code == 200
         assert len(updates) == 1
         row = session_row(db)
         assert (row.last_accessed_at, row.expires_at) == (created + 60, created + 360)
         clock.advance(299)  # created + 359: past the first window, within the new one
-        assert relay.get("/auth").status_code == 200
+        assert check(relay).status_code == 200
 
 
 def test_a_check_between_touches_does_not_extend_the_idle_window(
@@ -99,11 +99,11 @@ def test_a_check_between_touches_does_not_extend_the_idle_window(
         engine = relay.app.state.relay.db  # the engine and the hot statements
         with count_statements(engine, "UPDATE") as updates:
             clock.advance(59)
-            assert relay.get("/auth").status_code == 200
+            assert check(relay).status_code == 200
         assert updates == []
         assert session_row(db).expires_at == created + 300
         clock.advance(241)  # created + 300, 241 s after the last check
-        assert relay.get("/auth").status_code == 401
+        assert check(relay).status_code == 401
 
 
 def test_a_pending_login_expires_at_pending_lifetime(
@@ -118,14 +118,14 @@ def test_a_pending_login_expires_at_pending_lifetime(
         clock.advance(299)
         done = relay.get(callback_path(provider_redirect(provider, start.headers["location"])))
         assert done.status_code == 302
-        assert relay.get("/auth").status_code == 200
+        assert check(relay).status_code == 200
         relay.cookies.clear()
         start = relay.get("/login")
         clock.advance(300)
         late = relay.get(callback_path(provider_redirect(provider, start.headers["location"])))
         assert late.status_code == 400
         assert COOKIE not in relay.cookies
-        assert relay.get("/auth").status_code == 401
+        assert check(relay).status_code == 401
 
 
 def test_the_session_cookie_outlives_no_server_side_lifetime(

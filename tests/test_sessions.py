@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
-from tests.conftest import count_statements, sign_in
+from tests.conftest import check, count_statements, sign_in
 from tests.provider import TestProvider
 
 
@@ -25,18 +25,18 @@ def test_touch_writes_at_most_once_per_interval(
     engine = relay.app.state.relay.db  # the engine and the hot statements
     with count_statements(engine, "UPDATE") as updates, count_statements(engine, "SELECT") as reads:
         for _ in range(20):
-            assert relay.get("/auth").status_code == 200
+            assert check(relay).status_code == 200
         assert updates == []
         assert len(reads) <= 1  # the first lookup at most; the rest come from the cache
         clock.advance(61)  # touch_interval default 60s
         for _ in range(20):
-            assert relay.get("/auth").status_code == 200
+            assert check(relay).status_code == 200
         assert len(updates) == 1
         clock.advance(30)
-        relay.get("/auth")
+        check(relay)
         assert len(updates) == 1
         clock.advance(31)
-        relay.get("/auth")
+        check(relay)
         assert len(updates) == 2
 
 
@@ -51,14 +51,14 @@ def test_idle_timeout_slides_but_absolute_lifetime_caps(
         assert session_row(db).expires_at == created + 1800
         for _ in range(4):  # active every 25 minutes: the idle timeout never runs out...
             clock.advance(1500)
-            assert relay.get("/auth").status_code == 200
+            assert check(relay).status_code == 200
         row = session_row(db)
         assert row.last_accessed_at == created + 6000
         assert row.expires_at == created + 7200  # ...but the absolute lifetime caps it
         clock.advance(1199)
-        assert relay.get("/auth").status_code == 200
+        assert check(relay).status_code == 200
         clock.advance(2)
-        assert relay.get("/auth").status_code == 401
+        assert check(relay).status_code == 401
 
 
 def test_idle_session_expires(make_relay: Any, provider: TestProvider, clock: Any) -> None:
@@ -66,8 +66,8 @@ def test_idle_session_expires(make_relay: Any, provider: TestProvider, clock: An
     with make_relay(session={"idle_timeout": "30m"}) as relay:
         sign_in(relay, provider)
         clock.advance(1799)
-        assert relay.get("/auth").status_code == 200
+        assert check(relay).status_code == 200
         clock.advance(1799)  # 29m59s after the last touch
-        assert relay.get("/auth").status_code == 200
+        assert check(relay).status_code == 200
         clock.advance(1801)
-        assert relay.get("/auth").status_code == 401
+        assert check(relay).status_code == 401

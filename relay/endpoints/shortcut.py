@@ -3,12 +3,13 @@
 
 A proxy asks /auth for every request of every app behind it, so this is the relay's hot path;
 Starlette's routing, request and response objects cost more than the answer itself. When the
-session cache alone can vouch for the session (a signed-in session it holds, no touch due),
-the shortcut answers with exactly the response the endpoint would give, from headers rendered
-once per session. Anything else (no cookie, a cache miss, a touch to write, an untrusted cache,
-a refusal) is the endpoint's whole job: the shortcut calls it directly, with the app's one
-exception handler, rather than through the router and the exception middleware, which add
-nothing for these two paths and cost a cache miss about a tenth of its time. There is one
+session cache alone can vouch for the session (a signed-in session it holds, no refresh due;
+a touch due is queued, store/touches.py), the shortcut answers with exactly the response the
+endpoint would give, from headers rendered once per session. Anything else (no cookie, a
+cache miss, a refresh due, an untrusted cache, a refusal) is the endpoint's whole job: the
+shortcut calls it directly, with the app's one exception handler, rather than through the
+router and the exception middleware, which add nothing for these two paths and cost a cache
+miss about a tenth of its time. There is one
 place where a session is judged, ``Sessions``.
 """
 

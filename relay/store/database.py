@@ -206,14 +206,14 @@ class Database:
         # SQLite serves one process (README), so this is every writer but the pruner's
         # batches and single-statement autocommit updates, which still wait on busy_timeout.
         self._one_writer = contextlib.nullcontext() if self.is_postgres else asyncio.Lock()
-        # PostgreSQL, in `relay serve`: the uncached check's lookup and touch on a psycopg pool
+        # PostgreSQL, in `relay serve`: the uncached check's lookup on a psycopg pool
         # of their own, prepared (store/hot.py); None: those go through the engine too.
         self.hot: HotStatements | None = None
 
     @contextlib.asynccontextmanager
     async def autocommit(self) -> AsyncIterator[AsyncConnection]:
-        """A connection whose statements each commit on their own (a lookup, a touch, a lease
-        UPDATE): no transaction around a single statement."""
+        """A connection whose statements each commit on their own (a lookup, a batch of
+        touches, a lease UPDATE): no transaction around a single statement."""
         with translated():
             async with asyncio.timeout(self.timeout + _GRACE):
                 async with self._autocommit.connect() as conn, self._bounded(conn):

@@ -1,5 +1,6 @@
-"""The two statements an uncached check sends (the session lookup and its touch), on psycopg
-directly (PostgreSQL).
+"""The statement an uncached check sends (the session lookup), on psycopg directly
+(PostgreSQL). Its touch is not on the check's way: store/touches.py writes touches in
+batches.
 
 Through SQLAlchemy one lookup cost about 380 µs of CPU here: a pool checkout through the
 async/greenlet bridge, the statement's cache key, the result machinery. The same SELECT as
@@ -44,7 +45,7 @@ MAX_IDLE = 60.0
 
 
 class HotStatements:
-    """Up to ``size`` connections for the lookup and the touch; see the module doc."""
+    """Up to ``size`` connections for the lookup; see the module doc."""
 
     def __init__(self, url: str, *, timeout: float, size: int, pooled: bool) -> None:
         self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(False)
@@ -94,11 +95,6 @@ class HotStatements:
                 value = self._loader(result.ftype(column)).load(value)
             row.append(value)
         return tuple(row)
-
-    async def execute(self, sql: str, params: tuple[Any, ...]) -> int:
-        """Run one statement; how many rows it changed."""
-        result = await self._call(sql, params)
-        return int(result.command_tuples or 0)
 
     async def _call(self, sql: str, params: tuple[Any, ...]) -> pq.abc.PGresult:
         for observe in self.observers:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select
 
 from relay.crypto import Sealer
 from relay.errors import DatabaseUnavailable
@@ -26,6 +25,7 @@ from relay.store.models import sessions
 from relay.store.outage import OutageGrace
 from relay.store.records import ACTIVE, ActiveSession, Lifetimes, Tokens, shared
 from relay.store.revocation import Revocation
+from relay.store.touches import Touches
 
 # Built once: SQLAlchemy then finds their compiled form in its cache without rebuilding them.
 _LOOKUP = select(
@@ -55,22 +55,6 @@ LOOKUP_SQL = (
     "SELECT subject, claims, created_at, last_accessed_at, expires_at, access_token,"
     " access_expires_at, refresh_token IS NOT NULL FROM sessions"
     " WHERE id_hash = %s AND status = 'active'"
-)
-TOUCH_SQL = (
-    "UPDATE sessions SET last_accessed_at = %s, expires_at = %s"
-    " WHERE id_hash = %s AND status = 'active' AND expires_at > %s AND last_accessed_at <= %s"
-)
-# A touch writes only if nobody (no other request, no other replica) touched the row within
-# the interval: of concurrent touches one writes, and the others read the row again.
-_TOUCH = (
-    update(sessions)
-    .where(
-        sessions.c.id_hash == bindparam("key"),
-        sessions.c.status == ACTIVE,
-        sessions.c.expires_at > bindparam("now"),
-        sessions.c.last_accessed_at <= bindparam("touched_before"),
-    )
-    .values(last_accessed_at=bindparam("now"), expires_at=bindparam("new_expires_at"))
 )
 
 
@@ -105,6 +89,8 @@ class Sessions:
             keep_access_token=keep_access_token,
         )
         self.revocation = Revocation(db, sealer, cache)
+        # Written behind the answer, a batch a second (store/touches.py).
+        self.touches = Touches(db, lifetimes, cache, self.record, WARM_ROWS)
 
     async def create(
         self,
@@ -155,9 +141,9 @@ class Sessions:
 
     def cached(self, id_hash: str, now: int) -> ActiveSession | None:
         """The session, when the cache alone can answer for it now: trusted, holding it, not
-        expired, no touch or refresh due; or, riding out a database outage, held from before
-        it (store/outage.py; no touch can be written then). No I/O: the forward-auth shortcut
-        asks this first, and get() answers alike."""
+        expired, no refresh due (a touch due is queued: store/touches.py); or, riding out a
+        database outage, held from before it (store/outage.py; no touch can be written then).
+        No I/O: the forward-auth shortcut asks this first, and get() answers alike."""
         entry = self.cache.get(id_hash)
         if entry is None:
             # Riding out an outage, maybe; a refresh due is the routed gate's to try.
@@ -166,15 +152,16 @@ class Sessions:
                 return None
             return self._held(id_hash, now)
         session = entry.session
-        if session.expires_at <= now or self._touch_due(entry, now):
+        if session.expires_at <= now or self.refresh_due(session, now):
             return None
-        if self.refresh_due(session, now):
-            return None
+        if self.touches.due(entry, now):
+            self.touches.queue(id_hash, entry, now)
         self.cache.hits += 1
         return session
 
     async def get(self, id_hash: str, now: int) -> ActiveSession | None:
-        """The live session for this hash, touched at most once per touch_interval."""
+        """The live session for this hash; a touch due (at most one per touch_interval) is
+        queued, not waited for."""
         entry = self.cache.get(id_hash)
         if entry is not None and entry.session.expires_at <= now:
             # Expired by what this replica knows; another may have touched it since.
@@ -199,9 +186,9 @@ class Sessions:
                 return None
         else:
             self.cache.hits += 1
-        if self._touch_due(entry, now):
-            entry = await self._touch(id_hash, entry, now)
-        return None if entry is None else entry.session
+        if self.touches.due(entry, now):
+            self.touches.queue(id_hash, entry, now)
+        return entry.session
 
     def _held(self, id_hash: str, now: int) -> ActiveSession | None:
         """A session held since the database went away, while [cache] outage_grace lets it
@@ -222,10 +209,6 @@ class Sessions:
             and session.access_expires_at is not None
             and session.access_expires_at - self.refresh_margin <= now
         )
-
-    def _touch_due(self, entry: CachedSession, now: int) -> bool:
-        last = entry.session.last_accessed_at
-        return now - last >= self._lifetimes.touch_interval and not entry.touching
 
     async def _read(self, id_hash: str, now: int) -> CachedSession | None:
         self.cache.misses += 1
@@ -268,35 +251,6 @@ class Sessions:
                 bool(row[7]),
             )
         )
-
-    async def _touch(self, id_hash: str, entry: CachedSession, now: int) -> CachedSession | None:
-        expires_at = self._lifetimes.expires_at(entry.session.created_at, now)
-        entry.touching = True
-        touched_before = now - self._lifetimes.touch_interval
-        try:
-            if self._db.hot is not None:
-                params = (now, expires_at, id_hash, now, touched_before)
-                touched = await self._db.hot.execute(TOUCH_SQL, params)
-            else:
-                async with self._db.autocommit() as conn:
-                    result = await conn.execute(
-                        _TOUCH,
-                        {
-                            "key": id_hash,
-                            "now": now,
-                            "touched_before": touched_before,
-                            "new_expires_at": expires_at,
-                        },
-                    )
-                touched = result.rowcount
-        finally:
-            entry.touching = False
-        if touched == 1:
-            entry.session = replace(entry.session, last_accessed_at=now, expires_at=expires_at)
-            return entry
-        # Touched elsewhere within the interval, or gone: the table knows which.
-        self.cache.discard(id_hash)
-        return await self._read(id_hash, now)
 
     async def reload(self, id_hash: str, now: int) -> ActiveSession | None:
         """The session as the table has it now (another replica may have changed it)."""
