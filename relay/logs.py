@@ -108,10 +108,12 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # uvicorn's loggers propagate to ours; its access log is replaced by our own line.
+    # uvicorn's loggers propagate to ours, at our level (a uvicorn started earlier in the
+    # process leaves its own on them); its access log is replaced by our own line.
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+        logging.getLogger(name).setLevel(logging.NOTSET)
     logging.getLogger("uvicorn.access").handlers[:] = []
     logging.getLogger("uvicorn.access").propagate = False
     # httpx2 logs full URLs at info; httpcore2 logs request headers (Authorization) at debug;
