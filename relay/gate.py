@@ -36,11 +36,15 @@ class Gate:
         self._clock = clock
         self._refresher = refresher
 
-    async def session(self, session_id: str | None) -> ActiveSession:
-        """The live session behind this cookie value, or Unauthorized."""
+    async def session(self, session_id: str | None, *, absent: str | None = None) -> ActiveSession:
+        """The live session behind this cookie value, or Unauthorized. ``absent``: an id hash
+        already looked up in this request and found to name no session."""
         if session_id is None:
             raise Unauthorized("session.missing")
-        session = await self._sessions.get(hash_id(session_id), int(self._clock()))
+        id_hash = hash_id(session_id)
+        session = None
+        if id_hash != absent:
+            session = await self._sessions.get(id_hash, int(self._clock()))
         if session is None:
             raise Unauthorized("session.unknown_or_expired")
         structlog.contextvars.bind_contextvars(session=short_hash(session.id_hash))
@@ -53,12 +57,17 @@ class Gate:
         return session
 
     async def admit(
-        self, session_id: str | None, host: str | None = None, query: str = ""
+        self,
+        session_id: str | None,
+        host: str | None = None,
+        query: str = "",
+        *,
+        absent: str | None = None,
     ) -> ActiveSession:
         """The live session, if its claims pass the rules (the config's, the forwarded host's,
         the query string's) now: rules changed since login apply at once. Else AccessDenied
         (a 403: the user is known, so a proxy shows "not allowed", not a login loop)."""
-        session = await self.session(session_id)
+        session = await self.session(session_id, absent=absent)
         refused = self.access.refusal(session.claims, host, query)
         if refused is not None:
             log.info(

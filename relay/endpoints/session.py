@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.websockets import WebSocket
 
-from relay.endpoints import Context, context
+from relay.endpoints import ABSENT, Context, context
 from relay.errors import Forbidden, RelayError, Unauthorized
 from relay.forwarded import forwarded_host, is_navigation, original_url
 from relay.pages import error_response, page
@@ -72,6 +72,7 @@ async def _admit(request: Request, ctx: Context) -> ActiveSession:
         ctx.cookies.session_id(request),
         forwarded_host(request, ctx.proxies),
         request.scope["query_string"].decode("latin-1"),  # as the shortcut reads it
+        absent=request.scope.get(ABSENT),
     )
 
 

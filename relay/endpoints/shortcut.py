@@ -2,15 +2,15 @@
 (pure ASGI, inside RequestContext).
 
 A proxy asks /auth for every request of every app behind it, so this is the relay's hot path;
-Starlette's routing, request and response objects cost more than the answer itself. When the
-session cache alone can vouch for the session (a signed-in session it holds, no refresh due;
-a touch due is queued, store/touches.py), the shortcut answers with exactly the response the
-endpoint would give, from headers rendered once per session. Anything else (no cookie, a
-cache miss, a refresh due, an untrusted cache, a refusal) is the endpoint's whole job: the
-shortcut calls it directly, with the app's one exception handler, rather than through the
-router and the exception middleware, which add nothing for these two paths and cost a cache
-miss about a tenth of its time. There is one
-place where a session is judged, ``Sessions``.
+Starlette's routing, request and response objects cost more than the answer itself. The
+shortcut finds the session (from the cache, or with the one lookup of a cache miss:
+``Sessions.get``) and, when it is signed in, no refresh is due and the rules admit it,
+answers with exactly the response the endpoint would give, from headers rendered once per
+version of the session. Anything else (no cookie, no session, a refresh due, a refusal, an
+error) is the endpoint's whole job: the shortcut calls it directly, with the app's one
+exception handler, rather than through the router and the exception middleware, which add
+nothing for these two paths. There is one place where a session is judged, ``Sessions``,
+and one where rules are, ``Access``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.cookies import cookie_id
 from relay.crypto import hash_id
-from relay.endpoints import SESSION, Context, session
+from relay.endpoints import ABSENT, SESSION, Context, session
 from relay.errors import RelayError
 from relay.pages import error_response
+from relay.store.records import ActiveSession
 
 _READS = frozenset({"GET", "HEAD"})
 # Per session: the apps (query strings, forwarded hosts) one user checks against at once.
@@ -40,40 +41,34 @@ class AuthShortcut:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self._paths.get(scope.get("path", ""))
-        if endpoint is not None and scope["type"] == "http" and scope["method"] in _READS:
-            scope["endpoint"] = endpoint  # for the metrics and the access line
-            headers = self._answer(scope["app"].state.relay, scope)
-            if headers is not None:
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                await send({"type": "http.response.body", "body": b""})
-                return
-            request = Request(scope, receive, send)
-            try:
-                response = await endpoint(request)
-            except RelayError as exc:
-                response = await error_response(request, exc)
-            await response(scope, receive, send)
+        if endpoint is None or scope["type"] != "http" or scope["method"] not in _READS:
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        scope["endpoint"] = endpoint  # for the metrics and the access line
+        ctx: Context = scope["app"].state.relay
+        request = None
+        try:
+            headers = await self._answer(ctx, scope)
+            if headers is None:
+                request = Request(scope, receive, send)
+                response = await endpoint(request)
+        except RelayError as exc:
+            response = await error_response(request or Request(scope, receive, send), exc)
+            headers = None
+        if headers is not None:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await response(scope, receive, send)
 
-    def _answer(self, ctx: Context, scope: Scope) -> list[tuple[bytes, bytes]] | None:
+    async def _answer(self, ctx: Context, scope: Scope) -> list[tuple[bytes, bytes]] | None:
+        """The answer's headers when the session is signed in, no refresh is due and the
+        rules admit it; None: the endpoint's to answer."""
         access = ctx.gate.access
-        by_host = access.has_host_rules
-        cookie = host = None
-        for name, value in scope["headers"]:
-            if name == b"cookie" and cookie is None:
-                cookie = value
-                if not by_host:
-                    break
-            elif name == b"x-forwarded-host" and by_host:
-                # Every line, comma-joined, as the routed endpoint reads it (forwarded_host).
-                host = value if host is None else host + b"," + value
+        cookie, host = _cookie_and_host(scope, access.has_host_rules)
         if cookie is None:
             return None
-        session_id = cookie_id(cookie.decode("latin-1"), ctx.cookies.session_name)
-        if session_id is None:
-            return None
-        active = ctx.sessions.cached(hash_id(session_id), ctx.now())
+        active = await self._session(ctx, scope, cookie)
         if active is None:
             return None
         # For the access line, if one is written (most successful checks are not logged):
@@ -99,3 +94,36 @@ class AuthShortcut:
             allowed = memo[key] = access.refusal(active.claims, forwarded, query) is None
         # A refusal is the routed endpoint's to give: it logs the reason and renders the page.
         return headers if allowed else None
+
+    async def _session(self, ctx: Context, scope: Scope, cookie: bytes) -> ActiveSession | None:
+        """The signed-in session with no refresh due, from the cache or, on a miss, the
+        table's answer, read here (one lookup) rather than after the endpoint's request,
+        cookie and response objects. What it cannot admit the endpoint judges without a
+        second lookup (``ABSENT``)."""
+        session_id = cookie_id(cookie.decode("latin-1"), ctx.cookies.session_name)
+        if session_id is None:
+            return None
+        id_hash, now = hash_id(session_id), ctx.now()
+        sessions = ctx.sessions
+        active = sessions.cached(id_hash, now)
+        if active is None:
+            active = await sessions.get(id_hash, now)
+            if active is None:
+                scope[ABSENT] = id_hash
+            elif sessions.refresh_due(active, now):
+                return None
+        return active
+
+
+def _cookie_and_host(scope: Scope, by_host: bool) -> tuple[bytes | None, bytes | None]:
+    """The first Cookie line, and (only while rules are per host) every X-Forwarded-Host
+    line, comma-joined, as the routed endpoint reads it (forwarded_host)."""
+    cookie = host = None
+    for name, value in scope["headers"]:
+        if name == b"cookie" and cookie is None:
+            cookie = value
+            if not by_host:
+                break
+        elif name == b"x-forwarded-host" and by_host:
+            host = value if host is None else host + b"," + value
+    return cookie, host
