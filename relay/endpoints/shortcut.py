@@ -15,6 +15,8 @@ and one where rules are, ``Access``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -61,7 +63,7 @@ class AuthShortcut:
             return
         await response(scope, receive, send)
 
-    async def _answer(self, ctx: Context, scope: Scope) -> list[tuple[bytes, bytes]] | None:
+    async def _answer(self, ctx: Context, scope: Scope) -> Sequence[tuple[bytes, bytes]] | None:
         """The answer's headers when the session is signed in, no refresh is due and the
         rules admit it; None: the endpoint's to answer."""
         access = ctx.gate.access
@@ -74,13 +76,14 @@ class AuthShortcut:
         # For the access line, if one is written (most successful checks are not logged):
         # hashed for it there, not here on every check.
         scope[SESSION] = active.id_hash
-        # The cache hands out the same ActiveSession until the session changes (a touch, a
-        # new read): its headers and verdicts are worked out once per change, not per request,
-        # and kept on it (ActiveSession.memo).
+        # The cache hands out the same ActiveSession until the session changes (a refresh, a
+        # new read; a touch only moves its times): its headers and verdicts are worked out
+        # once per change, not per request, and kept on it (ActiveSession.memo). As tuples of
+        # bytes, which the garbage collector stops tracking: 100,000 memos cost it nothing.
         memo = active.memo
         headers = memo.get(_HEADERS)
         if headers is None:
-            headers = memo[_HEADERS] = ctx.identity.render(active)
+            headers = memo[_HEADERS] = tuple(ctx.identity.render(active))
         if host is not None and (scope.get("client") or ("",))[0] not in ctx.proxies:
             host = None  # only a trusted proxy names the app
         key = (scope["query_string"], host)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -150,9 +149,8 @@ class Touches:
                 if id_hash not in written:
                     untouched.append(id_hash)
                     continue
-                entry = entries[id_hash][0]
-                expires_at = lifetimes.expires_at(entry.session.created_at, now)
-                entry.session = replace(entry.session, last_accessed_at=now, expires_at=expires_at)
+                session = entries[id_hash][0].session
+                session.touched(now, lifetimes.expires_at(session.created_at, now))
         if untouched:
             await self._adopt(untouched, max(by_second))
 
