@@ -155,7 +155,13 @@ def create_app(
         )
         tasks.append(await start_tracking(endings))
         app.state.warmer, app.state.pruner, housekeeping = _housekeeping(
-            config, db, sessions, metrics, clock, prune=run_pruner_task
+            config,
+            db,
+            sessions,
+            metrics,
+            clock,
+            prune=run_pruner_task,
+            untrustable=lambda: listener is not None and listener.unproven > 0,
         )
         tasks.extend(housekeeping)
         log.info("relay.started", public_url=config.server.public_url)
@@ -188,6 +194,7 @@ def _housekeeping(
     clock: Callable[[], float],
     *,
     prune: bool,
+    untrustable: Callable[[], bool],
 ) -> tuple[Warmer | None, asyncio.Task[None] | None, list[asyncio.Task[None]]]:
     """The touches' writer, the cache's warm starts and the pruner, as background tasks."""
     tasks = [asyncio.create_task(sessions.touches.run(), name="touches")]
@@ -195,7 +202,7 @@ def _housekeeping(
     if config.cache.max_entries > 0:
         # A replica starts with an empty cache: fill it from the table in the background once
         # it may be believed, and again after every flush (store/warm.py).
-        warmer = Warmer(db, sessions, clock)
+        warmer = Warmer(db, sessions, clock, untrustable=untrustable)
         tasks.append(asyncio.create_task(warmer.run(), name="cache-warmer"))
     pruner = None
     if prune:

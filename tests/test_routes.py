@@ -27,6 +27,7 @@ from tests.conftest import (
     query,
     run_migrations,
     sign_in,
+    warm_started,
 )
 from tests.provider import ProviderTransport, TestProvider
 
@@ -540,6 +541,7 @@ def test_readyz_is_503_when_the_database_is_gone(provider: TestProvider, clock: 
             run_pruner_task=False,
         )
         with TestClient(app, base_url=PUBLIC_URL) as relay:
+            warm_started(relay)
             assert relay.get("/readyz").status_code == 200
             name = url.rsplit("/", 1)[1]
             with psycopg.connect(PG_ADMIN, autocommit=True) as admin:

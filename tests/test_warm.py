@@ -4,17 +4,26 @@ flush; never a session that ended meanwhile, never over one a check put there fi
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, insert
+from starlette.testclient import TestClient
 
+from relay.app import create_app
 from relay.crypto import hash_id, new_id
+from relay.store import warm as warm_module
 from relay.store.cache import CachedSession, SessionCache
 from relay.store.models import sessions
 from relay.store.records import ActiveSession
-from tests.conftest import count_statements
+from relay.store.warm import Warmer
+from tests.conftest import PUBLIC_URL, base_config, count_statements
+from tests.live import eventually
+from tests.provider import ProviderTransport, TestProvider
 
 SEEDED = 30
 ROOM = 10
@@ -141,3 +150,60 @@ def test_a_flush_or_lost_trust_stops_a_warm_start() -> None:
     trusted[0] = False
     assert not cache.put_cold("b", session("b"), cache.flushes)
     cache.end_warm()
+
+
+@pytest.fixture
+def held_warm_start(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Warm starts wait until the returned event is set."""
+    gate = threading.Event()
+    original = Warmer.warm
+
+    async def warm(self: Warmer) -> int:
+        # The gate is the test thread's; a thread waiting on it could outlive the relay.
+        while not gate.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        return await original(self)
+
+    monkeypatch.setattr(Warmer, "warm", warm)
+    return gate
+
+
+def test_readyz_waits_for_the_first_warm_start_only(
+    database_url: str, provider: TestProvider, clock: Any, db: Engine, held_warm_start: Any
+) -> None:
+    """A starting replica is not ready until its first warm start has run: a load balancer
+    then sends it checks it answers from memory. /healthz does not wait, and a later flush
+    (which a database blip causes on every replica at once) never takes a replica out."""
+    seed(db, int(clock.now))
+    app = create_app(base_config(database_url), transport=ProviderTransport(provider), clock=clock)
+    with TestClient(app, base_url=PUBLIC_URL) as relay:
+        eventually(relay.app.state.relay.sessions.cache.trusted, 10, "a trusted cache")
+        waiting = relay.get("/readyz")
+        assert waiting.status_code == 503
+        assert waiting.json()["status"] == waiting.json()["session_cache"] == "warming"
+        assert relay.get("/healthz").status_code == 200
+        held_warm_start.set()
+        cache = warmed(relay, 1)
+        assert relay.get("/readyz").json()["status"] == "ok"
+        held_warm_start.clear()
+        relay.portal.call(cache.flush)
+        response = relay.get("/readyz")
+        assert response.status_code == 200, response.json()
+
+
+def test_readyz_waits_for_a_warm_start_for_a_bounded_time(
+    database_url: str,
+    provider: TestProvider,
+    clock: Any,
+    held_warm_start: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(warm_module, "READY_WAIT", 0.5)
+    app = create_app(base_config(database_url), transport=ProviderTransport(provider), clock=clock)
+    with TestClient(app, base_url=PUBLIC_URL) as relay:
+        started = time.monotonic()
+        assert relay.get("/readyz").status_code == 503
+        eventually(lambda: relay.get("/readyz").status_code == 200, 5, "ready without it")
+        assert time.monotonic() - started >= 0.4
+        assert relay.app.state.warmer.runs == 0  # still held
+        held_warm_start.set()

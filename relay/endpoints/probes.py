@@ -21,10 +21,11 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Whether this replica can do its job: 503 only while its database is away or it is
-    shutting down. The provider's state is reported but does not fail the probe: signed-in
-    users keep passing /auth while the provider is down, and taking every replica out of the
-    load balancer would turn a login outage into a total one."""
+    """Whether this replica can do its job: 503 only while its database is away, it is
+    shutting down, or it is starting and warming its cache (30 s at most). The provider's
+    state is reported but does not fail the probe: signed-in users keep passing /auth while
+    the provider is down, and taking every replica out of the load balancer would turn a
+    login outage into a total one."""
     ctx = context(request)
     body = {"status": "ok", "database": "ok", "provider": "ok"}
     try:
@@ -42,6 +43,12 @@ async def readyz(request: Request) -> Response:
         body["session_cache"] = "outage_grace"  # held sessions answer; the probe still fails
     if ctx.lifecycle.shutting_down:
         body["status"] = "shutting_down"
+        return JSONResponse(body, status_code=503)
+    warmer = request.app.state.warmer
+    if warmer is not None and warmer.warming:
+        # A starting replica takes its share of the checks once its cache is warm
+        # (store/warm.py, READY_WAIT at most).
+        body["status"] = body["session_cache"] = "warming"
         return JSONResponse(body, status_code=503)
     if body["database"] != "ok":
         body["status"] = "unavailable"

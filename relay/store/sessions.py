@@ -90,7 +90,7 @@ class Sessions:
         )
         self.revocation = Revocation(db, sealer, cache)
         # Written behind the answer, a batch a second (store/touches.py).
-        self.touches = Touches(db, lifetimes, cache, self.record, WARM_ROWS)
+        self.touches = Touches(db, lifetimes, cache)
 
     async def create(
         self,

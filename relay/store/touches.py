@@ -14,9 +14,9 @@ nothing.
   within the interval before it. It is at most ``WINDOW`` (plus a statement's time) late in
   the table; the idle timeout stays measured from the check.
 - A row the UPDATE did not change was touched by another replica within the interval, or has
-  ended or expired: the rows are read again, in one statement, and the cache takes what the
-  table says (a newer last access, or nothing). Without that, two replicas serving one
-  session (a rolling deploy) would each read the row again on every touch.
+  ended or expired: their times are read, in one statement, and the cache takes what the
+  table says (a newer last access, moved in place, or nothing). Without that, two replicas
+  serving one session (a rolling deploy) would each read the row again on every touch.
 - A touch that cannot be written (the database is away) is logged and retried by the next
   check that finds it due; nothing else waits for it. Revocation does not depend on touches:
   endings reach the cache through the listener or the watcher.
@@ -26,11 +26,10 @@ nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import Select, bindparam, case, update
+from sqlalchemy import bindparam, case, select, update
 
 from relay.errors import DatabaseUnavailable
 from relay.store.cache import CachedSession, SessionCache
@@ -60,8 +59,12 @@ _TOUCH = (
     )
     .returning(sessions.c.id_hash)
 )
-
-Record = Callable[[str, Sequence[Any], int], CachedSession | None]
+# What a touch that changed no row finds: the live rows' times.
+_TIMES = select(sessions.c.id_hash, sessions.c.last_accessed_at, sessions.c.expires_at).where(
+    sessions.c.id_hash.in_(bindparam("keys", expanding=True)),
+    sessions.c.status == ACTIVE,
+    sessions.c.expires_at > bindparam("now"),
+)
 
 
 class Touches:
@@ -70,16 +73,12 @@ class Touches:
         db: Database,
         lifetimes: Lifetimes,
         cache: SessionCache,
-        record: Record,
-        reread: Select[Any],
         *,
         window: float = WINDOW,
     ) -> None:
         self._db = db
         self._lifetimes = lifetimes
         self._cache = cache
-        self._record = record  # a session from a row of the lookup's columns (Sessions.record)
-        self._reread = reread  # the lookup by many hashes (sessions.WARM_ROWS)
         self._window = window
         self._queued: dict[str, tuple[CachedSession, int]] = {}
         self._wake = asyncio.Event()
@@ -152,20 +151,17 @@ class Touches:
                 session = entries[id_hash][0].session
                 session.touched(now, lifetimes.expires_at(session.created_at, now))
         if untouched:
-            await self._adopt(untouched, max(by_second))
+            await self._adopt(untouched, entries, max(by_second))
 
-    async def _adopt(self, keys: list[str], now: int) -> None:
-        """Rows another replica touched, or that ended or expired: the cache takes what the
-        table has now."""
-        generation = self._cache.generation
+    async def _adopt(self, keys: list[str], entries: dict[str, Any], now: int) -> None:
+        """Rows another replica touched, or that ended or expired: the cache takes the times
+        the table has now, in place, or lets the session go."""
         async with self._db.autocommit() as conn:
-            rows = (await conn.execute(self._reread, {"keys": keys})).all()
-        found = set()
-        for row in rows:
-            entry = self._record(row[0], row[1:], now)
-            if entry is not None:
-                found.add(row[0])
-                self._cache.put(row[0], entry, generation)
+            rows = (await conn.execute(_TIMES, {"keys": keys, "now": now})).all()
+        times = {id_hash: (last, expires) for id_hash, last, expires in rows}
         for id_hash in keys:
-            if id_hash not in found:
+            found = times.get(id_hash)
+            if found is None:
                 self._cache.discard(id_hash)
+            else:
+                entries[id_hash][0].session.touched(*found)

@@ -13,8 +13,13 @@ rolling deploy does not send every session down the uncached path at once.
   warm start began is not loaded (the cache remembers what ended meanwhile: a batch's
   snapshot may be older than an ending it hears of); a flush, or the cache becoming
   untrusted, stops it (``SessionCache.put_cold``).
-- Never in the way: /healthz and /readyz do not wait for it (a replica answers every check
-  correctly without it, only slower), and a database error ends it with one log line.
+- A starting replica's /readyz waits for its first warm start (``warming``), for at most
+  ``READY_WAIT`` seconds from the start: a load balancer sends a new replica of a rolling
+  deploy its share of the checks once it can answer them from memory (about 4 s for 100,000
+  sessions here), not while every one of them is a lookup. Only the first: a flush (the
+  listener's reconnect, which a database blip causes on every replica at once) never takes
+  a replica out. /healthz never waits, and a database error ends a warm start with one log
+  line.
 - What it loaded is then left out of the garbage collector's full passes (``gc.freeze``):
   100,000 cached sessions are some 400,000 objects for it to walk, a pause of about 0.1 s
   every few seconds under load (benchmarks/users.py). None of them is in a reference cycle,
@@ -42,6 +47,7 @@ log = structlog.get_logger("relay.store")
 
 BATCH = 500
 SECONDS = 60.0
+READY_WAIT = 30.0  # seconds a starting replica's /readyz waits for its first warm start
 # How often a warm start waiting for the cache to be trusted looks again.
 _TRUST_POLL = 0.1
 
@@ -54,6 +60,7 @@ class Warmer:
         clock: Callable[[], float],
         *,
         seconds: float = SECONDS,
+        untrustable: Callable[[], bool] = lambda: False,
     ) -> None:
         self._db = db
         self._sessions = sessions
@@ -61,6 +68,20 @@ class Warmer:
         self._clock = clock
         self._seconds = seconds
         self.runs = 0  # warm starts finished (tests wait on it)
+        self._started = time.monotonic()
+        # Whether the cache has been found unable to be trusted (a listener behind a
+        # transaction pooler): no warm start will come, and /readyz does not wait for one.
+        self._untrustable = untrustable
+
+    @property
+    def warming(self) -> bool:
+        """The process's first warm start has not finished, may still come, and READY_WAIT
+        has not passed."""
+        return (
+            self.runs == 0
+            and time.monotonic() - self._started < READY_WAIT
+            and not self._untrustable()
+        )
 
     async def run(self) -> None:
         """Forever: each time the cache is emptied, warm it once it is trusted."""
