@@ -12,10 +12,13 @@ another takes the table's newer times instead of writing again.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
+import pytest
 from sqlalchemy import Engine, text, update
 
 from relay.crypto import Sealer
@@ -25,7 +28,7 @@ from relay.store.database import Database, make_engine
 from relay.store.models import sessions
 from relay.store.records import Lifetimes, Tokens
 from relay.store.sessions import Sessions
-from tests.conftest import count_statements, sign_in
+from tests.conftest import PG_ADMIN, count_statements, postgres_database, run_migrations, sign_in
 from tests.live import eventually
 from tests.provider import TestProvider
 
@@ -35,9 +38,9 @@ TOKENS = Tokens(id_token="id-token", access_token=None, refresh_token=None)
 
 
 @asynccontextmanager
-async def replica(url: str) -> AsyncIterator[Sessions]:
+async def replica(url: str, bound: float = 2) -> AsyncIterator[Sessions]:
     """One relay's store: its own pool and cache on the shared database."""
-    db = Database(make_engine(url), timeout=2)
+    db = Database(make_engine(url), timeout=bound)
     try:
         yield Sessions(db, Sealer("s" * 32), LIFETIMES, SessionCache(100))
     finally:
@@ -166,6 +169,34 @@ def test_a_touch_written_by_another_replica_is_adopted_not_repeated(
         assert statements == []
 
     run(database_url, test)
+
+
+@pytest.mark.postgres
+def test_a_touch_does_not_wait_for_a_row_another_replica_is_touching() -> None:
+    """A row locked by another replica's touch under way is skipped, not waited for (two
+    replicas' batches used to queue on each other past database.timeout): the others are
+    written at once, and the skipped one is due again at the next check."""
+    with postgres_database() as url:
+        run_migrations(url)
+
+        async def test(a: Sessions, _: Sessions) -> None:
+            for key in ("locked", "free"):
+                await a.create(key, "alice", {"sub": "alice"}, TOKENS, NOW)
+                assert a.cached(key, NOW + 60) is not None
+            with psycopg.connect(PG_ADMIN.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1]) as other:
+                other.execute("SELECT 1 FROM sessions WHERE id_hash = 'locked' FOR UPDATE")
+                started = time.monotonic()
+                await a.touches.flush()
+                assert time.monotonic() - started < 1.0
+            assert a.touches.written == 1
+            assert a.cached("free", NOW + 61) is not None and a.touches.queued == 0
+            assert a.cached("locked", NOW + 61) is not None and a.touches.queued == 1
+
+        async def go() -> None:
+            async with replica(url, bound=5) as a, replica(url) as b:
+                await test(a, b)
+
+        asyncio.run(go())
 
 
 def test_a_touch_that_cannot_be_written_is_queued_again_by_the_next_check(

@@ -44,15 +44,20 @@ BATCH = 1000  # sessions per statement (SQLite takes at most 32,766 parameters)
 
 _CAPPED = sessions.c.created_at + bindparam("absolute", type_=sessions.c.created_at.type)
 _IDLE_UNTIL = bindparam("idle_until", type_=sessions.c.expires_at.type)
+_DUE = (
+    sessions.c.id_hash.in_(bindparam("keys", expanding=True)),
+    sessions.c.status == ACTIVE,
+    sessions.c.expires_at > bindparam("now"),
+    sessions.c.last_accessed_at <= bindparam("touched_before"),
+)
+# On PostgreSQL the rows are locked first, skipping those another replica's touch holds (it
+# is touching them: waiting for it only to find them touched made two replicas queue on each
+# other's batches past database.timeout). SQLite has one writer and no row locks.
+_FREE = select(sessions.c.id_hash).where(*_DUE).with_for_update(skip_locked=True)
 # expires_at = min(created_at + absolute, now + idle), as Lifetimes.expires_at, per row.
 _TOUCH = (
     update(sessions)
-    .where(
-        sessions.c.id_hash.in_(bindparam("keys", expanding=True)),
-        sessions.c.status == ACTIVE,
-        sessions.c.expires_at > bindparam("now"),
-        sessions.c.last_accessed_at <= bindparam("touched_before"),
-    )
+    .where(sessions.c.id_hash.in_(_FREE.scalar_subquery()), *_DUE[1:])
     .values(
         last_accessed_at=bindparam("now"),
         expires_at=case((_CAPPED < _IDLE_UNTIL, _CAPPED), else_=_IDLE_UNTIL),
