@@ -229,14 +229,20 @@ def test_a_touch_that_cannot_be_written_is_queued_again_by_the_next_check(
     run(database_url, test)
 
 
+def check_with_a_touch_due(relay: Any, provider: TestProvider, clock: Any, db: Engine) -> int:
+    """Sign in, let touch_interval pass, check once (its touch queued); the created_at."""
+    sign_in(relay, provider)
+    created: int = db_one(db, "SELECT created_at FROM sessions WHERE status = 'active'")
+    clock.advance(61)
+    assert relay.get("/auth").status_code == 200
+    return created
+
+
 def test_a_relay_writes_queued_touches_when_it_stops(
     make_relay: Any, provider: TestProvider, clock: Any, db: Engine
 ) -> None:
     with make_relay() as relay:
-        sign_in(relay, provider)
-        created = db_one(db, "SELECT created_at FROM sessions WHERE status = 'active'")
-        clock.advance(61)
-        assert relay.get("/auth").status_code == 200
+        created = check_with_a_touch_due(relay, provider, clock, db)
     assert db_one(db, "SELECT last_accessed_at FROM sessions WHERE status = 'active'") == (
         created + 61
     )
@@ -247,10 +253,7 @@ def test_a_running_relay_writes_a_touch_within_its_window(
 ) -> None:
     """Without anyone asking: the background writer (a second's window), not the test."""
     with make_relay() as relay:
-        sign_in(relay, provider)
-        created = db_one(db, "SELECT created_at FROM sessions WHERE status = 'active'")
-        clock.advance(61)
-        assert relay.get("/auth").status_code == 200
+        created = check_with_a_touch_due(relay, provider, clock, db)
         touches = relay.app.state.relay.sessions.touches
         eventually(lambda: touches.written == 1, 5, "the touch written in the background")
         assert db_one(db, "SELECT last_accessed_at FROM sessions WHERE status = 'active'") == (
