@@ -23,6 +23,7 @@ from sqlalchemy import Engine, text, update
 
 from relay.crypto import Sealer
 from relay.errors import DatabaseUnavailable
+from relay.store import touches as touches_module
 from relay.store.cache import SessionCache
 from relay.store.database import Database, make_engine
 from relay.store.models import sessions
@@ -264,3 +265,23 @@ def test_a_running_relay_writes_a_touch_within_its_window(
 def db_one(db: Engine, sql: str) -> Any:
     with db.connect() as conn:
         return conn.execute(text(sql)).scalar_one()
+
+
+def test_touches_beyond_a_batch_are_written_a_batch_per_statement(
+    database_url: str, db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(touches_module, "BATCH", 20)
+
+    async def test(a: Sessions, _: Sessions) -> None:
+        for n in range(45):
+            await a.create(f"s{n}", "alice", {"sub": "alice"}, TOKENS, NOW)
+            assert a.cached(f"s{n}", NOW + 60) is not None
+        with count_statements(a._db, "UPDATE") as updates:
+            await a.touches.flush()
+        assert len(updates) == 3
+        assert a.touches.written == 45
+        with db.connect() as conn:
+            touched = text("SELECT count(*) FROM sessions WHERE last_accessed_at = :t")
+            assert conn.execute(touched, {"t": NOW + 60}).scalar_one() == 45
+
+    run(database_url, test)
