@@ -154,8 +154,7 @@ class Sessions:
         session = entry.session
         if session.expires_at <= now or self.refresh_due(session, now):
             return None
-        if self.touches.due(entry, now):
-            self.touches.queue(id_hash, entry, now)
+        self.touches.if_due(id_hash, entry, now)
         self.cache.hits += 1
         return session
 
@@ -186,8 +185,7 @@ class Sessions:
                 return None
         else:
             self.cache.hits += 1
-        if self.touches.due(entry, now):
-            self.touches.queue(id_hash, entry, now)
+        self.touches.if_due(id_hash, entry, now)
         return entry.session
 
     def _held(self, id_hash: str, now: int) -> ActiveSession | None:

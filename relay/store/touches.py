@@ -26,7 +26,6 @@ nothing.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import structlog
 from sqlalchemy import bindparam, case, select, update
@@ -69,9 +68,7 @@ _TOUCH = (
 )
 # What a touch that changed no row finds: the live rows' times.
 _TIMES = select(sessions.c.id_hash, sessions.c.last_accessed_at, sessions.c.expires_at).where(
-    sessions.c.id_hash.in_(bindparam("keys", expanding=True)),
-    sessions.c.status == ACTIVE,
-    sessions.c.expires_at > bindparam("now"),
+    *_DUE[:3]
 )
 
 
@@ -81,26 +78,24 @@ class Touches:
         db: Database,
         lifetimes: Lifetimes,
         cache: SessionCache,
-        *,
-        window: float = WINDOW,
     ) -> None:
         self._db = db
         self._lifetimes = lifetimes
         self._cache = cache
-        self._window = window
         self._queued: dict[str, tuple[CachedSession, int]] = {}
         self._wake = asyncio.Event()
         self._writing = asyncio.Lock()
-        self.written = 0  # touches written (metrics, tests)
+        self.written = 0  # touches written (tests)
 
-    def due(self, entry: CachedSession, now: int) -> bool:
-        return (
+    def if_due(self, id_hash: str, entry: CachedSession, now: int) -> None:
+        """If this session's touch is due (and none is on its way), touch it as of ``now``,
+        soon; no I/O."""
+        due = (
             now - entry.session.last_accessed_at >= self._lifetimes.touch_interval
             and not entry.touching
         )
-
-    def queue(self, id_hash: str, entry: CachedSession, now: int) -> None:
-        """Touch this session as of ``now``, soon; no I/O."""
+        if not due:
+            return
         entry.touching = True
         self._queued[id_hash] = (entry, now)
         self._wake.set()
@@ -113,7 +108,7 @@ class Touches:
         """Forever: when something is queued, wait a window for more, then write them all."""
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self._window)
+            await asyncio.sleep(WINDOW)
             try:
                 await self.flush()
             except DatabaseUnavailable as exc:
@@ -161,7 +156,9 @@ class Touches:
         if untouched:
             await self._adopt(untouched, entries, max(by_second))
 
-    async def _adopt(self, keys: list[str], entries: dict[str, Any], now: int) -> None:
+    async def _adopt(
+        self, keys: list[str], entries: dict[str, tuple[CachedSession, int]], now: int
+    ) -> None:
         """Rows another replica touched, or that ended or expired: the cache takes the times
         the table has now, in place, or lets the session go."""
         async with self._db.autocommit() as conn:
