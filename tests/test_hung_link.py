@@ -13,11 +13,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from relay.crypto import Sealer
 from relay.errors import DatabaseUnavailable
 from relay.store.cache import SessionCache
 from relay.store.database import Database, make_engine
 from relay.store.invalidation import TRUST, Listener
-from tests.conftest import postgres_database
+from relay.store.records import Lifetimes, Tokens
+from relay.store.sessions import Sessions
+from tests.conftest import postgres_database, run_migrations
 from tests.tcp_proxy import TcpProxy, tcp_proxy
 
 pytestmark = pytest.mark.postgres
@@ -25,6 +28,8 @@ pytestmark = pytest.mark.postgres
 TIMEOUT = 1.0  # database.timeout
 BOUND = TIMEOUT + 0.5  # the documented bound: the socket is shut then
 SLACK = 0.5  # scheduling on a busy machine; the hang without the cut lasts 10 s more
+LIFETIMES = Lifetimes(absolute=7200, idle=1800, touch_interval=60)
+TOKENS = Tokens(id_token="id-token", access_token=None, refresh_token=None)
 
 
 def through(url: str, proxy: TcpProxy) -> str:
@@ -98,5 +103,48 @@ def test_the_listener_notices_a_hung_link_within_its_bound() -> None:
                 finally:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
+
+            asyncio.run(go())
+
+
+def test_a_check_during_a_lapse_waits_for_the_probe_on_its_way_not_the_table() -> None:
+    """Trust lapses when a heartbeat answers late (here: its link stalls, then flows again). A
+    check in that moment, for a session the cache holds, waits for the probe already sent and
+    answers from the cache once it comes back: no table read. Without a probe that can still
+    vouch (the link stays down), the wait ends by TRUST after that probe was sent."""
+    with postgres_database() as url:
+        run_migrations(url)
+        parsed = make_url(url)
+        with tcp_proxy(parsed.host or "127.0.0.1", parsed.port or 5432) as proxy:
+
+            async def go() -> None:
+                db = Database(make_engine(url), timeout=TIMEOUT)  # reads go direct
+                cache = SessionCache(100)
+                sessions = Sessions(db, Sealer("s" * 32), LIFETIMES, cache)
+                listener = Listener(through(url, proxy), cache, timeout=TIMEOUT)
+                task = asyncio.create_task(listener.run())
+                try:
+                    await until(cache.trusted, 10, "trusted")
+                    now = int(time.time())
+                    session = await sessions.create("s1", "alice", {"sub": "alice"}, TOKENS, now)
+                    proxy.partition()
+                    await until(lambda: not cache.trusted(), 5, "untrusted")
+                    check = asyncio.create_task(sessions.get("s1", now))
+                    await asyncio.sleep(0)  # it is waiting now, not reading
+                    proxy.heal()
+                    assert await check is session
+                    assert cache.misses == 0, "read the table instead of waiting"
+
+                    proxy.partition()
+                    await until(lambda: not cache.trusted(), 5, "untrusted again")
+                    waited = time.monotonic()
+                    assert await sessions.get("s1", now) is not None  # from the table
+                    assert time.monotonic() - waited < TRUST + SLACK
+                    assert cache.misses == 1
+                finally:
+                    proxy.heal()
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    await db.dispose()
 
             asyncio.run(go())

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from relay.store.records import ActiveSession
@@ -50,6 +50,10 @@ def _always() -> bool:
     return True
 
 
+async def _never() -> bool:
+    return False
+
+
 class SessionCache:
     def __init__(
         self, max_entries: int, trusted: Callable[[], bool] = _always, *, miss_ttl: int = 0
@@ -57,6 +61,9 @@ class SessionCache:
         self._entries: OrderedDict[str, CachedSession] = OrderedDict()
         self._max = max_entries
         self.trusted = trusted
+        # While untrusted: waits for the listener's confirmation on its way, if there is one
+        # that can vouch for the cache now (store/invalidation.py), and says whether it did.
+        self.vouch: Callable[[], Awaitable[bool]] = _never
         self.generation = 0
         self.hits = self.misses = self.invalidations = 0
         # id hash -> the clock second until which it is known to name no session

@@ -16,7 +16,11 @@ a notification; there the probe never comes back, and the cache is never trusted
 is trusted until ``TRUST`` seconds after the start of the last answered heartbeat. A connection
 that dies, hangs or is terminated stops confirming: within ``TRUST`` the cache is bypassed
 (every /auth reads the table). A heartbeat that is merely slow (a busy machine) resumes trust
-when it answers, with the notifications that came before it handled first; one that gets no
+when it answers, with the notifications that came before it handled first, and a check that
+finds the cache untrusted while a probe that can still restore trust is on its way waits for
+that probe (``vouched``, at most until ``TRUST`` after the probe started) instead of reading
+the table: on a starved machine a burst of table reads is what makes the next probe late. One
+that gets no
 answer within the database timeout (its socket is shut then), or a connection that fails,
 counts as lost: the listener reconnects and flushes the cache before trusting it again, because
 notifications sent meanwhile were lost. A session ended on any replica therefore stops working
@@ -93,14 +97,34 @@ class Listener:
         # Unique per listener: another replica's probes are not this one's proof.
         self._probe_channel = f"relay_probe_{secrets.token_hex(8)}"
         self._probes = 0
+        # The probe on its way, and when it was sent: checks may wait for it (vouched).
+        self._probe: asyncio.Future[None] | None = None
+        self._probe_started = 0.0
         self._unproven_logged = False
         self.unproven = 0  # connections or heartbeats that could not prove delivery
         self.connected = False
         self.reconnects = 0
         cache.trusted = self.trusted
+        cache.vouch = self.vouched
 
     def trusted(self) -> bool:
         return self._monotonic() < self._trusted_until
+
+    async def vouched(self) -> bool:
+        """Whether the cache is trusted again once the probe on its way comes back; False at
+        once if none is, or if it was sent too long ago to vouch for anything now."""
+        probe = self._probe
+        if probe is None or probe.done():
+            return self.trusted()
+        wait = self._probe_started + TRUST - self._monotonic()
+        if wait <= 0:
+            return False
+        try:
+            async with asyncio.timeout(wait):
+                await asyncio.shield(probe)  # a waiter's cancellation is not the probe's
+        except TimeoutError:
+            return False
+        return self.trusted()
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting after any failure."""
@@ -143,9 +167,14 @@ class Listener:
             self.reconnects += 1
             log.info("invalidation.listening", reconnects=self.reconnects - 1)
             while True:
+                # A heartbeat every HEARTBEAT from the start of the last, not from its answer:
+                # a slow answer does not delay the next confirmation as well.
+                started = self._monotonic()
                 await self._confirm(conn)
-                async for notice in conn.notifies(timeout=HEARTBEAT):
-                    self._heard(notice)
+                rest = HEARTBEAT - (self._monotonic() - started)
+                if rest > 0:
+                    async for notice in conn.notifies(timeout=rest):
+                        self._heard(notice)
         finally:
             self._untrust()  # before the await below lets a check run on an unheld cache
             try:
@@ -164,6 +193,7 @@ class Listener:
         self._probes += 1
         probe = str(self._probes)
         deadline = Deadline(self._timeout, conn)
+        self._probe, self._probe_started = asyncio.get_running_loop().create_future(), started
         try:
             async with asyncio.timeout(self._timeout + 1):
                 await conn.execute("SELECT pg_notify(%s, %s)", (self._probe_channel, probe))
@@ -172,13 +202,15 @@ class Listener:
                 proven = False
                 async for notice in conn.notifies(timeout=0):
                     proven = self._heard(notice) == probe or proven
+            if proven:
+                self._trusted_until = started + TRUST
+                self._confirmed_at = started
+                self._unproven_logged = False
         finally:
             deadline.cancel()
+            self._probe.set_result(None)  # whoever waits for it looks at trusted() again
         if not proven:
             self._unproven("the listener's own notification did not come back through its LISTEN")
-        self._trusted_until = started + TRUST
-        self._confirmed_at = started
-        self._unproven_logged = False
 
     def _heard(self, notice: psycopg.Notify) -> str | None:
         """Act on a notification; the probe's number if it is one of this listener's."""

@@ -162,6 +162,10 @@ class Sessions:
         """The live session for this hash; a touch due (at most one per touch_interval) is
         queued, not waited for."""
         entry = self.cache.get(id_hash)
+        if entry is None and self.cache.held(id_hash) is not None and await self.cache.vouch():
+            # Trust had lapsed for a moment (a late heartbeat); the listener's next
+            # confirmation restored it while this waited, instead of reading the table.
+            entry = self.cache.get(id_hash)
         if entry is not None and entry.session.expires_at <= now:
             # Expired by what this replica knows; another may have touched it since.
             self.cache.discard(id_hash)
