@@ -264,6 +264,7 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> Server:
+        began = self.log.stat().st_size if self.log.exists() else 0  # this run's lines follow
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
@@ -271,7 +272,8 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+                this_run = self.log.read_bytes()[began:].decode(errors="replace")
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {this_run[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     return self

@@ -284,6 +284,10 @@ class SessionConfig(_Section):
     # No longer used: every /login mints a fresh login cookie, so a browser has one login in
     # flight. Still accepted, so that a config written for an older relay starts.
     max_pending_per_browser: int = Field(default=10, ge=1, le=1000)
+    # The browser's address as a session records it at sign-in, for its owner's sessions page
+    # and operators: "truncated" (its /24 or /48: a person tells home from office from
+    # abroad, and the table keeps no one's exact address), "full", or "none".
+    record_address: Literal["truncated", "full", "none"] = "truncated"
 
     @field_validator("secret", "previous_secrets")
     @classmethod

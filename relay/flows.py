@@ -37,12 +37,16 @@ from relay.oidc.tokens import (
     validate_id_token,
     validate_logout_token,
 )
+from relay.ratelimit import client_bucket
 from relay.redirects import return_url
 from relay.store.pending import PendingLogin, PendingLogins
-from relay.store.records import Tokens
+from relay.store.records import SignIn, Tokens
 from relay.store.sessions import Sessions
 
 log = structlog.get_logger("relay.flows")
+
+# The state a sign-out sends the provider, which hands it back to the relay's page.
+SIGNED_OUT = "signed-out"
 
 # Claims about the token rather than the user: not kept with a session. Everything else is,
 # so that a rule or header added later can use any claim without a new login.
@@ -56,6 +60,14 @@ _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 class LoginStarted:
     provider_url: str
     login_id: str  # the browser's new login cookie
+
+
+@dataclass(frozen=True)
+class Browser:
+    """The browser finishing a login, as the callback saw it."""
+
+    user_agent: str | None = None
+    address: str | None = None  # through trusted proxies (forwarded.client_address)
 
 
 @dataclass(frozen=True)
@@ -151,9 +163,11 @@ class Flows:
         )
         return LoginStarted(provider_url=url, login_id=login_id)
 
-    async def finish_login(self, params: Mapping[str, str], login_id: str | None) -> LoginFinished:
+    async def finish_login(
+        self, params: Mapping[str, str], login_id: str | None, browser: Browser = Browser()
+    ) -> LoginFinished:
         try:
-            done = await self._finish_login(params, login_id)
+            done = await self._finish_login(params, login_id, browser)
         except RelayError as exc:
             forbidden = isinstance(exc, AccessDenied)
             self._metrics.logins.labels(result="forbidden" if forbidden else "failed").inc()
@@ -163,7 +177,9 @@ class Flows:
         self._metrics.logins.labels(result="succeeded").inc()
         return done
 
-    async def _finish_login(self, params: Mapping[str, str], login_id: str | None) -> LoginFinished:
+    async def _finish_login(
+        self, params: Mapping[str, str], login_id: str | None, browser: Browser
+    ) -> LoginFinished:
         state = params.get("state")
         # Taken before anything else is checked: whatever happens next, this state is spent.
         pending = None
@@ -219,6 +235,7 @@ class Flows:
             Tokens(tokens.id_token, tokens.access_token, tokens.refresh_token, tokens.expires_in),
             self.now(),
             sid=sid if isinstance(sid, str) and len(sid) <= 255 else None,
+            sign_in=self._sign_in(claims, metadata.issuer, browser),
         )
         log.info("login.succeeded", session=short_hash(session.id_hash), subject=session.subject)
         return LoginFinished(
@@ -227,6 +244,28 @@ class Flows:
             # The cookie lives as long as the session can; idleness is judged by the server,
             # so an active user is not logged out when a first idle window would have ended.
             max_age=self.config.session.absolute_lifetime,
+        )
+
+    def _sign_in(self, claims: Mapping[str, Any], issuer: str, browser: Browser) -> SignIn:
+        """What the session records of its sign-in: the browser, its address as
+        [session] record_address allows, and what the provider said of the authentication
+        (OIDC Core 2: acr a string, amr an array of strings, auth_time a number), where it
+        said it in the expected form."""
+        address, keep = browser.address, self.config.session.record_address
+        if address is not None and keep != "full":
+            address = None if keep == "none" else client_bucket(address, 24, 48)
+        acr, amr, auth_time = claims.get("acr"), claims.get("amr"), claims.get("auth_time")
+        return SignIn(
+            user_agent=browser.user_agent,
+            client_address=address,
+            provider=issuer,
+            acr=acr if isinstance(acr, str) else None,
+            amr=tuple(m for m in amr if isinstance(m, str)) if isinstance(amr, list) else (),
+            auth_time=(
+                int(auth_time)
+                if isinstance(auth_time, int | float) and not isinstance(auth_time, bool)
+                else None
+            ),
         )
 
     async def _replaced(self, state: str) -> BadRequest | None:
@@ -303,18 +342,25 @@ class Flows:
             id_hash = hash_id(session_id)
             id_token = await self.sessions.revocation.delete(id_hash)
             log.info("logout", session=short_hash(id_hash), found=id_token is not None)
-        after = self.config.provider.post_logout_redirect_url or self.config.default_redirect
+        # Unless configured otherwise, the browser ends on the relay's own page, which says
+        # "You are signed out" (endpoints/session.py home): landing on an app would only send
+        # it straight to the provider's sign-in form, without a word.
+        after = self.config.provider.post_logout_redirect_url
+        signed_out = self.config.server.public_url + "/"
         try:
             metadata = await self.discovery.get()
         except RelayError:
-            return after  # the local session is gone; the provider's can wait
+            # The local session is gone; the provider's can wait.
+            return after or f"{signed_out}?state={SIGNED_OUT}"
         if metadata.end_session_endpoint is None:
-            return after
-        # RP-Initiated Logout 1.0 §2.
+            return after or f"{signed_out}?state={SIGNED_OUT}"
+        # RP-Initiated Logout 1.0 §2; the provider hands state back to the page (§3).
         query: dict[str, str] = {"client_id": self.config.provider.client_id}
         if id_token:
             query["id_token_hint"] = id_token
-        query["post_logout_redirect_uri"] = after
+        query["post_logout_redirect_uri"] = after or signed_out
+        if not after:
+            query["state"] = SIGNED_OUT
         separator = "&" if "?" in metadata.end_session_endpoint else "?"
         return metadata.end_session_endpoint + separator + urlencode(query)
 

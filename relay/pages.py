@@ -22,6 +22,12 @@ _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;"
     "color:#222}h1{font-size:1.4rem}button{font-size:1rem;padding:.5rem 1rem}"
     ".muted{color:#666;font-size:.85rem}"
+    "ul.sessions{list-style:none;padding:0}ul.sessions li{border:1px solid #ccc;"
+    "border-radius:.5rem;padding:.75rem 1rem;margin:.75rem 0}"
+    "ul.sessions li[aria-current]{border-color:#36c}h2{font-size:1.05rem;margin:.25rem 0}"
+    "dl{display:grid;grid-template-columns:auto 1fr;gap:.2rem .75rem;margin:.5rem 0}"
+    "dt{color:#555}dd{margin:0;overflow-wrap:anywhere}"
+    ".tag{font-size:.8rem;background:#e6eeff;border-radius:.25rem;padding:.1rem .4rem}"
 )
 _STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
 
@@ -83,7 +89,11 @@ async def error_response(request: Request, exc: Exception) -> Response:
     if isinstance(exc, AccessDenied):
         title = "Not allowed"
         url = html.escape(exc.sign_out_url)
-        again = f'<p><a href="{url}">Sign out</a> to use another account.</p>'
+        own = html.escape(exc.sign_out_url.removesuffix("/logout") + "/sessions")
+        again = (
+            f'<p><a href="{url}">Sign out</a> to use another account, or see '
+            f'<a href="{own}">your sessions</a>.</p>'
+        )
     response = page(
         title,
         f"<p>{html.escape(exc.public_message)}</p>{again}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from relay.endpoints import INTERNAL, admin, backchannel, login, probes, session
+from relay.endpoints import INTERNAL, admin, backchannel, login, own_sessions, probes, session
 from relay.pages import json_error
 
 
@@ -22,6 +22,9 @@ def routes(prefix: str) -> list[BaseRoute]:
         Route("/userinfo", session.userinfo, methods=["GET"]),
         Route("/logout", session.logout_page, methods=["GET"]),
         Route("/logout", session.logout, methods=["POST"]),
+        Route("/sessions", own_sessions.sessions_page, methods=["GET"]),
+        Route("/sessions/end", own_sessions.end_one, methods=["POST"]),
+        Route("/sessions/end-others", own_sessions.end_others, methods=["POST"]),
         Route("/backchannel-logout", backchannel.backchannel_logout, methods=["POST"]),
         # oauth2-proxy's names (docs/migrating-from-oauth2-proxy.md)
         Route("/start", login.login, methods=["GET"]),

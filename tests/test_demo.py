@@ -52,7 +52,10 @@ def test_demo_signs_a_user_in_and_out(tmp_path: Path) -> None:
 
             relay = f"http://127.0.0.1:{ports['relay']}"
             signed_out = browser.post(relay + "/logout", headers={"Origin": relay})
-            assert str(signed_out.url).startswith(f"http://127.0.0.1:{ports['provider']}/")
+            # Through the provider's logout, back to the relay's page, not its sign-in form.
+            assert [r.url.port for r in signed_out.history] == [ports["relay"], ports["provider"]]
+            assert str(signed_out.url) == relay + "/?state=signed-out"
+            assert "You are signed out" in signed_out.text and "Sign in again" in signed_out.text
             assert browser.get(relay + "/auth").status_code == 401
 
 

@@ -251,6 +251,10 @@ class DevProvider:
     async def end_session(self, request: Request) -> Response:
         after = request.query_params.get("post_logout_redirect_uri")
         if after in self.post_logout_redirect_uris:
+            # RP-Initiated Logout 1.0 §3: the RP's state comes back with the browser.
+            state = request.query_params.get("state")
+            if state:
+                after += ("&" if "?" in after else "?") + urlencode({"state": state})
             return RedirectResponse(after, status_code=303)
         return _page("Signed out", "<p>You are signed out of the development provider.</p>")
 

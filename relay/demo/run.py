@@ -41,7 +41,7 @@ def run_demo(relay_port: int, provider_port: int, app_port: int, database_url: s
         CLIENT_ID,
         client_secret,
         redirect_uris=[relay_url + "/callback"],
-        post_logout_redirect_uris=[app_url],
+        post_logout_redirect_uris=[relay_url + "/"],  # the relay's "You are signed out"
     )
     config = config_from_mapping(
         {
@@ -50,7 +50,6 @@ def run_demo(relay_port: int, provider_port: int, app_port: int, database_url: s
                 "issuer": issuer,
                 "client_id": CLIENT_ID,
                 "client_secret": client_secret,
-                "post_logout_redirect_url": app_url,
             },
             "database": {"url": database_url},
             # A new secret each run: tokens sealed by an earlier run stay sealed (sessions

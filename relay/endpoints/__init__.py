@@ -61,3 +61,14 @@ class Context:
 def context(request: Request) -> Context:
     ctx: Context = request.app.state.relay
     return ctx
+
+
+def same_origin(request: Request, origin: str) -> bool:
+    """Whether a POST that changes something (a sign-out, ending a session) came from the
+    relay's own pages: the CSRF check of every such form."""
+    # Browsers send Origin with a POST, but as "null" from a page whose Referrer-Policy is
+    # no-referrer (ours); Sec-Fetch-Site, which no page can forge, then says where it came from.
+    sent = request.headers.get("origin")
+    if sent is not None and sent != "null":
+        return sent == origin
+    return request.headers.get("sec-fetch-site") in ("same-origin", "none")

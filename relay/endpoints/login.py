@@ -8,6 +8,7 @@ from starlette.responses import RedirectResponse, Response
 
 from relay.endpoints import Context, context
 from relay.errors import BadRequest, TooManyRequests, Unauthorized
+from relay.flows import Browser
 from relay.forwarded import client_address, from_trusted_proxy, is_navigation, original_url
 from relay.ratelimit import client_bucket
 
@@ -81,7 +82,10 @@ async def callback(request: Request) -> Response:
     ctx = context(request)
     if ctx.cookies.duplicated(request):
         raise BadRequest("callback.duplicate_cookie", public_message=_TWO_COOKIES)
-    done = await ctx.flows.finish_login(request.query_params, ctx.cookies.login_id(request))
+    browser = Browser(request.headers.get("user-agent"), client_address(request, ctx.proxies))
+    done = await ctx.flows.finish_login(
+        request.query_params, ctx.cookies.login_id(request), browser
+    )
     response = RedirectResponse(done.return_to, status_code=302)
     ctx.cookies.set_session(response, done.session_id, done.max_age)
     return response

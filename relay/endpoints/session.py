@@ -11,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.websockets import WebSocket
 
-from relay.endpoints import ABSENT, Context, context
+from relay.endpoints import ABSENT, Context, context, same_origin
 from relay.errors import Forbidden, RelayError, Unauthorized
+from relay.flows import SIGNED_OUT
 from relay.forwarded import forwarded_host, is_navigation, original_url
 from relay.pages import error_response, page
 from relay.redirects import safe_redirect
@@ -106,7 +107,7 @@ async def sign_out(request: Request) -> Response:
 
 async def _confirmation(ctx: Context, path: str, rd: str | None) -> Response:
     action = ctx.config.server.public_url + path
-    targets = await _logout_targets(ctx)
+    targets = await logout_targets(ctx)
     if rd is not None:
         action += "?" + urlencode({"rd": rd})
         if not rd.startswith("/"):  # CSP form-action also governs the redirect after the POST
@@ -122,7 +123,7 @@ async def _confirmation(ctx: Context, path: str, rd: str | None) -> Response:
 
 
 async def _end_session(request: Request, ctx: Context, rd: str | None) -> Response:
-    if not _same_origin(request, ctx.config.server.origin):
+    if not same_origin(request, ctx.config.server.origin):
         raise Forbidden("logout.cross_origin")
     after = await ctx.flows.logout(ctx.cookies.session_id(request))
     response = RedirectResponse(rd or after, status_code=303)
@@ -147,16 +148,7 @@ def _sign_out_rd(request: Request, ctx: Context) -> str | None:
     return allowed
 
 
-def _same_origin(request: Request, origin: str) -> bool:
-    # Browsers send Origin with a POST, but as "null" from a page whose Referrer-Policy is
-    # no-referrer (ours); Sec-Fetch-Site, which no page can forge, then says where it came from.
-    sent = request.headers.get("origin")
-    if sent is not None and sent != "null":
-        return sent == origin
-    return request.headers.get("sec-fetch-site") in ("same-origin", "none")
-
-
-async def _logout_targets(ctx: Context) -> list[str]:
+async def logout_targets(ctx: Context) -> list[str]:
     # CSP form-action also governs the redirects after the POST: allow the provider's logout.
     try:
         metadata = await ctx.discovery.get()
@@ -179,10 +171,19 @@ async def home(request: Request) -> Response:
     try:
         session = await ctx.gate.session(ctx.cookies.session_id(request))
     except Unauthorized:
+        # After a sign-out the provider sends the browser back here with the state the
+        # relay gave it (RP-Initiated Logout 1.0 §3); without a provider logout, the relay does.
+        if request.query_params.get("state") == SIGNED_OUT:
+            return page(
+                "You are signed out",
+                "<p>You are signed out of the apps behind this relay.</p>"
+                f'<p><a href="{prefix}/login">Sign in again</a></p>',
+            )
         return page("Not signed in", f'<p><a href="{prefix}/login">Sign in</a></p>')
     name = session.claims.get("email") or session.subject
     return page(
         "Signed in",
         f"<p>You are signed in as <strong>{html.escape(str(name))}</strong>.</p>"
-        f'<p><a href="{prefix}/logout">Sign out</a></p>',
+        f'<p><a href="{prefix}/sessions">Your sessions</a> · '
+        f'<a href="{prefix}/logout">Sign out</a></p>',
     )

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 
 from relay.crypto import short_hash
+from relay.devices import describe
 from relay.store.database import Database
 from relay.store.models import sessions
+from relay.store.records import ACTIVE, SignIn
 
 MAX_PAGE = 1000
 
@@ -25,6 +27,7 @@ class SessionRow:
     created_at: int
     last_accessed_at: int
     expires_at: int
+    sign_in: SignIn = field(default_factory=SignIn)
 
     @property
     def short_id(self) -> str:
@@ -41,6 +44,13 @@ class SessionRow:
             "created_at": self.created_at,
             "last_accessed_at": self.last_accessed_at,
             "expires_at": self.expires_at,
+            "device": describe(self.sign_in.user_agent),
+            "user_agent": self.sign_in.user_agent,
+            "address": self.sign_in.client_address,
+            "provider": self.sign_in.provider,
+            "acr": self.sign_in.acr,
+            "amr": list(self.sign_in.amr),
+            "auth_time": self.sign_in.auth_time,
         }
 
 
@@ -54,37 +64,74 @@ async def list_sessions(
 ) -> list[SessionRow]:
     """Up to ``limit`` rows ordered by id_hash, those after ``after`` (the last id_hash of the
     previous page): a page holds still while sessions come and go around it."""
-    statement = (
-        select(
-            sessions.c.id_hash,
-            sessions.c.status,
-            sessions.c.subject,
-            sessions.c.claims,
-            sessions.c.created_at,
-            sessions.c.last_accessed_at,
-            sessions.c.expires_at,
-        )
-        .order_by(sessions.c.id_hash)
-        .limit(max(1, min(limit, MAX_PAGE)))
-    )
+    statement = _ROWS.order_by(sessions.c.id_hash).limit(max(1, min(limit, MAX_PAGE)))
     if subject is not None:
         statement = statement.where(sessions.c.subject == subject)
     if after is not None:
         statement = statement.where(sessions.c.id_hash > after)
     async with db.autocommit() as conn:
         rows = (await conn.execute(statement)).all()
-    return [
-        SessionRow(
-            id_hash=row.id_hash,
-            subject=row.subject,
-            email=_email(row.claims),
-            state=row.status if row.expires_at > now else "expired",
-            created_at=row.created_at,
-            last_accessed_at=row.last_accessed_at,
-            expires_at=row.expires_at,
+    return [_row(row, now) for row in rows]
+
+
+async def sessions_of(db: Database, subject: str, now: int) -> list[SessionRow]:
+    """One person's live sessions, the most recently active first (their sessions page)."""
+    statement = (
+        _ROWS.where(
+            sessions.c.subject == subject,
+            sessions.c.status == ACTIVE,
+            sessions.c.expires_at > now,
         )
-        for row in rows
-    ]
+        .order_by(sessions.c.last_accessed_at.desc(), sessions.c.id_hash)
+        .limit(MAX_PAGE)
+    )
+    async with db.autocommit() as conn:
+        return [_row(row, now) for row in (await conn.execute(statement)).all()]
+
+
+_ROWS = select(
+    sessions.c.id_hash,
+    sessions.c.status,
+    sessions.c.subject,
+    sessions.c.claims,
+    sessions.c.created_at,
+    sessions.c.last_accessed_at,
+    sessions.c.expires_at,
+    sessions.c.user_agent,
+    sessions.c.client_address,
+    sessions.c.provider,
+    sessions.c.acr,
+    sessions.c.amr,
+    sessions.c.auth_time,
+)
+
+
+def _row(row: Any, now: int) -> SessionRow:
+    return SessionRow(
+        id_hash=row.id_hash,
+        subject=row.subject,
+        email=_email(row.claims),
+        state=row.status if row.expires_at > now else "expired",
+        created_at=row.created_at,
+        last_accessed_at=row.last_accessed_at,
+        expires_at=row.expires_at,
+        sign_in=SignIn(
+            user_agent=row.user_agent,
+            client_address=row.client_address,
+            provider=row.provider,
+            acr=row.acr,
+            amr=_amr(row.amr),
+            auth_time=row.auth_time,
+        ),
+    )
+
+
+def _amr(stored: str | None) -> tuple[str, ...]:
+    try:
+        value = json.loads(stored) if stored else []
+    except ValueError:
+        return ()
+    return tuple(m for m in value if isinstance(m, str)) if isinstance(value, list) else ()
 
 
 def _email(claims: str | None) -> str | None:

@@ -35,6 +35,14 @@ sessions = Table(
     # Refresh grants sent and never answered (timed out, connection dropped, replica gone)
     # since the last answer: the provider may have rotated the refresh token in one of them.
     Column("refresh_unsettled", Integer, nullable=False, server_default=text("0")),
+    # What the session recorded at sign-in (store/records.py SignIn), for the people who look
+    # at sessions (the sessions page, the console, the CLI): never read on the hot path.
+    Column("user_agent", String(512), nullable=True),
+    Column("client_address", String(64), nullable=True),  # as [session] record_address allows
+    Column("provider", String(255), nullable=True),  # the issuer that signed the session in
+    Column("acr", String(255), nullable=True),
+    Column("amr", String(255), nullable=True),  # JSON list
+    Column("auth_time", BigInteger, nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("last_accessed_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),

@@ -28,6 +28,19 @@ class Tokens:
     expires_in: int | None = None  # the access token's lifetime, when the provider said
 
 
+@dataclass(frozen=True)
+class SignIn:
+    """What a session records about its sign-in, for people to read (the sessions page, the
+    console, the CLI): never what decides whether it passes, and never logged."""
+
+    user_agent: str | None = None
+    client_address: str | None = None  # as [session] record_address allows
+    provider: str | None = None  # the issuer
+    acr: str | None = None
+    amr: tuple[str, ...] = ()
+    auth_time: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ActiveSession:
     id_hash: str

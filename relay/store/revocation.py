@@ -4,7 +4,7 @@ process's cache drops it after the commit."""
 
 from __future__ import annotations
 
-from sqlalchemy import Delete, delete, func, select
+from sqlalchemy import ColumnElement, Delete, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.crypto import Sealer
@@ -58,13 +58,19 @@ class Revocation:
         self._cache.invalidate(ended)
         return ended
 
-    async def revoke_prefix(self, prefix: str) -> list[str]:
+    async def revoke_prefix(self, prefix: str, subject: str | None = None) -> list[str]:
         """End the one active session whose hash starts with ``prefix`` (see
-        store/listing.py ``hash_prefix``); [] when none does. Raises AmbiguousPrefix, ending
-        nothing, when several do."""
+        store/listing.py ``hash_prefix``), and whose user is ``subject`` when given (a person
+        ending one of their own); [] when none does. Raises AmbiguousPrefix, ending nothing,
+        when several do."""
         if hash_prefix(prefix) != prefix:
             raise ValueError("not a session hash prefix")
-        matching = sessions.c.status == ACTIVE, sessions.c.id_hash.like(prefix + "%")
+        matching: tuple[ColumnElement[bool], ...] = (
+            sessions.c.status == ACTIVE,
+            sessions.c.id_hash.like(prefix + "%"),
+        )
+        if subject is not None:
+            matching += (sessions.c.subject == subject,)
         async with self._db.write() as conn:
             found = (await conn.execute(select(sessions.c.id_hash).where(*matching).limit(2))).all()
             if len(found) > 1:
@@ -74,6 +80,17 @@ class Revocation:
                 return []
             only = sessions.c.id_hash == found[0].id_hash
             ended = await self._end(conn, delete(sessions).where(only, sessions.c.status == ACTIVE))
+        self._cache.invalidate(ended)
+        return ended
+
+    async def end_others(self, subject: str, keep: str) -> list[str]:
+        """End every active session of this user but ``keep`` (the one asking: "sign out
+        everywhere else"); return their hashes."""
+        statement = delete(sessions).where(
+            sessions.c.status == ACTIVE, sessions.c.subject == subject, sessions.c.id_hash != keep
+        )
+        async with self._db.write() as conn:
+            ended = await self._end(conn, statement)
         self._cache.invalidate(ended)
         return ended
 

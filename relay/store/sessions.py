@@ -23,7 +23,7 @@ from relay.store.database import Database
 from relay.store.leases import RefreshLeases
 from relay.store.models import sessions
 from relay.store.outage import OutageGrace
-from relay.store.records import ACTIVE, ActiveSession, Lifetimes, Tokens, shared
+from relay.store.records import ACTIVE, ActiveSession, Lifetimes, SignIn, Tokens, shared
 from relay.store.revocation import Revocation
 from relay.store.touches import Touches
 
@@ -101,6 +101,7 @@ class Sessions:
         now: int,
         *,
         sid: str | None = None,
+        sign_in: SignIn | None = None,
     ) -> ActiveSession:
         expires_at = self._lifetimes.expires_at(now, now)
         access_expires_at = None if tokens.expires_in is None else now + tokens.expires_in
@@ -120,6 +121,7 @@ class Sessions:
                     created_at=now,
                     last_accessed_at=now,
                     expires_at=expires_at,
+                    **_recorded(sign_in or SignIn()),
                 )
             )
         # After the commit: a miss remembered by a read that ran before it is cleared, and one
@@ -259,3 +261,21 @@ class Sessions:
         self.cache.discard(id_hash)
         entry = await self._read(id_hash, now)
         return None if entry is None else entry.session
+
+
+def _recorded(sign_in: SignIn) -> dict[str, Any]:
+    """The sign-in's columns, each cut to what its column holds (the provider's and the
+    browser's values are theirs to make as long as they like)."""
+    amr = json.dumps(list(sign_in.amr), separators=(",", ":"))
+    return {
+        "user_agent": _cut(sign_in.user_agent, 512),
+        "client_address": _cut(sign_in.client_address, 64),
+        "provider": _cut(sign_in.provider, 255),
+        "acr": _cut(sign_in.acr, 255),
+        "amr": amr if sign_in.amr and len(amr) <= 255 else None,
+        "auth_time": sign_in.auth_time,
+    }
+
+
+def _cut(value: str | None, length: int) -> str | None:
+    return None if value is None else value[:length]
