@@ -272,6 +272,7 @@ async def _sessions(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _list_sessions(db: Database, subject: str | None, *, as_json: bool) -> int:
+    from relay.devices import describe
     from relay.store.database import text_problem
     from relay.store.listing import MAX_PAGE, list_sessions, printable
 
@@ -290,7 +291,7 @@ async def _list_sessions(db: Database, subject: str | None, *, as_json: bool) ->
         for row in rows:
             print(json.dumps(row.public()))
         return 0
-    table = [("ID", "SUBJECT", "EMAIL", "STATE", "CREATED", "LAST ACCESS", "EXPIRES")]
+    table = [("ID", "SUBJECT", "EMAIL", "STATE", "CREATED", "LAST ACCESS", "EXPIRES", "DEVICE")]
     table += [
         (
             row.short_id,
@@ -300,6 +301,8 @@ async def _list_sessions(db: Database, subject: str | None, *, as_json: bool) ->
             _when(row.created_at),
             _when(row.last_accessed_at),
             _when(row.expires_at),
+            # Last: the one column with spaces in it. Where from is in --json ("address").
+            printable(describe(row.sign_in.user_agent)) if row.subject else "-",
         )
         for row in rows
     ]
@@ -345,6 +348,15 @@ async def _revoke(sessions: Sessions, subject: str | None, id_prefix: str | None
         log.info("admin.revoked", via="cli", subject=subject, ended=len(ended))
         plural = "" if len(ended) == 1 else "s"
         print(f"ended {len(ended)} session{plural} of {printable(subject)}")
+        if not ended:
+            # Most often a subject as the provider does not spell it (the demo's users are
+            # demo-alice and demo-bob): say so, rather than succeed at nothing.
+            print(
+                f"relay: no active session has the subject {printable(subject)}; "
+                "`relay sessions list` shows each session's subject",
+                file=sys.stderr,
+            )
+            return 1
         return 0
     prefix = hash_prefix(id_prefix or "")
     if prefix is None:

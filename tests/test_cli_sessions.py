@@ -59,6 +59,8 @@ def add_session(
     status: str = "active",
     expires_in: int = 3600,
     id_hash: str | None = None,
+    user_agent: str | None = None,
+    address: str | None = None,
 ) -> str:
     """A row written straight into the table, on the wall clock the CLI reads; returns its
     hash."""
@@ -75,6 +77,8 @@ def add_session(
                 created_at=now - 100,
                 last_accessed_at=now - 10,
                 expires_at=now + expires_in,
+                user_agent=user_agent,
+                client_address=address,
             )
         )
     return id_hash
@@ -94,7 +98,7 @@ def test_list_prints_a_table(tmp_path: Path, database_url: str, db: Engine) -> N
     code, out, err = relay_cli(tmp_path, database_url, "list")
     assert code == 0, err
     lines = out.splitlines()
-    header = "ID SUBJECT EMAIL STATE CREATED LAST ACCESS EXPIRES"
+    header = "ID SUBJECT EMAIL STATE CREATED LAST ACCESS EXPIRES DEVICE"
     assert lines[0].split() == header.split()
     rows = {line.split()[0]: line.split()[1:4] for line in lines[1:]}
     assert rows[alice[:12]] == ["alice", "alice@example.com", "active"]
@@ -105,6 +109,26 @@ def test_list_prints_a_table(tmp_path: Path, database_url: str, db: Engine) -> N
     ]
     created = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 100))
     assert created in lines[1]
+
+
+def test_list_shows_each_sessions_device_and_json_where_from(
+    tmp_path: Path, database_url: str, db: Engine
+) -> None:
+    """What a session recorded at sign-in: the device read from its User-Agent in the table
+    (escaped for the terminal), the rest in --json."""
+    firefox = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0"
+    add_session(db, "alice", user_agent=firefox, address="203.0.113.0/24")
+    add_session(db, "bob", user_agent="\x1b[2J/1.0")
+    code, out, err = relay_cli(tmp_path, database_url, "list")
+    assert code == 0, err
+    assert "Firefox 133 on Windows" in out and "\x1b" not in out
+    code, out, _ = relay_cli(tmp_path, database_url, "list", "--json", "--sub", "alice")
+    [row] = [json.loads(line) for line in out.splitlines()]
+    assert (row["device"], row["user_agent"], row["address"]) == (
+        "Firefox 133 on Windows",
+        firefox,
+        "203.0.113.0/24",
+    )
 
 
 def test_list_as_json_lines_and_by_subject(tmp_path: Path, database_url: str, db: Engine) -> None:
@@ -134,7 +158,8 @@ def test_stats(tmp_path: Path, database_url: str, db: Engine) -> None:
 
 
 def test_revoke_by_subject(tmp_path: Path, database_url: str, db: Engine) -> None:
-    """--sub ends every active session of the user and says how many; a user with none: 0."""
+    """--sub ends every active session of the user and says how many; a user with none: 0,
+    exit 1 and a pointer to `relay sessions list` (a subject spelled unlike the provider's)."""
     add_session(db, "alice")
     add_session(db, "alice")
     add_session(db, "bob")
@@ -142,8 +167,12 @@ def test_revoke_by_subject(tmp_path: Path, database_url: str, db: Engine) -> Non
     assert (code, out) == (0, "ended 2 sessions of alice\n"), err
     assert remaining(db) == ["bob"]
     assert any(json.loads(line)["event"] == "admin.revoked" for line in err)
-    code, out, _ = relay_cli(tmp_path, database_url, "revoke", "--sub", "alice")
-    assert (code, out) == (0, "ended 0 sessions of alice\n")
+    code, out, err = relay_cli(tmp_path, database_url, "revoke", "--sub", "alice")
+    assert (code, out) == (1, "ended 0 sessions of alice\n")
+    assert err[-1] == (
+        "relay: no active session has the subject alice; "
+        "`relay sessions list` shows each session's subject"
+    )
 
 
 def test_revoke_by_id_prefix(tmp_path: Path, database_url: str, db: Engine) -> None:
