@@ -33,6 +33,7 @@ from relay.errors import DatabaseUnavailable, ProviderError
 from relay.logs import configure_logging
 from relay.store.database import Database, translated
 from relay.store.listing import MIN_PREFIX
+from relay.store.revocation import Ended
 from relay.store.sessions import Sessions
 
 
@@ -332,20 +333,26 @@ async def _session_stats(db: Database, *, as_json: bool) -> int:
 
 
 async def _revoke(sessions: Sessions, subject: str | None, id_prefix: str | None) -> int:
-    import structlog
+    import getpass
+    import socket
 
+    from relay.audit import sessions_ended
     from relay.crypto import short_hash
     from relay.store.database import text_problem
     from relay.store.listing import AmbiguousPrefix, hash_prefix, printable
 
-    log = structlog.get_logger("relay.cli")
+    def audit(ended: list[Ended], asked: str) -> None:
+        sessions_ended(
+            ended, via="cli", by=getpass.getuser(), source=socket.gethostname(), asked=asked
+        )
+
     if subject is not None:
         problem = text_problem(subject)
         if problem is not None:  # bytes that are not UTF-8 reach argv as lone surrogates
             print(f"relay: --sub {printable(subject)} {problem}", file=sys.stderr)
             return 2
         ended = await sessions.revocation.revoke_subject(subject)
-        log.info("admin.revoked", via="cli", subject=subject, ended=len(ended))
+        audit(ended, subject)
         plural = "" if len(ended) == 1 else "s"
         print(f"ended {len(ended)} session{plural} of {printable(subject)}")
         if not ended:
@@ -375,11 +382,11 @@ async def _revoke(sessions: Sessions, subject: str | None, id_prefix: str | None
             file=sys.stderr,
         )
         return 1
+    audit(ended, prefix)
     if not ended:
         print(f"relay: no active session's id starts with {prefix}", file=sys.stderr)
         return 1
-    log.info("admin.revoked", via="cli", session=short_hash(ended[0]), ended=1)
-    print(f"ended 1 session ({short_hash(ended[0])})")
+    print(f"ended 1 session ({short_hash(ended[0].id_hash)})")
     return 0
 
 

@@ -190,8 +190,11 @@ def test_the_token_never_reaches_the_logs(
     events = log_lines(log_stream)
     refusals = [e["reason"] for e in events if e["event"] == "admin.refused"]
     assert refusals == ["wrong_token", "no_token"]
-    revoked = [e for e in events if e["event"] == "admin.revoked" and e.get("subject") == "alice"]
-    assert revoked[0]["ended"] == 1
+    nobody, audit = [e for e in events if e["event"] == "audit.sessions_ended"]
+    assert (nobody["asked"], nobody["subjects"], nobody["ended"]) == ("nobody", [], 0)
+    # Who (the API knows only its token), whose, how many, from where, through what.
+    assert (audit["by"], audit["subjects"], audit["ended"]) == ("admin token", ["alice"], 1)
+    assert (audit["via"], audit["asked"], audit["source"]) == ("api", "alice", "127.0.0.1")
 
 
 def test_stats_counts_sessions_by_state(
@@ -232,6 +235,15 @@ def test_sessions_lists_who_is_signed_in(
                 "created_at": now,
                 "last_accessed_at": now,
                 "expires_at": now + 86400,
+                # What the session recorded at sign-in: the test client's User-Agent, and
+                # no address (it came from loopback, a trusted proxy that named no client).
+                "device": "Unknown device",
+                "user_agent": "testclient",
+                "address": None,
+                "provider": provider.issuer,
+                "acr": None,
+                "amr": [],
+                "auth_time": None,
             }
         ],
         "next_cursor": None,

@@ -3,11 +3,13 @@ as a real process, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from socket import gethostname
 from typing import Any
 
 import pytest
@@ -166,7 +168,9 @@ def test_revoke_by_subject(tmp_path: Path, database_url: str, db: Engine) -> Non
     code, out, err = relay_cli(tmp_path, database_url, "revoke", "--sub", "alice")
     assert (code, out) == (0, "ended 2 sessions of alice\n"), err
     assert remaining(db) == ["bob"]
-    assert any(json.loads(line)["event"] == "admin.revoked" for line in err)
+    [audit] = [e for e in map(json.loads, err) if e["event"] == "audit.sessions_ended"]
+    assert (audit["via"], audit["by"], audit["source"]) == ("cli", getpass.getuser(), gethostname())
+    assert (audit["subjects"], audit["ended"], audit["asked"]) == (["alice"], 2, "alice")
     code, out, err = relay_cli(tmp_path, database_url, "revoke", "--sub", "alice")
     assert (code, out) == (1, "ended 0 sessions of alice\n")
     assert err[-1] == (

@@ -18,7 +18,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from relay.crypto import short_hash
+from relay.audit import sessions_ended
 from relay.endpoints import INTERNAL, Context, context
 from relay.errors import RelayError
 from relay.forwarded import AddressSet, caller_address
@@ -32,6 +32,7 @@ from relay.store.listing import (
     hash_prefix,
     list_sessions,
 )
+from relay.store.revocation import Ended
 from relay.store.stats import count_sessions
 
 log = structlog.get_logger("relay.admin")
@@ -129,7 +130,7 @@ async def revoke(request: Request) -> Response:
         if set(body) == {"sub"} and isinstance(body["sub"], str) and 0 < len(body["sub"]) <= 255:
             subject = _storable("sub", body["sub"])
             ended = await ctx.sessions.revocation.revoke_subject(subject)
-            log.info("admin.revoked", subject=subject, ended=len(ended))
+            _audit(request, ctx, ended, subject)
             return JSONResponse({"ended": len(ended)})
         if set(body) == {"id"} and isinstance(body["id"], str):
             prefix = hash_prefix(body["id"])
@@ -137,10 +138,9 @@ async def revoke(request: Request) -> Response:
                 reason = f"id: {MIN_PREFIX} to 64 hex characters of a session's hash"
                 raise _Refused(_error(400, "invalid_request", reason))
             ended = await ctx.sessions.revocation.revoke_prefix(prefix)
+            _audit(request, ctx, ended, prefix)
             if not ended:
-                log.info("admin.revoked", session=prefix, ended=0)
                 return _error(404, "no_such_session", "no active session's id starts so")
-            log.info("admin.revoked", session=short_hash(ended[0]), ended=1)
             return JSONResponse({"ended": 1})
         raise _Refused(_error(400, "invalid_request", 'give {"sub": "..."} or {"id": "..."}'))
     except _Refused as refused:
@@ -169,6 +169,12 @@ async def prune(request: Request) -> Response:
         return _unavailable(exc)
     log.info("admin.pruned", removed=result.removed, skipped=result.skipped)
     return JSONResponse({"removed": result.removed, "skipped": result.skipped})
+
+
+def _audit(request: Request, ctx: Context, ended: list[Ended], asked: str) -> None:
+    # The API knows its caller only by the token (one for everyone) and the address.
+    source = caller_address(request, ctx.proxies)
+    sessions_ended(ended, via="api", by="admin token", source=source, asked=asked)
 
 
 def _limit(raw: str | None) -> int:

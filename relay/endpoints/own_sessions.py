@@ -26,6 +26,7 @@ from relay.forwarded import is_navigation
 from relay.pages import page, wants_json
 from relay.store.listing import SessionRow, hash_prefix, sessions_of
 from relay.store.records import ActiveSession
+from relay.store.revocation import Ended
 
 log = structlog.get_logger("relay.sessions")
 
@@ -94,11 +95,11 @@ async def _field(request: Request, name: str) -> str | None:
     return dict(parse_qsl(body.decode("utf-8", "replace"))).get(name)
 
 
-def _ended(request: Request, ctx: Context, current: ActiveSession, ended: list[str]) -> Response:
+def _ended(request: Request, ctx: Context, current: ActiveSession, ended: list[Ended]) -> Response:
     log.info(
         "sessions.ended_by_owner",
         subject=current.subject,
-        ended=[short_hash(id_hash) for id_hash in ended],
+        ended=[short_hash(e.id_hash) for e in ended],
     )
     if wants_json(request):
         return JSONResponse({"ended": len(ended)})

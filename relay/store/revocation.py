@@ -4,6 +4,8 @@ process's cache drops it after the commit."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from sqlalchemy import ColumnElement, Delete, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -16,6 +18,13 @@ from relay.store.listing import AmbiguousPrefix, hash_prefix
 from relay.store.logout_tokens import remember as remember_logout_token
 from relay.store.models import sessions
 from relay.store.records import ACTIVE
+
+
+class Ended(NamedTuple):
+    """A session an ending removed, and whose it was (for the audit line)."""
+
+    id_hash: str
+    subject: str | None
 
 
 class Revocation:
@@ -47,7 +56,7 @@ class Revocation:
         # Unreadable: the session still ends, without an id_token_hint for the provider.
         return self._sealer.open_or_absent(row.id_token)
 
-    async def revoke_subject(self, subject: str) -> list[str]:
+    async def revoke_subject(self, subject: str) -> list[Ended]:
         """End every active session of this user (an operator's revocation); return their
         hashes. Every replica drops them from its cache (store/invalidation.py)."""
         statement = delete(sessions).where(
@@ -55,10 +64,10 @@ class Revocation:
         )
         async with self._db.write() as conn:
             ended = await self._end(conn, statement)
-        self._cache.invalidate(ended)
+        self._cache.invalidate(e.id_hash for e in ended)
         return ended
 
-    async def revoke_prefix(self, prefix: str, subject: str | None = None) -> list[str]:
+    async def revoke_prefix(self, prefix: str, subject: str | None = None) -> list[Ended]:
         """End the one active session whose hash starts with ``prefix`` (see
         store/listing.py ``hash_prefix``), and whose user is ``subject`` when given (a person
         ending one of their own); [] when none does. Raises AmbiguousPrefix, ending nothing,
@@ -80,10 +89,10 @@ class Revocation:
                 return []
             only = sessions.c.id_hash == found[0].id_hash
             ended = await self._end(conn, delete(sessions).where(only, sessions.c.status == ACTIVE))
-        self._cache.invalidate(ended)
+        self._cache.invalidate(e.id_hash for e in ended)
         return ended
 
-    async def end_others(self, subject: str, keep: str) -> list[str]:
+    async def end_others(self, subject: str, keep: str) -> list[Ended]:
         """End every active session of this user but ``keep`` (the one asking: "sign out
         everywhere else"); return their hashes."""
         statement = delete(sessions).where(
@@ -91,7 +100,7 @@ class Revocation:
         )
         async with self._db.write() as conn:
             ended = await self._end(conn, statement)
-        self._cache.invalidate(ended)
+        self._cache.invalidate(e.id_hash for e in ended)
         return ended
 
     async def end_by_logout_token(
@@ -109,13 +118,14 @@ class Revocation:
             if not await remember_logout_token(conn, jti_hash, keep_until):
                 return None
             ended = await self._end(conn, statement)
-        self._cache.invalidate(ended)
+        self._cache.invalidate(e.id_hash for e in ended)
         return len(ended)
 
-    async def _end(self, conn: AsyncConnection, statement: Delete) -> list[str]:
+    async def _end(self, conn: AsyncConnection, statement: Delete) -> list[Ended]:
         """Run a DELETE of sessions and tell every replica, in ``conn``'s transaction. The
         caller drops them from this cache after the commit, as revoke_subject does: a
         read between an early drop and the commit would cache them again."""
-        ended = [row.id_hash for row in await conn.execute(statement.returning(sessions.c.id_hash))]
-        await announce(conn, ended)
+        returning = statement.returning(sessions.c.id_hash, sessions.c.subject)
+        ended = [Ended(row.id_hash, row.subject) for row in await conn.execute(returning)]
+        await announce(conn, [e.id_hash for e in ended])
         return ended
