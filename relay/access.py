@@ -161,6 +161,18 @@ class Access:
             refused = Refusal(refused.reason, refused.message, f"host {parsed}")
         return refused
 
+    def operator(
+        self, claims: Mapping[str, Any], groups: Collection[str], emails: Collection[str]
+    ) -> bool:
+        """Whether these claims name one of the operators the console admits ([admin]
+        allowed_groups or allowed_emails): in one of the groups, or with one of the
+        addresses, verified as the [access] rules require."""
+        if self._ambiguous(claims) is not None:
+            return False
+        if not set(groups).isdisjoint(self.groups(claims)):
+            return True
+        return bool(emails) and self._email(claims, emails, ()) is None
+
     def host_rules(self, host: Host) -> Rules | None:
         """The rules for a forwarded host: keyed with its port, else without."""
         for candidate in (str(host), host.name):

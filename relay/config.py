@@ -540,13 +540,26 @@ class HeadersConfig(_Section):
 
 
 class AdminConfig(_Section):
-    """The admin HTTP API under /admin (list, revoke, stats, prune): off without a token."""
+    """The admin HTTP API under /admin (list, revoke, stats, prune): off without a token. The
+    operator console (/console, web pages): off without allowed_groups or allowed_emails."""
 
     # The bearer token the API asks for; none: the API answers 404 to everyone.
     token: SecretStr | None = None
     # Client addresses that may use the API (through a trusted proxy: the forwarded client);
     # on [server].internal_port, whoever reaches that port (with the token).
     allowed: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    # Who the console admits, among people the relay signs in (who pass [access] too): a
+    # member of one of these groups (read from [access] groups_claim), or one of these
+    # verified email addresses.
+    allowed_groups: list[str] = Field(default_factory=list)
+    allowed_emails: list[str] = Field(default_factory=list)
+
+    _check_console_emails = field_validator("allowed_emails")(_emails)
+    _check_console_groups = field_validator("allowed_groups")(_groups)
+
+    @property
+    def console(self) -> bool:
+        return bool(self.allowed_groups or self.allowed_emails)
 
     @field_validator("token")
     @classmethod

@@ -5,6 +5,7 @@
     ├── Unauthorized        401   no valid session
     ├── Forbidden           403   a cross-origin logout and the like
     │   └── AccessDenied    403   signed in, but the [access] rules say no (relay/access.py)
+    ├── NotFound            404   a page that is switched off (the console without operators)
     ├── TooManyRequests     429   a browser or client address starting too many logins
     ├── DatabaseUnavailable 503   the database failed, refused or took too long (store/database.py)
     ├── Misconfigured       503   the relay's own configuration is wrong: only its operator can
@@ -69,6 +70,11 @@ class AccessDenied(Forbidden):
             reason, detail, public_message=f"You are signed in, but not allowed here. {message}"
         )
         self.sign_out_url = sign_out_url
+
+
+class NotFound(RelayError):
+    status = 404
+    public_message = "Not found."
 
 
 class TooManyRequests(RelayError):

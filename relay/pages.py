@@ -9,14 +9,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from relay.devices import describe
 from relay.errors import AccessDenied, BadRequest, RelayError
+from relay.store.listing import SessionRow
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;"
@@ -85,9 +90,10 @@ async def error_response(request: Request, exc: Exception) -> Response:
     again = ""
     if isinstance(exc, BadRequest):  # the user can fix it by starting over; not so for others
         again = f'<p><a href="{html.escape(exc.start_again)}">Start again</a></p>'
-    title = "Sign-in problem" if exc.status < 500 else "Service problem"
+    title = {403: "Not allowed", 404: "Not found"}.get(exc.status, "Sign-in problem")
+    if exc.status >= 500:
+        title = "Service problem"
     if isinstance(exc, AccessDenied):
-        title = "Not allowed"
         url = html.escape(exc.sign_out_url)
         own = html.escape(exc.sign_out_url.removesuffix("/logout") + "/sessions")
         again = (
@@ -103,3 +109,74 @@ async def error_response(request: Request, exc: Exception) -> Response:
     if headers:
         response.headers.update(headers)
     return response
+
+
+@dataclass(frozen=True)
+class Button:
+    """A form of one button: what a row of sessions offers (sign out, end, ask first)."""
+
+    action: str
+    label: str
+    fields: tuple[tuple[str, str], ...] = ()
+    method: str = "post"
+
+
+def render_button(button: Button, described: str = "") -> str:
+    fields = "".join(
+        f'<input type=hidden name="{html.escape(name)}" value="{html.escape(value)}">'
+        for name, value in button.fields
+    )
+    label = html.escape(button.label)
+    aria = f' aria-label="{label}: {described}"' if described else ""
+    return (
+        f'<form method={button.method} action="{html.escape(button.action)}">{fields}'
+        f"<button type=submit{aria}>{label}</button></form>"
+    )
+
+
+def session_items(
+    rows: Iterable[SessionRow],
+    now: int,
+    button: Callable[[SessionRow], Button],
+    *,
+    current: str | None = None,
+    heading: str = "h2",
+) -> str:
+    """Sessions as list items (for a <ul class=sessions>): the device, where from, when
+    signed in, last active, the provider, and the row's button; ``current`` marked as this
+    device. Every value a browser or a provider chose is escaped here."""
+    items = []
+    for row in rows:
+        this = row.id_hash == current
+        device = html.escape(describe(row.sign_in.user_agent))
+        title = f"{device} <span class=tag>This device</span>" if this else device
+        where = row.sign_in.client_address or "Not recorded"
+        provider = urlsplit(row.sign_in.provider or "").netloc or "Not recorded"
+        items.append(
+            f"<li{' aria-current=true' if this else ''}><{heading}>{title}</{heading}><dl>"
+            f"<dt>Where</dt><dd>{html.escape(where)}</dd>"
+            f"<dt>Signed in</dt><dd>{_when(row.created_at, now)}</dd>"
+            f"<dt>Last active</dt><dd>{_when(row.last_accessed_at, now)}</dd>"
+            f"<dt>Provider</dt><dd>{html.escape(provider)}</dd></dl>"
+            f"{render_button(button(row), f'{device}, signed in {_ago(row.created_at, now)}')}"
+            "</li>"
+        )
+    return "".join(items)
+
+
+def _when(at: int, now: int) -> str:
+    stamp = time.gmtime(at)
+    return (
+        f'<time datetime="{time.strftime("%Y-%m-%dT%H:%M:%SZ", stamp)}">'
+        f"{_ago(at, now)}</time> <span class=muted>"
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', stamp)})</span>"
+    )
+
+
+def _ago(at: int, now: int) -> str:
+    seconds = max(0, now - at)
+    for unit, length in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= length:
+            count = seconds // length
+            return f"{count} {unit}{'s' if count > 1 else ''} ago"
+    return "just now"

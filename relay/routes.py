@@ -5,7 +5,16 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from relay.endpoints import INTERNAL, admin, backchannel, login, own_sessions, probes, session
+from relay.endpoints import (
+    INTERNAL,
+    admin,
+    backchannel,
+    console,
+    login,
+    own_sessions,
+    probes,
+    session,
+)
 from relay.pages import json_error
 
 
@@ -25,6 +34,9 @@ def routes(prefix: str) -> list[BaseRoute]:
         Route("/sessions", own_sessions.sessions_page, methods=["GET"]),
         Route("/sessions/end", own_sessions.end_one, methods=["POST"]),
         Route("/sessions/end-others", own_sessions.end_others, methods=["POST"]),
+        Route("/console", console.console, methods=["GET"]),
+        Route("/console/end", console.confirm, methods=["GET"]),
+        Route("/console/end", console.end, methods=["POST"]),
         Route("/backchannel-logout", backchannel.backchannel_logout, methods=["POST"]),
         # oauth2-proxy's names (docs/migrating-from-oauth2-proxy.md)
         Route("/start", login.login, methods=["GET"]),

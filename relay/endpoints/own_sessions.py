@@ -11,8 +11,7 @@ passes the same origin check as logout. An ending reaches every replica as any o
 from __future__ import annotations
 
 import html
-import time
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode
 
 import structlog
 from starlette.requests import Request
@@ -23,7 +22,7 @@ from relay.endpoints import Context, context, same_origin
 from relay.endpoints.session import logout_targets
 from relay.errors import BadRequest, Forbidden, Unauthorized
 from relay.forwarded import is_navigation
-from relay.pages import page, wants_json
+from relay.pages import Button, page, render_button, session_items, wants_json
 from relay.store.listing import SessionRow, hash_prefix, sessions_of
 from relay.store.records import ActiveSession
 from relay.store.revocation import Ended
@@ -107,61 +106,23 @@ def _ended(request: Request, ctx: Context, current: ActiveSession, ended: list[E
 
 
 def _render(ctx: Context, current: ActiveSession, rows: list[SessionRow]) -> str:
-    prefix = html.escape(ctx.config.server.public_url)
+    prefix = ctx.config.server.public_url
     name = current.claims.get("email") or current.subject
-    now = ctx.now()
-    items = []
-    for row in rows:
-        this = row.id_hash == current.id_hash
-        device = html.escape(row.public()["device"])
-        signed_in, ago = _when(row.created_at, now), _ago(row.created_at, now)
-        if this:
-            title = f"{device} <span class=tag>This device</span>"
-            action, hidden, label = f"{prefix}/logout", "", "Sign out"
-        else:
-            title = device
-            action = f"{prefix}/sessions/end"
-            hidden = f"<input type=hidden name=session value={html.escape(row.short_id)}>"
-            label = "Sign out this device"
-        where = row.sign_in.client_address or "Not recorded"
-        provider = urlsplit(row.sign_in.provider or "").netloc or "Not recorded"
-        items.append(
-            f"<li{' aria-current=true' if this else ''}><h2>{title}</h2><dl>"
-            f"<dt>Where</dt><dd>{html.escape(where)}</dd>"
-            f"<dt>Signed in</dt><dd>{signed_in}</dd>"
-            f"<dt>Last active</dt><dd>{_when(row.last_accessed_at, now)}</dd>"
-            f"<dt>Provider</dt><dd>{html.escape(provider)}</dd></dl>"
-            f'<form method=post action="{action}">{hidden}'
-            f'<button type=submit aria-label="{label}: {device}, signed in {ago}">'
-            f"{label}</button></form></li>"
+
+    def button(row: SessionRow) -> Button:
+        if row.id_hash == current.id_hash:
+            return Button(f"{prefix}/logout", "Sign out")
+        return Button(
+            f"{prefix}/sessions/end", "Sign out this device", (("session", row.short_id),)
         )
+
+    items = session_items(rows, ctx.now(), button, current=current.id_hash)
     others = ""
     if len(rows) > 1:
-        others = (
-            f'<form method=post action="{prefix}/sessions/end-others">'
-            "<button type=submit>Sign out everywhere else</button></form>"
-        )
+        others = render_button(Button(f"{prefix}/sessions/end-others", "Sign out everywhere else"))
     return (
         f"<p>Signed in as <strong>{html.escape(str(name))}</strong>. These are the devices "
         "signed in to the apps behind this relay with your account.</p>"
-        f'<ul class=sessions aria-label="Your sessions">{"".join(items)}</ul>{others}'
-        f'<p class=muted><a href="{prefix}/">Back</a></p>'
+        f'<ul class=sessions aria-label="Your sessions">{items}</ul>{others}'
+        f'<p class=muted><a href="{html.escape(prefix)}/">Back</a></p>'
     )
-
-
-def _when(at: int, now: int) -> str:
-    stamp = time.gmtime(at)
-    return (
-        f'<time datetime="{time.strftime("%Y-%m-%dT%H:%M:%SZ", stamp)}">'
-        f"{_ago(at, now)}</time> <span class=muted>"
-        f"({time.strftime('%Y-%m-%d %H:%M UTC', stamp)})</span>"
-    )
-
-
-def _ago(at: int, now: int) -> str:
-    seconds = max(0, now - at)
-    for unit, length in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= length:
-            count = seconds // length
-            return f"{count} {unit}{'s' if count > 1 else ''} ago"
-    return "just now"

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 
 from relay.crypto import short_hash
 from relay.devices import describe
@@ -87,6 +87,34 @@ async def sessions_of(db: Database, subject: str, now: int) -> list[SessionRow]:
     )
     async with db.autocommit() as conn:
         return [_row(row, now) for row in (await conn.execute(statement)).all()]
+
+
+async def find_sessions(db: Database, query: str, now: int, limit: int = 200) -> list[SessionRow]:
+    """Live sessions whose subject is ``query`` or whose email starts with it (any case):
+    the operator console's search. The email is found in the stored claims (JSON written
+    by Sessions.create), so sessions from before any schema change are found too; a table
+    scan, for a page an operator loads now and then."""
+    email = json.dumps(query.lower())[:-1]  # '"bob@ex': as the claims JSON spells it, open
+    pattern = '%"email":' + _like_escaped(email) + "%"
+    statement = (
+        _ROWS.where(
+            sessions.c.status == ACTIVE,
+            sessions.c.expires_at > now,
+            or_(
+                sessions.c.subject == query,
+                func.lower(sessions.c.claims).like(pattern, escape="\\"),
+            ),
+        )
+        .order_by(sessions.c.subject, sessions.c.last_accessed_at.desc())
+        .limit(limit)
+    )
+    async with db.autocommit() as conn:
+        return [_row(row, now) for row in (await conn.execute(statement)).all()]
+
+
+def _like_escaped(text: str) -> str:
+    """``text`` matching only itself in a LIKE pattern (escape character: backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 _ROWS = select(

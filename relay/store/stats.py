@@ -30,3 +30,19 @@ async def count_sessions(db: Database, now: int) -> SessionCounts:
         key = row.status if row.live else "expired"
         counts[key] = counts.get(key, 0) + row.rows
     return SessionCounts(counts["active"], counts["pending"], counts["expired"])
+
+
+async def signed_in_since(db: Database, since: int, now: int) -> int:
+    """Live sessions created at or after ``since``: the sign-ins of that span that have not
+    ended (an ended session leaves no row to count)."""
+    statement = (
+        select(func.count())
+        .select_from(sessions)
+        .where(
+            sessions.c.status == "active",
+            sessions.c.created_at >= since,
+            sessions.c.expires_at > now,
+        )
+    )
+    async with db.autocommit() as conn:
+        return int((await conn.execute(statement)).scalar_one())
