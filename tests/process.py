@@ -113,6 +113,7 @@ class RelayProcess:
 class Demo:
     ports: dict[str, int]
     banner: str
+    rest: str = ""  # what it printed after the banner, once it has stopped
 
     @property
     def app_url(self) -> str:
@@ -134,10 +135,13 @@ def running_demo(tmp_path: Path) -> Iterator[Demo]:
             seen.append(line)
             if sum("Uvicorn running on" in s for s in seen) == 3:
                 break
-        yield Demo(ports, "".join(seen))
+        demo = Demo(ports, "".join(seen))
+        yield demo
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        rest = ""
         if proc.stdout is not None:
-            proc.stdout.read()
+            rest = proc.stdout.read()
             proc.stdout.close()
+    demo.rest = rest

@@ -57,6 +57,9 @@ def test_demo_signs_a_user_in_and_out(tmp_path: Path) -> None:
             assert str(signed_out.url) == relay + "/?state=signed-out"
             assert "You are signed out" in signed_out.text and "Sign in again" in signed_out.text
             assert browser.get(relay + "/auth").status_code == 401
+    # No proxy in the demo: the browser's own address is the client's, not an unknown one.
+    assert "login.succeeded" in demo.rest
+    assert "login.client_unknown" not in demo.rest
 
 
 def test_demo_wrong_password_is_refused() -> None:

@@ -45,7 +45,14 @@ def run_demo(relay_port: int, provider_port: int, app_port: int, database_url: s
     )
     config = config_from_mapping(
         {
-            "server": {"host": HOST, "port": relay_port, "public_url": relay_url},
+            # No proxy in front: the browser talks to the relay itself, from loopback, which
+            # the default trusted_proxies would take for a proxy that names no client.
+            "server": {
+                "host": HOST,
+                "port": relay_port,
+                "public_url": relay_url,
+                "trusted_proxies": [],
+            },
             "provider": {
                 "issuer": issuer,
                 "client_id": CLIENT_ID,
