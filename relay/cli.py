@@ -1,14 +1,18 @@
 """The ``relay`` command: load config → configure logging → dispatch.
 
 relay serve --config PATH          serve until SIGTERM/SIGINT
-relay migrate --config PATH        bring the schema to head
-relay prune --config PATH          one prune pass; prints how many rows it removed
 relay check-config --config PATH   validate; print the resolved config, secrets masked
                  [--connect]       ...and reach the database and the provider
-relay sessions list --config PATH [--sub SUB] [--json]   who is signed in
-relay sessions revoke --config PATH (--sub SUB | --id HASHPREFIX)   end sessions now; running
-                 relays (every replica, and SQLite) notice within 1 s
-relay sessions stats --config PATH [--json]   sessions by state
+relay migrate DB                   bring the schema to head
+relay prune DB                     one prune pass; prints how many rows it removed
+relay sessions list DB [--sub SUB] [--json]   who is signed in
+relay sessions revoke DB (--sub SUB | --id HASHPREFIX)   end sessions now; running relays
+                 (every replica, and SQLite) notice within 1 s
+relay sessions stats DB [--json]   sessions by state
+
+DB is --config PATH (of which only [database], [logging] and session.prune_batch_size are
+read: the provider, secrets and access rules need not be there yet) and/or --database-url
+URL (over the file's url).
 
 Trouble outside the relay (a config mistake, an unreachable database, a busy port) ends a
 command with one line saying what and which key, never a traceback.
@@ -26,15 +30,25 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from relay.config import Config, ConfigError, load_config, masked
+from relay.config import (
+    Config,
+    ConfigError,
+    DatabaseConfig,
+    DatabaseOnly,
+    load_config,
+    load_database_config,
+    masked,
+)
 from relay.errors import DatabaseUnavailable, ProviderError
 from relay.logs import configure_logging
 from relay.store.database import Database, translated
 from relay.store.listing import MIN_PREFIX
-from relay.store.revocation import Ended
-from relay.store.sessions import Sessions
+from relay.store.revocation import Ended, Revocation
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("check-config", "validate the config and print it, secrets masked"),
     ):
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--config", required=True, metavar="PATH", help="the TOML config file")
+        if name in DATABASE_ONLY:
+            _database_arguments(sub)
+        else:
+            sub.add_argument("--config", required=True, metavar="PATH", help="the TOML config")
         if name == "check-config":
             sub.add_argument(
                 "--connect", action="store_true", help="also reach the database and provider"
@@ -65,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(args.relay_port, args.provider_port, args.app_port, args.database)
 
+    if args.command in DATABASE_ONLY:
+        return _database_command(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -74,32 +93,65 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "check-config":
         return _check_config(config, connect=args.connect)
-    # One-shot commands keep stdout for their answer; the server logs to stdout.
-    stream = sys.stdout if args.command == "serve" else sys.stderr
-    configure_logging(config.logging.level, config.logging.format, stream=stream)
+    configure_logging(config.logging.level, config.logging.format, stream=sys.stdout)
     try:
-        if args.command == "serve":
-            return _serve(config)
-        if args.command == "migrate":
-            return asyncio.run(_migrate(config))
-        if args.command == "sessions":
-            return asyncio.run(_sessions(config, args))
-        return asyncio.run(_prune(config))
+        return _serve(config)
     except DatabaseUnavailable as exc:
-        print(f"relay: {_database_problem(config, exc)}", file=sys.stderr)
+        print(f"relay: {_database_problem(config.database, exc)}", file=sys.stderr)
         return 1
 
 
-def _database_problem(config: Config, exc: DatabaseUnavailable) -> str:
+# The commands that need only the database: [database] (and [logging]) of a config file, the
+# rest of it unfinished or missing, or no file at all with --database-url.
+DATABASE_ONLY = ("migrate", "prune", "sessions")
+
+
+def _database_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="PATH", help="the TOML config file (only [database] is read)"
+    )
+    parser.add_argument(
+        "--database-url", metavar="URL", help="the database, instead of (or over) the config's"
+    )
+
+
+def _database_command(args: argparse.Namespace) -> int:
+    if args.config is None and args.database_url is None:
+        print(
+            f"relay {args.command}: give --config PATH or --database-url URL "
+            "(for `relay demo`'s database: --database-url sqlite+aiosqlite:///relay.db)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        settings = load_database_config(args.config, args.database_url)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"relay: config error: {line}", file=sys.stderr)
+        return 2
+    # One-shot commands keep stdout for their answer.
+    configure_logging(settings.logging.level, settings.logging.format, stream=sys.stderr)
+    try:
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings.database))
+        if args.command == "sessions":
+            return asyncio.run(_sessions(settings.database, args))
+        return asyncio.run(_prune(settings))
+    except DatabaseUnavailable as exc:
+        print(f"relay: {_database_problem(settings.database, exc)}", file=sys.stderr)
+        return 1
+
+
+def _database_problem(database: DatabaseConfig, exc: DatabaseUnavailable) -> str:
     detail = exc.detail or exc.reason
     if "unsupported startup parameter" in detail:
         # PgBouncer (and other transaction poolers) refuse the timeouts sent at connect.
         return (
-            f"cannot use the database at {config.database.display_url} (database.url): a "
+            f"cannot use the database at {database.display_url} (database.url): a "
             "connection pooler refuses startup parameters: set [database] pooled = true, "
             "and listen_url to a direct connection"
         )
-    return f"cannot use the database at {config.database.display_url} (database.url): {detail}"
+    return f"cannot use the database at {database.display_url} (database.url): {detail}"
 
 
 def _check_config(config: Config, *, connect: bool) -> int:
@@ -140,7 +192,7 @@ async def _reach(config: Config) -> list[str]:
             else:
                 await ensure_schema(engine)
     except DatabaseUnavailable as exc:
-        problems.append(_database_problem(config, exc))
+        problems.append(_database_problem(config.database, exc))
     except SchemaBehind as exc:
         problems.append(str(exc))
     finally:
@@ -184,12 +236,16 @@ async def _check_schema(config: Config) -> None:
         await engine.dispose()
 
 
-async def _migrate(config: Config) -> int:
-    from relay.store.database import make_engine, migrate
+def _engine(database: DatabaseConfig) -> AsyncEngine:
+    from relay.store.database import make_engine
 
-    engine = make_engine(
-        config.database.url, timeout=config.database.timeout, pooled=config.database.pooled
-    )
+    return make_engine(database.url, timeout=database.timeout, pooled=database.pooled)
+
+
+async def _migrate(database: DatabaseConfig) -> int:
+    from relay.store.database import migrate
+
+    engine = _engine(database)
     try:
         with translated():
             before, after = await migrate(engine)
@@ -199,18 +255,12 @@ async def _migrate(config: Config) -> int:
     return 0
 
 
-async def _prune(config: Config) -> int:
+async def _prune(settings: DatabaseOnly) -> int:
     from relay.pruner import prune_once
-    from relay.store.database import Database, make_engine
 
-    db = Database(
-        make_engine(
-            config.database.url, timeout=config.database.timeout, pooled=config.database.pooled
-        ),
-        config.database.timeout,
-    )
+    db = Database(_engine(settings.database), settings.database.timeout)
     try:
-        result = await prune_once(db, int(time.time()), config.session.prune_batch_size)
+        result = await prune_once(db, int(time.time()), settings.prune_batch_size)
     finally:
         await db.dispose()
     if result.skipped:
@@ -242,32 +292,26 @@ def _add_sessions_parser(commands: Any) -> None:  # argparse's _SubParsersAction
     stats = actions.add_parser("stats", help="how many sessions are active, pending, expired")
     stats.add_argument("--json", action="store_true", help="one JSON object")
     for action in (listing, revoke, stats):
-        action.add_argument("--config", required=True, metavar="PATH", help="the TOML config file")
+        _database_arguments(action)
 
 
-async def _sessions(config: Config, args: argparse.Namespace) -> int:
+async def _sessions(database: DatabaseConfig, args: argparse.Namespace) -> int:
+    import secrets
+
     from relay.crypto import Sealer
     from relay.store.cache import SessionCache
-    from relay.store.database import make_engine
-    from relay.store.records import Lifetimes
+    from relay.store.revocation import Revocation
 
-    db = Database(
-        make_engine(
-            config.database.url, timeout=config.database.timeout, pooled=config.database.pooled
-        ),
-        config.database.timeout,
-    )
-    session = config.session
+    db = Database(_engine(database), database.timeout)
     try:
         if args.action == "list":
             return await _list_sessions(db, args.sub, as_json=args.json)
         if args.action == "stats":
             return await _session_stats(db, as_json=args.json)
-        sealer = Sealer(session.secret.get_secret_value())
-        lifetimes = Lifetimes(
-            session.absolute_lifetime, session.idle_timeout, session.touch_interval
-        )
-        return await _revoke(Sessions(db, sealer, lifetimes, SessionCache(0)), args.sub, args.id)
+        # Ending sessions opens no sealed token, so it needs no session.secret: a key of its
+        # own, never used. No cache of its own either: the running relays' drop the sessions.
+        revocation = Revocation(db, Sealer(secrets.token_urlsafe(32)), SessionCache(0))
+        return await _revoke(revocation, args.sub, args.id)
     finally:
         await db.dispose()
 
@@ -332,7 +376,7 @@ async def _session_stats(db: Database, *, as_json: bool) -> int:
     return 0
 
 
-async def _revoke(sessions: Sessions, subject: str | None, id_prefix: str | None) -> int:
+async def _revoke(revocation: Revocation, subject: str | None, id_prefix: str | None) -> int:
     import getpass
     import socket
 
@@ -351,7 +395,7 @@ async def _revoke(sessions: Sessions, subject: str | None, id_prefix: str | None
         if problem is not None:  # bytes that are not UTF-8 reach argv as lone surrogates
             print(f"relay: --sub {printable(subject)} {problem}", file=sys.stderr)
             return 2
-        ended = await sessions.revocation.revoke_subject(subject)
+        ended = await revocation.revoke_subject(subject)
         audit(ended, subject)
         plural = "" if len(ended) == 1 else "s"
         print(f"ended {len(ended)} session{plural} of {printable(subject)}")
@@ -374,7 +418,7 @@ async def _revoke(sessions: Sessions, subject: str | None, id_prefix: str | None
         )
         return 2
     try:
-        ended = await sessions.revocation.revoke_prefix(prefix)
+        ended = await revocation.revoke_prefix(prefix)
     except AmbiguousPrefix as exc:
         print(
             f"relay: {exc.matches} active sessions' ids start with {prefix}: nothing ended; "

@@ -17,6 +17,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
@@ -679,6 +680,54 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"config: {path} is not valid TOML: {exc}"]) from None
     return config_from_mapping(data, os.environ if env is None else env)
+
+
+@dataclass(frozen=True)
+class DatabaseOnly:
+    """What the commands that only touch the database (migrate, prune, sessions) need."""
+
+    database: DatabaseConfig
+    logging: LoggingConfig
+    prune_batch_size: int
+
+
+class _PruneBatch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    prune_batch_size: int = Field(default=500, ge=1, le=100_000)
+
+
+def load_database_config(
+    path: str | Path | None, database_url: str | None, env: Mapping[str, str] | None = None
+) -> DatabaseOnly:
+    """[database] and [logging] (and session.prune_batch_size) from a config file, or none,
+    with ``database_url`` over its url: the rest of the file (provider, secrets, access
+    rules) may be missing or unfinished. Raise ConfigError naming every problem in those."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError([f"config: file not found: {path}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"config: {path} is not valid TOML: {exc}"]) from None
+    merged = _apply_environment(data, os.environ if env is None else env)
+    if database_url is not None:
+        merged.setdefault("database", {})["url"] = database_url
+    problems: list[str] = []
+    parsed: dict[str, Any] = {}
+    for name, model in (("database", DatabaseConfig), ("logging", LoggingConfig)):
+        try:
+            parsed[name] = model.model_validate(merged.get(name) or {})
+        except ValidationError as exc:
+            problems.extend(_format_errors(exc, section=name))
+    try:
+        batch = _PruneBatch.model_validate(merged.get("session") or {}).prune_batch_size
+    except ValidationError as exc:
+        problems.extend(_format_errors(exc, section="session"))
+    if problems:
+        raise ConfigError(problems)
+    return DatabaseOnly(parsed["database"], parsed["logging"], batch)
 
 
 def config_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Config:

@@ -297,3 +297,43 @@ def test_revoke_echoes_the_subject_escaped_and_refuses_undecodable_bytes(
         assert b"Traceback" not in result.stderr
         assert result.stderr.decode().startswith("relay: --sub bob\\udcff is not valid Unicode")
     assert remaining(db) == ["bob"]
+
+
+def run_relay(*args: str) -> tuple[int, str, str]:
+    result = subprocess.run([RELAY, *args], capture_output=True, text=True, timeout=60, check=False)
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_database_commands_need_only_the_database_section(
+    tmp_path: Path, database_url: str, db: Engine
+) -> None:
+    """migrate, prune and sessions run with a config holding [database] alone (a first
+    deployment's, before the provider and secrets are filled in), or with --database-url and
+    no file at all; other sections' mistakes are not theirs to report."""
+    add_session(db, "alice")
+    config = tmp_path / "db-only.toml"
+    config.write_text(f'[database]\nurl = "{database_url}"\n[provider]\nclient_id = ""\n')
+    for args in (["--config", str(config)], ["--database-url", database_url]):
+        code, out, err = run_relay("sessions", "list", "--json", *args)
+        assert code == 0, err
+        assert [json.loads(line)["subject"] for line in out.splitlines()] == ["alice"]
+        assert run_relay("migrate", *args)[0] == 0
+        code, out, err = run_relay("prune", *args)
+        assert (code, out) == (0, "removed 0 expired rows\n"), err
+    code, out, err = run_relay(
+        "sessions", "revoke", "--sub", "alice", "--database-url", database_url
+    )
+    assert (code, out) == (0, "ended 1 session of alice\n"), err
+
+
+def test_database_commands_say_what_they_need(tmp_path: Path) -> None:
+    """Neither --config nor --database-url: one line saying to give one, exit 2; a bad
+    [database] url is named by its key."""
+    code, out, err = run_relay("sessions", "list")
+    assert (code, out) == (2, "")
+    assert err.strip().startswith("relay sessions: give --config PATH or --database-url URL")
+    config = tmp_path / "bad.toml"
+    config.write_text('[database]\nurl = "mysql://nope"\n')
+    code, _, err = run_relay("prune", "--config", str(config))
+    assert code == 2
+    assert err.startswith("relay: config error: database.url:")

@@ -77,6 +77,7 @@ def run_demo(relay_port: int, provider_port: int, app_port: int, database_url: s
         f"  sign in as  {account.username} / {account.password}\n"
         f"  relay       {relay_url}   (SQLite: {database_url})\n"
         f"  provider    {issuer}   ({BANNER})\n"
+        f"  sessions    relay sessions list --database-url {database_url}\n"
         f"  stop with   Ctrl+C\n",
         flush=True,
     )
