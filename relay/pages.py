@@ -74,6 +74,22 @@ def page(
     return HTMLResponse(document, status_code=status, headers={"content-security-policy": csp})
 
 
+def redirect_page(url: str, status: int = 302) -> HTMLResponse:
+    """A redirect that still works when a proxy turns it into another status: oauth2-proxy's
+    older nginx form (``error_page 401 =403 /oauth2/sign_in``) hands the browser the relay's
+    answer as a 403, whose Location no browser follows. The body sends it on (a refresh, and
+    a link for a browser that refuses refreshes)."""
+    target = html.escape(url)
+    response = page(
+        "Continue to sign in",
+        f'<meta http-equiv=refresh content="0;url={target}">'
+        f'<p><a href="{target}">Continue to sign in</a></p>',
+        status=status,
+    )
+    response.headers["location"] = url
+    return response
+
+
 async def error_response(request: Request, exc: Exception) -> Response:
     """The one exception handler: a fixed public message and the request id; details go to
     the log (the reason is bound to the request's access line)."""

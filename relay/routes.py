@@ -31,6 +31,12 @@ def routes(prefix: str) -> list[BaseRoute]:
         Route("/userinfo", session.userinfo, methods=["GET"]),
         Route("/logout", session.logout_page, methods=["GET"]),
         Route("/logout", session.logout, methods=["POST"]),
+        # Any method, as /login: nginx's error_page hands it the refused request.
+        Route(
+            "/forbidden",
+            session.forbidden,
+            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+        ),
         Route("/sessions", own_sessions.sessions_page, methods=["GET"]),
         Route("/sessions/end", own_sessions.end_one, methods=["POST"]),
         Route("/sessions/end-others", own_sessions.end_others, methods=["POST"]),

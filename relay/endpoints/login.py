@@ -10,6 +10,7 @@ from relay.endpoints import Context, context
 from relay.errors import BadRequest, TooManyRequests, Unauthorized
 from relay.flows import Browser
 from relay.forwarded import client_address, from_trusted_proxy, is_navigation, original_url
+from relay.pages import redirect_page
 from relay.ratelimit import client_bucket
 
 log = structlog.get_logger("relay.login")
@@ -47,7 +48,7 @@ async def login(request: Request) -> Response:
             raise TooManyRequests("login.rate_limited")
     rd = request.query_params.get("rd") or _forwarded_return_url(request, ctx)
     started = await ctx.flows.start_login(rd, client)
-    response = RedirectResponse(started.provider_url, status_code=302)
+    response = redirect_page(started.provider_url)
     ctx.cookies.set_login(response, started.login_id, ctx.config.session.pending_lifetime)
     return response
 

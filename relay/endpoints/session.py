@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.websockets import WebSocket
 
 from relay.endpoints import ABSENT, Context, context, same_origin
-from relay.errors import Forbidden, RelayError, Unauthorized
+from relay.errors import AccessDenied, Forbidden, RelayError, Unauthorized
 from relay.flows import SIGNED_OUT
 from relay.forwarded import forwarded_host, is_navigation, original_url
 from relay.pages import error_response, page
@@ -186,4 +186,22 @@ async def home(request: Request) -> Response:
         f"<p>You are signed in as <strong>{html.escape(str(name))}</strong>.</p>"
         f'<p><a href="{prefix}/sessions">Your sessions</a> · '
         f'<a href="{prefix}/logout">Sign out</a></p>',
+    )
+
+
+async def forbidden(request: Request) -> Response:
+    """The page a proxy shows when /auth said 403 (deploy/nginx.conf: error_page 403), so
+    the person sees the relay's "Not allowed", with Sign out and their sessions, instead of
+    the proxy's bare page. Any method: nginx hands it the original request. The reason is in
+    the log line of the check that refused."""
+    ctx = context(request)
+    sign_out = ctx.config.server.public_url + "/logout"
+    try:
+        await ctx.gate.session(ctx.cookies.session_id(request))
+    except Unauthorized:
+        raise Forbidden(
+            "access.forbidden_page", public_message="This page is not open to you."
+        ) from None
+    raise AccessDenied(
+        "access.forbidden_page", "This page is not open to your account.", "", sign_out
     )
