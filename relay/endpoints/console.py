@@ -65,7 +65,8 @@ async def confirm(request: Request) -> Response:
     rows = await find_sessions(ctx.db, subject or "", ctx.now()) if subject else []
     prefix = html.escape(ctx.config.server.public_url)
     if subject is not None:
-        what = f"all {len(rows)} sessions of <strong>{html.escape(subject)}</strong>"
+        many = f"all {len(rows)} sessions" if len(rows) != 1 else "the session"
+        what = f"{many} of <strong>{html.escape(subject)}</strong>"
         field = f'<input type=hidden name=sub value="{html.escape(subject)}">'
     else:
         what = f"session <code>{html.escape(session or '')}</code>"
@@ -213,9 +214,8 @@ def _person(ctx: Context, rows: list[SessionRow], query: str) -> str:
     def button(row: SessionRow) -> Button:
         return Button(ask, "End this session", (("session", row.short_id), ("q", query)), "get")
 
-    everything = Button(
-        ask, f"End all {len(rows)} sessions of {subject}", (("sub", subject), ("q", query)), "get"
-    )
+    many = f"all {len(rows)} sessions" if len(rows) > 1 else "the session"
+    everything = Button(ask, f"End {many} of {subject}", (("sub", subject), ("q", query)), "get")
     name, email = html.escape(subject), html.escape(rows[0].email or "")
     return (
         f"<h2>{name} <span class=muted>{email}</span></h2>"

@@ -79,6 +79,11 @@ class Stack:
         return self.app_url + "/oauth2"
 
     @property
+    def signed_out_url(self) -> str:
+        """Where a sign-out ends: the provider hands the relay's state back to its page."""
+        return self.public_url + "/?state=signed-out"
+
+    @property
     def issuer(self) -> str:
         return f"http://localhost:{self.ports['provider']}"
 
@@ -96,7 +101,6 @@ trusted_proxies = ["127.0.0.1/32"]
 issuer = "{self.issuer}"
 client_id = "oidc-relay"
 client_secret = "{self.client_secret}"
-post_logout_redirect_url = "{self.public_url}/"
 
 [database]
 url = "{self.database_url}"
@@ -107,6 +111,9 @@ cookie_secure = true
 
 [access]
 {self.access}
+
+[admin]
+allowed_groups = ["admins"]
 
 [redirects]
 allowed_hosts = [

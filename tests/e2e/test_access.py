@@ -20,7 +20,8 @@ from tests.e2e.stack import caddy_root_certificate
 
 pytestmark = pytest.mark.e2e
 
-NGINX_FORBIDDEN = "You do not have access to this page"  # deploy/nginx.conf @relay_forbidden
+# deploy/nginx.conf @relay_forbidden: the relay's own "Not allowed" page (/oauth2/forbidden)
+NGINX_FORBIDDEN = "This page is not open to your account."
 NOT_IN_GROUP = "You are not in a group allowed here."  # the relay's reason, on its 403 page
 ADMINS_ONLY = 'email_domains = ["*"]\nallowed_groups = ["admins"]'
 
@@ -55,7 +56,7 @@ def person(browser: Any, stack: Stack, account: str) -> Iterator[Any]:
         page.click("button[type=submit]")
         page.wait_for_url(stack.issuer + "/session/end**")
         page.click("button[value=yes]")
-        page.wait_for_url(stack.public_url + "/")
+        page.wait_for_url(stack.signed_out_url)
         assert stack.sessions_of(account) == 0
     finally:
         context.close()
@@ -139,7 +140,9 @@ def test_admin_is_for_admins_only(stack: Stack, bob: Any, alice: Any, proxy: str
     status, text = shows(bob, base + "/admin/")
     assert status == 403
     if proxy == "nginx":
+        assert bob.title() == "Not allowed"
         assert NGINX_FORBIDDEN in text
+        assert bob.locator("a", has_text="Sign out").count() == 1  # a way out
     else:
         assert bob.title() == "Not allowed"
         assert NOT_IN_GROUP in text
@@ -338,8 +341,8 @@ def test_login_refused_by_the_rules_shows_why_and_keeps_no_session(
         page.click("button[type=submit]")
         page.wait_for_url(stack.issuer + "/session/end**")
         page.click("button[value=yes]")
-        page.wait_for_url(stack.public_url + "/")
-        assert "Not signed in" in page.content()
+        page.wait_for_url(stack.signed_out_url)
+        assert "You are signed out" in page.content()
 
         page.goto(stack.app_url + "/")
         page.wait_for_url(stack.issuer + "/interaction/**")

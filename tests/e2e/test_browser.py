@@ -76,8 +76,8 @@ def test_a_person_signs_in_survives_a_restart_and_signs_out(
     page.click("button[type=submit]")
     page.wait_for_url(stack.issuer + "/session/end**")
     page.click("button[value=yes]")
-    page.wait_for_url(stack.public_url + "/")
-    assert "Not signed in" in page.content()
+    page.wait_for_url(stack.signed_out_url)
+    assert "You are signed out" in page.content()
     assert stack.sessions_of(ACCOUNT) == before
 
     # Signed out at the provider too: the app asks for a login again.

@@ -67,7 +67,7 @@ def person(browser: Any, stack: Stack, account: str) -> Iterator[Any]:
         page.click("button[type=submit]")
         page.wait_for_url(stack.issuer + "/session/end**")
         page.click("button[value=yes]")
-        page.wait_for_url(stack.public_url + "/")
+        page.wait_for_url(stack.signed_out_url)
         assert stack.sessions_of(account) == before
     finally:
         context.close()

@@ -1,6 +1,7 @@
-"""oauth2-proxy's own nginx auth_request example (tests/e2e/oauth2_proxy_nginx.conf), changed
-only in addresses, run in front of the relay and the real npm oidc-provider: a person in
-Chromium gets through, the identity headers reach the app, and /oauth2/sign_out works.
+"""oauth2-proxy's own nginx auth_request examples (tests/e2e/oauth2_proxy_nginx.conf, and the
+older form with `error_page 401 =403`, oauth2_proxy_nginx_7_9.conf), changed only in
+addresses, run in front of the relay and the real npm oidc-provider: a person in Chromium gets
+through, the identity headers reach the app, and /oauth2/sign_out works.
 
 The example sends the browser to /oauth2/sign_in?rd=$scheme://$host$request_uri; $host has no
 port, so nginx listens on port 443 as the example does, on an address of its own in 127/8."""
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,12 @@ from tests.process import RelayProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLE = Path(__file__).with_name("oauth2_proxy_nginx.conf")
+# Both forms oauth2-proxy has documented: the current one, whose named location answers 302,
+# and the older one (up to 7.9.x) with `error_page 401 =403 /oauth2/sign_in;`.
+EXAMPLES = {
+    "current": Path(__file__).with_name("oauth2_proxy_nginx.conf"),
+    "7.9": Path(__file__).with_name("oauth2_proxy_nginx_7_9.conf"),
+}
 
 
 async def _echo(request: Request) -> JSONResponse:
@@ -57,6 +64,7 @@ class Site:
     url: str  # https://<address>, where nginx listens with the example's config
     issuer: str
     db: Engine
+    form: str = "current"  # which of EXAMPLES
 
     @property
     def public_url(self) -> str:
@@ -68,9 +76,11 @@ class Site:
             return int(conn.execute(query).scalar_one())
 
 
-def example_site(address: str, relay_port: int, app_port: int, cert: Path, key: Path) -> str:
+def example_site(
+    form: str, address: str, relay_port: int, app_port: int, *, cert: Path, key: Path
+) -> str:
     """The documented config with our addresses: nothing else is touched."""
-    site = EXAMPLE.read_text()
+    site = EXAMPLES[form].read_text()
     site = replace_exactly(site, "listen 443 ssl;", f"listen {address}:443 ssl;", 1)
     site = replace_exactly(site, "server_name ...;", f"server_name {address};", 1)
     tls = f"ssl_certificate {cert};\n  ssl_certificate_key {key};"
@@ -161,8 +171,10 @@ email_domains = ["*"]
     return path
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+@pytest.fixture(scope="module", params=list(EXAMPLES))
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
     workdir = tmp_path_factory.mktemp("oauth2-proxy-nginx")
     address = f"127.{random.randint(100, 254)}.{random.randint(0, 254)}.{random.randint(1, 254)}"
     provider_port, relay_port, app_port = free_port(), free_port(), free_port()
@@ -170,9 +182,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     services: list[Service] = []
     relay: RelayProcess | None = None
     with postgres_database() as database_url:
-        run_migrations(database_url)
+        # On a thread of its own: the second form's site is made while the module's Chromium
+        # (Playwright keeps an event loop running) is open, and asyncio.run refuses to nest.
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(run_migrations, database_url).result()
         s = Site(
-            f"https://{address}", f"http://localhost:{provider_port}", create_engine(database_url)
+            f"https://{address}",
+            f"http://localhost:{provider_port}",
+            create_engine(database_url),
+            request.param,
         )
         cert, key = self_signed_certificate(workdir)
         try:
@@ -196,7 +214,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             services.append(app.start(app_port, cwd=ROOT))
             relay = RelayProcess(relay_config(workdir, relay_port, s, database_url, secret))
             relay.start()
-            conf = example_site(address, relay_port, app_port, cert, key)
+            conf = example_site(request.param, address, relay_port, app_port, cert=cert, key=key)
             services.append(nginx(workdir, address, conf).start(443))
             yield s
         finally:
@@ -291,5 +309,11 @@ def test_sign_out_with_rd_goes_there(site: Site, page_context: Any) -> None:
     assert site.sessions() == 0
     # The app sits behind auth_request: without a session nginx sends the browser to sign in.
     signed_out = page_context.request.get(site.url + "/reports", max_redirects=0)
-    assert signed_out.status == 302
-    assert signed_out.headers["location"].endswith("/oauth2/sign_in?rd=" + site.url + "/reports")
+    if site.form == "current":
+        assert signed_out.status == 302
+        location = signed_out.headers["location"]
+        assert location.endswith("/oauth2/sign_in?rd=" + site.url + "/reports")
+    else:  # the relay's sign-in answer, its status turned into 403 by nginx, with a way on
+        assert signed_out.status == 403
+        assert signed_out.headers["location"].startswith(site.issuer + "/")
+        assert "Continue to sign in" in signed_out.text()
