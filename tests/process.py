@@ -28,9 +28,12 @@ def free_port() -> int:
 class RelayProcess:
     """`relay serve --config PATH` in the background; every stdout line is kept."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.config = config
         self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd  # where a relative path in the config (SQLite's default) lands
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self.proc: subprocess.Popen[str] | None = None
@@ -42,6 +45,7 @@ class RelayProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=self.env,
+            cwd=self.cwd,
         )
         threading.Thread(target=self._pump, daemon=True).start()
         self.wait_for(ready_marker, timeout)
