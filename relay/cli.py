@@ -1,6 +1,7 @@
 """The ``relay`` command: load config → configure logging → dispatch.
 
 relay serve --config PATH          serve until SIGTERM/SIGINT
+relay demo [--provider-only PUBLIC_URL]   everything on 127.0.0.1 (or only its provider)
 relay check-config --config PATH   validate; print the resolved config, secrets masked
                  [--connect]       ...and reach the database and the provider
 relay migrate DB                   bring the schema to head
@@ -75,11 +76,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--provider-port", type=int, default=9000)
     demo.add_argument("--app-port", type=int, default=8080)
     demo.add_argument("--database", default="sqlite+aiosqlite:///relay.db", metavar="URL")
+    demo.add_argument(
+        "--provider-only",
+        metavar="PUBLIC_URL",
+        help="run only the development provider, for your own relay at PUBLIC_URL "
+        "(its [server] public_url): try a proxy recipe on this machine",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "demo":
-        from relay.demo.run import run_demo
+        from relay.demo.run import run_demo, run_provider
 
+        if args.provider_only is not None:
+            return run_provider(args.provider_port, args.provider_only)
         return run_demo(args.relay_port, args.provider_port, args.app_port, args.database)
 
     if args.command in DATABASE_ONLY:

@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from relay.demo.provider import DevProvider
-from tests.process import running_demo
+from tests.process import RELAY, RelayProcess, free_port, running_demo
 
 
 def hidden_fields(page: str) -> dict[str, str]:
@@ -108,3 +108,52 @@ def test_a_warm_install_installs_nothing() -> None:
     assert (
         result.stdout.strip().splitlines()[-1] == "install: .venv is up to date (oidc-relay[dev])"
     )
+
+
+def test_the_development_provider_alone_signs_people_in_to_ones_own_relay(
+    tmp_path: Path,
+) -> None:
+    """`relay demo --provider-only PUBLIC_URL` prints a [provider] block; a relay of one's
+    own, configured with it as printed, signs alice in through it."""
+    provider_port, relay_port = free_port(), free_port()
+    relay_url = f"http://127.0.0.1:{relay_port}"
+    argv = [RELAY, "demo", "--provider-only", relay_url, "--provider-port", str(provider_port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        printed = ""
+        while "Uvicorn running on" not in printed:
+            line = proc.stdout.readline()
+            assert line, printed
+            printed += line
+        block = printed[printed.index("[provider]") : printed.index("registered:")]
+        config = tmp_path / "relay.toml"
+        config.write_text(
+            f'[server]\nport = {relay_port}\npublic_url = "{relay_url}"\n'
+            + "\n".join(line.strip() for line in block.splitlines())
+            + '\n[session]\nsecret = "'
+            + "s" * 40
+            + '"\ncookie_secure = false\n'
+            + '[access]\nemail_domains = ["*"]\n'
+        )
+        relay = RelayProcess(config, cwd=tmp_path)
+        relay.start()
+        try:
+            with httpx2.Client(follow_redirects=True, timeout=10) as browser:
+                form = browser.get(relay_url + "/login")
+                assert form.url.port == provider_port
+                fields = hidden_fields(form.text) | {
+                    "username": "alice",
+                    "password": "alice-demo-password",
+                }
+                landed = browser.post(f"http://127.0.0.1:{provider_port}/authorize", data=fields)
+                assert str(landed.url) == relay_url + "/"
+                assert "You are signed in as" in landed.text
+                assert browser.get(relay_url + "/auth").status_code == 200
+        finally:
+            relay.stop()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        if proc.stdout is not None:
+            proc.stdout.close()

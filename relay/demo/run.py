@@ -97,6 +97,53 @@ def run_demo(relay_port: int, provider_port: int, app_port: int, database_url: s
     return 0
 
 
+def run_provider(provider_port: int, public_url: str) -> int:
+    """Only the development provider, with a client for a relay of one's own at
+    ``public_url`` (to try a proxy recipe on this machine): prints the keys to paste."""
+    if not port_free(provider_port):
+        print(
+            f"relay demo: port {provider_port} on {HOST} is in use; "
+            "pick another with --provider-port"
+        )
+        return 1
+    public_url = public_url.rstrip("/")
+    issuer = f"http://{HOST}:{provider_port}"
+    client_secret = secrets.token_urlsafe(32)
+    provider = DevProvider(
+        issuer,
+        CLIENT_ID,
+        client_secret,
+        redirect_uris=[public_url + "/callback"],
+        post_logout_redirect_uris=[public_url + "/"],
+    )
+    configure_logging("info", "console")
+    account = next(iter(ACCOUNTS.values()))
+    print(
+        f"\n  oidc-relay development provider, for the relay at {public_url}\n"
+        f"  sign in as  {account.username} / {account.password}\n"
+        f"  stop with   Ctrl+C\n\n"
+        f"  in your relay's config:\n\n"
+        f"  [provider]\n"
+        f'  issuer = "{issuer}"\n'
+        f'  client_id = "{CLIENT_ID}"\n'
+        f'  client_secret = "{client_secret}"\n\n'
+        f"  registered: redirect URI {public_url}/callback, post-logout {public_url}/\n",
+        flush=True,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            provider.app,
+            host=HOST,
+            port=provider_port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+        )
+    )
+    asyncio.run(_serve_all({"provider": server}))
+    return 0
+
+
 async def _serve_all(servers: dict[str, uvicorn.Server]) -> None:
     async def serve(name: str, server: uvicorn.Server) -> None:
         SERVER.set(name)  # each line this server's task logs says which server wrote it
