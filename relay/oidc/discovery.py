@@ -131,6 +131,18 @@ class Discovery:
         self._failures += 1
         backoff = min(2.0 ** (self._failures - 1), self.MAX_BACKOFF)
         self._next_attempt = self._clock() + backoff
+        if self._metadata is None and self._failures == 1:
+            # The first attempt, at startup: a relay that cannot reach its provider (or
+            # reaches one that calls itself otherwise) must not look healthy.
+            log.error(
+                "provider.unusable",
+                reason=exc.reason,
+                detail=exc.detail or None,
+                url=self.url,
+                hint="nobody can sign in until this is fixed (check provider.issuer, and "
+                "that this machine reaches it); people signed in already keep passing, and "
+                "the relay keeps trying",
+            )
         log.warning(
             "provider.unavailable",
             reason=exc.reason,
