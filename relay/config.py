@@ -102,32 +102,48 @@ def _https_unless_loopback(url: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Each key's docstring is its line in docs/configuration.md (scripts/config-reference).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
+    """where uvicorn listens"""
     port: int = Field(default=4180, ge=1, le=65535)
+    """where uvicorn listens"""
     public_url: str
+    """the relay's URL as browsers see it; https except on localhost"""
     # Peers whose X-Forwarded-* headers are believed (addresses or CIDR ranges).
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    """peers whose `X-Forwarded-*` are believed"""
     # Client addresses that may read /metrics (through a trusted proxy: the forwarded client).
     metrics_allowed: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    """client addresses that may read `/metrics` (404 for others)"""
     # A second port (on the same host) serving only /healthz, /readyz and /metrics, to anyone
     # who reaches it; /metrics then leaves the public port.
     internal_port: int | None = Field(default=None, ge=1, le=65535)
+    """a second port serving only `/healthz`, `/readyz`, `/metrics` (same paths); `/metrics`
+    then leaves the public port"""
     # Let several `relay serve` processes share the port (SO_REUSEPORT): one per core.
     reuse_port: bool = False
+    """`SO_REUSEPORT`: several `relay serve` processes on one host share the port, one per core"""
     # After SIGTERM: /readyz says 503 and requests are still served for shutdown_delay (so a
     # load balancer can take the replica out), then requests in flight get shutdown_timeout.
     shutdown_delay: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0)] = 0
+    """after SIGTERM, keep serving this long with `/readyz` at 503 so the load balancer takes
+    the replica out (set ≥ its probe period, e.g. `5s` on Kubernetes)"""
     shutdown_timeout: Duration = 10
+    """then, how long requests in flight may take to finish"""
     # A request head (request line and headers) larger than this gets 431; one not complete
     # within header_timeout of the connection (or of its first byte) gets 408. A proxy in
     # front sends heads whole and far smaller; these bound a client that reaches the relay
     # directly (relay/protocol.py).
     max_header_bytes: int = Field(default=64 * 1024, ge=8 * 1024, le=16 * 1024 * 1024)
+    """a request head (request line and headers) larger than this gets 431 and the connection
+    closed; 8 KiB to 16 MiB"""
     header_timeout: Duration = 10
+    """a request head not complete this long after the connection opened (or, kept alive, after
+    the request's first byte) gets 408 and the connection closed"""
 
     _check_public_url = field_validator("public_url")(_https_unless_loopback)
 
@@ -164,32 +180,50 @@ class ServerConfig(_Section):
 
 class ProviderConfig(_Section):
     issuer: str
+    """exact issuer; https except on localhost"""
     client_id: str = Field(min_length=1)
+    """the client id the provider issued to the relay"""
     scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
+    """must include `openid`"""
     token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "none"] = (
         "client_secret_basic"
     )
+    """or `client_secret_post`, `none`"""
     client_secret: SecretStr | None = Field(default=None, validate_default=True)
+    """the client secret the provider issued; required unless `token_endpoint_auth_method` is
+    `"none"`. Better in the environment: `RELAY_PROVIDER__CLIENT_SECRET`"""
     # Signing algorithms accepted for ID tokens; the provider's advertised list is intersected.
     allowed_algorithms: list[str] = Field(
         default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"]
     )
+    """ID-token algorithms, intersected with the provider's; never `none` or `HS*`"""
     # Audiences besides client_id that an ID token may also name (OIDC Core 3.1.3.7 (3)).
     trusted_audiences: list[str] = Field(default_factory=list)
+    """audiences an ID token may name besides `client_id`"""
     # RFC 9207: when the provider advertises authorization_response_iss_parameter_supported,
     # refuse authorization responses that lack the iss parameter.
     require_iss_parameter: bool = True
+    """refuse responses without `iss` when the provider advertises it (RFC 9207)"""
     # Fetch the provider's userinfo after login (when it has one) for claims the ID token
     # lacks; its sub must equal the ID token's (OIDC Core 5.3.2).
     fetch_userinfo: bool = True
+    """merge the provider's userinfo claims after login; its `sub` must match"""
     clock_skew: Duration = 60
+    """tolerance on `exp`, `iat`, `nbf`"""
     timeout: Duration = 10
+    """per request to the provider"""
     metadata_ttl: Duration = 3600
+    """discovery cache lifetime"""
     jwks_refresh_cooldown: Duration = 60
+    """at most one JWKS refetch per period on an unknown `kid`"""
     post_logout_redirect_url: str | None = None
+    """where the provider sends the browser after logout; unset: back to the relay's own
+    `<public_url>/` (register that URI), which says "You are signed out\""""
     # Back-channel logout tokens issued longer ago than this (plus clock_skew) are refused;
     # each accepted token's jti is remembered for as long, so a replay is refused too.
     logout_token_max_age: Duration = 300
+    """back-channel logout tokens with an older `iat` (beyond `clock_skew`) are refused; each
+    accepted `jti` is remembered this long, so a replay is refused"""
 
     @field_validator("issuer")
     @classmethod
@@ -231,19 +265,30 @@ class ProviderConfig(_Section):
 
 class DatabaseConfig(_Section):
     url: str = "sqlite+aiosqlite:///relay.db"
+    """or `postgresql+psycopg://user:pw@host/db`"""
     # The longest any request waits on the database: for a pooled connection, a new
     # connection, a statement or a lock. Past it the request gets a 503.
     timeout: Duration = 2
+    """the longest a request waits on the database (a pooled connection, a new connection, a
+    statement, a lock); then 503"""
     # Connections kept open per relay process. With the session cache, most /auth requests
     # need none; logins and cache misses share these.
     pool_size: int = Field(default=10, ge=1, le=1000)
+    """connections per relay process (PostgreSQL): up to `pool_size` for the uncached checks,
+    and `pool_size` + `max_overflow` for the rest ([operations](operations.md), *The connection budget*)"""
     max_overflow: int = Field(default=0, ge=0, le=1000)
+    """connections per relay process (PostgreSQL): up to `pool_size` for the uncached checks,
+    and `pool_size` + `max_overflow` for the rest ([operations](operations.md), *The connection budget*)"""
     # `url` goes through a transaction pooler (PgBouncer): no startup options and no
     # server-side prepared statements, which such a pooler refuses or loses.
     pooled: bool = False
+    """`url` goes through a transaction pooler (PgBouncer): no startup parameters, no
+    server-side prepared statements; see *Behind a connection pooler*"""
     # A direct connection to PostgreSQL for the invalidation listener: LISTEN cannot work
     # through a transaction pooler. Default: `url`.
     listen_url: str | None = None
+    """a direct connection to PostgreSQL for the invalidation listener (LISTEN cannot work
+    through a transaction pooler)"""
 
     @field_validator("url")
     @classmethod
@@ -271,24 +316,48 @@ class DatabaseConfig(_Section):
 
 class SessionConfig(_Section):
     secret: SecretStr
+    """derives the token-encryption keys"""
     # Older secrets, still accepted to decrypt tokens written before a rotation.
     previous_secrets: list[SecretStr] = Field(default_factory=list)
+    """old secrets, still able to decrypt after a rotation"""
     cookie_name: str = Field(default="relay_session", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    """`__Host-` prefixed when secure and no domain"""
     cookie_secure: bool = True
+    """false only for http://localhost development; drops the `__Host-` prefix, with what
+    `cookie_domain` gives up"""
     cookie_domain: str | None = None
+    """share the cookie with subdomains. Gives up the `__Host-` prefix: any host under the
+    domain (and any `http://` page on it) can then set cookies of the relay's names. The relay
+    refuses a request carrying two of one name (`/auth` 401; `/login` and `/callback` a 400 page
+    saying to clear the site's cookies) and mints a fresh login cookie on every `/login`, but a
+    sibling host that plants its own login or session cookie in a browser that has none can
+    still sign that browser in as the sibling's account: set it only when every host under the
+    domain is yours"""
     absolute_lifetime: Duration = 7 * 86400
+    """a session's hard limit"""
     idle_timeout: Duration = 86400
+    """ends a session unused this long"""
     touch_interval: Duration = 60
+    """last access is written at most this often"""
     pending_lifetime: Duration = 600
+    """time allowed between /login and /callback"""
     prune_interval: Duration = 300
+    """how often the pruner runs"""
     prune_batch_size: int = Field(default=500, ge=1, le=100_000)
+    """rows per DELETE"""
     # No longer used: every /login mints a fresh login cookie, so a browser has one login in
     # flight. Still accepted, so that a config written for an older relay starts.
     max_pending_per_browser: int = Field(default=10, ge=1, le=1000)
+    """no longer used (accepted so older configs start): each `/login` mints a fresh login
+    cookie, so a browser has one login in flight"""
     # The browser's address as a session records it at sign-in, for its owner's sessions page
     # and operators: "truncated" (its /24 or /48: a person tells home from office from
     # abroad, and the table keeps no one's exact address), "full", or "none".
     record_address: Literal["truncated", "full", "none"] = "truncated"
+    """the browser's address as a session records it at sign-in, for its owner's sessions page,
+    the console and `relay sessions list`: `"truncated"` (/24 or /48: a person tells home from
+    office from abroad, and the table keeps no one's exact address for a session's lifetime),
+    `"full"`, `"none"`"""
 
     @field_validator("secret", "previous_secrets")
     @classmethod
@@ -305,23 +374,35 @@ class CacheConfig(_Section):
     # cache off and every /auth reads the table. About 2.8 KB each with typical claims
     # (benchmarks/cache_bytes.py): the default holds 100,000 in about 270 MiB.
     max_entries: int = Field(default=100_000, ge=0, le=10_000_000)
+    """live sessions cached per process, least recently used leave first; `0` = no cache. About
+    2.8 KB each with typical claims: 100,000 take about 270 MiB ([how
+    big](operations.md#how-big-the-cache-is))"""
     # How long a cookie that named no session is remembered as naming none (at most
     # max_entries of them), so that the same bogus cookie again costs no SELECT. A new
     # session is never refused by it (see relay/store/cache.py). 0 turns it off.
     miss_ttl: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0, le=60)] = 5
+    """a cookie naming no session is remembered as such this long (at most `cache.max_entries`
+    of them), so repeating it costs no `SELECT`; never refuses a new session; `0` = off"""
     # PostgreSQL: while this replica cannot reach the database at all, the sessions its cache
     # held when it lost the database keep passing for at most this long from then (see
     # relay/store/outage.py); others get 503. A session ended elsewhere meanwhile passes
     # here for up to this long. 0, the default, keeps the 1-second bound: 503 at once.
     outage_grace: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0, le=3600)] = 0
+    """PostgreSQL: while a replica cannot connect to the database at all, the sessions it had
+    cached keep passing this long, counted from its last confirmed heartbeat (at most `1h`);
+    others get 503. A session revoked meanwhile by a replica that still reaches the database
+    passes here for up to this long (see [database
+    trouble](operations.md#sessions-on-the-hot-path-the-cache-replicas-and-database-trouble))"""
 
 
 class RedirectsConfig(_Section):
     # Hosts rd may point to, besides the relay's own: "app.example.com", "app.example.com:8443",
     # "*.example.com" (subdomains only).
     allowed_hosts: list[str] = Field(default_factory=list)
+    """hosts `rd` may point to: `host`, `host:port`, `*.domain`"""
     # Where to send a user whose rd is missing or not allowed; default: the relay's own page.
     default_url: str | None = None
+    """where users go when `rd` is missing or refused"""
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -338,18 +419,31 @@ class LimitsConfig(_Section):
     # a sliding window. An office behind one NAT address signs in together on a Monday
     # morning; a flood from one address is refused after this many.
     login_rate: str = "600/10 minutes"
+    """`/login` attempts per client address (an IPv6 /64: `ipv6_prefix`), a sliding window; more
+    get 429 (counted per process unless `storage_uri` is shared)"""
     # Where the rate counters live: "memory://" (each process counts alone: with N replicas
     # a client gets N times the rate) or shared storage, "redis://host:6379/0".
     storage_uri: str = "memory://"
+    """where the rate counters live: `memory://` (per process) or `redis://host:6379/0` (shared
+    by replicas; needs the `redis` extra)"""
     # Live pending logins per client address, counted in the database (so across replicas).
     max_pending_per_address: int = Field(default=500, ge=1)
+    """live pending logins per client address (an IPv6 /64), counted in the database (across
+    replicas); more get 429"""
     # Pending logins in the table; past it the address holding the most loses its oldest.
     max_pending: int = Field(default=10_000, ge=1)
+    """pending logins in the table; past it the address holding the most loses its oldest, and a
+    newcomer whose own address holds the most (or as many as any) gets 429: a flood never drops
+    a login in progress elsewhere"""
     # What "a client address" is for both limits above: the network of this many leading
     # bits. One IPv6 subscriber gets a /64 (or more) to pick addresses from, so a per-address
     # count on IPv6 would be one bucket per address they care to use.
     ipv4_prefix: int = Field(default=32, ge=8, le=32)
+    """what one IPv4 client address is for the three limits above: its network of this many
+    bits (8–32)"""
     ipv6_prefix: int = Field(default=64, ge=16, le=128)
+    """what one IPv6 client address is for the limits: its network of this many bits
+    (16–128); one IPv6 subscriber picks addresses at will from a /64 or more"""
 
     @field_validator("login_rate")
     @classmethod
@@ -416,8 +510,11 @@ class HostRules(_Section):
     query parameters."""
 
     allowed_groups: list[str] = Field(default_factory=list)
+    """this app admits only members of one of these groups"""
     allowed_emails: list[str] = Field(default_factory=list)
+    """...only these email addresses (verified)"""
     allowed_email_domains: list[str] = Field(default_factory=list)
+    """...only addresses in these domains"""
 
     _check_domains = field_validator("allowed_email_domains")(_email_domains)
     _check_emails = field_validator("allowed_emails")(_emails)
@@ -431,18 +528,30 @@ class AccessConfig(_Section):
     # Email domains whose users may pass ("example.com"; "*.example.com" for its
     # subdomains; "*" for anyone the provider signs in). Or'ed with allowed_emails.
     email_domains: list[str] = Field(default_factory=list)
+    """domains whose users may pass (`example.com`, `*.example.com` for subdomains, `*` for
+    anyone); with no rule at all the relay refuses to start"""
     allowed_emails: list[str] = Field(default_factory=list)
+    """single addresses that may pass, whatever their domain (or'ed with `email_domains`)"""
     # Groups (any one of them) a user must be in, read from groups_claim.
     allowed_groups: list[str] = Field(default_factory=list)
+    """if set, a user must also be in one of these groups"""
     # Where the groups are: a claim, or a dotted path to a nested one ("realm_access.roles").
     groups_claim: str = "groups"
+    """the claim (or dotted path, `realm_access.roles`) holding the groups; also feeds
+    `X-Auth-Request-Groups`"""
     # Claims that must have these values (a list claim must contain the value).
     required_claims: dict[str, str | bool | int] = Field(default_factory=dict)
+    """claims that must have these values (a list claim must contain it), e.g. `{ email_verified
+    = true }`"""
     # An email the provider does not say is verified (email_verified true) matches no email
     # rule: false, absent (Entra ID) or any other value.
     allow_unverified_email: bool = False
+    """let an address the provider does not mark `email_verified = true` (false, or no claim at
+    all, as with Entra ID) match email rules"""
     # Narrower rules per app, keyed by the forwarded host ("wiki.example.com").
     hosts: dict[str, HostRules] = Field(default_factory=dict)
+    """narrower rules per app by forwarded host: `{ "wiki.example.com" = { allowed_groups =
+    ["editors"] } }` (keys `allowed_groups`, `allowed_emails`, `allowed_email_domains`)"""
 
     _check_domains = field_validator("email_domains")(_email_domains)
     _check_emails = field_validator("allowed_emails")(_emails)
@@ -477,15 +586,21 @@ class HeadersConfig(_Section):
     named by claim or dotted path; the groups header comes from access.groups_claim."""
 
     user_claim: str = "preferred_username"  # X-Auth-Request-User (else the email, else sub)
+    """claim for `X-Auth-Request-User` (falls back to the email, then `sub`)"""
     email_claim: str = "email"  # X-Auth-Request-Email
+    """claim for `X-Auth-Request-Email`"""
     preferred_username_claim: str = "preferred_username"  # X-Auth-Request-Preferred-Username
+    """claim for `X-Auth-Request-Preferred-Username`"""
     # More headers from claims: { "X-Auth-Request-Department" = "department" }.
     extra: dict[str, str] = Field(default_factory=dict)
+    """more headers from claims: `{ "X-Auth-Request-Department" = "department" }`"""
     # The session's current access token as X-Auth-Request-Access-Token (oauth2-proxy's
     # pass_access_token) and/or Authorization: Bearer (set_authorization_header). Off:
     # whoever reads the app's requests can use the token as the user, at the provider.
     pass_access_token: bool = False
+    """send the session's current access token as `X-Auth-Request-Access-Token`"""
     set_authorization_header: bool = False
+    """send it as `Authorization: Bearer`"""
 
     @property
     def claims(self) -> list[str]:
@@ -546,14 +661,20 @@ class AdminConfig(_Section):
 
     # The bearer token the API asks for; none: the API answers 404 to everyone.
     token: SecretStr | None = None
+    """the bearer token of the admin API under `/admin`; ≥ 32 chars, no placeholder"""
     # Client addresses that may use the API (through a trusted proxy: the forwarded client);
     # on [server].internal_port, whoever reaches that port (with the token).
     allowed: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    """client addresses that may call the admin API (404 for others); on `server.internal_port`,
+    whoever reaches it"""
     # Who the console admits, among people the relay signs in (who pass [access] too): a
     # member of one of these groups (read from [access] groups_claim), or one of these
     # verified email addresses.
     allowed_groups: list[str] = Field(default_factory=list)
+    """the operator console (`/console`) admits signed-in people in one of these groups (read
+    from `access.groups_claim`); off (404) while this and `allowed_emails` are empty"""
     allowed_emails: list[str] = Field(default_factory=list)
+    """...or with one of these email addresses, verified as the access rules require"""
 
     _check_console_emails = field_validator("allowed_emails")(_emails)
     _check_console_groups = field_validator("allowed_groups")(_groups)
@@ -579,29 +700,41 @@ class AdminConfig(_Section):
 
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """`debug`, `info`, `warning`, `error`"""
     format: Literal["json", "console"] = "json"
+    """or `console` for development"""
     access_log: bool = True
+    """one `http.request` line per request"""
     # The share of successful /auth access lines written (1 = every one, 0 = none). The proxy
     # logs each request anyway; every answer is counted in relay_request_duration_seconds.
     # A line costs about as much as the check itself, hence a sample by default.
     auth_success_sample: float = Field(default=0.01, ge=0.0, le=1.0)
+    """share of *successful* `/auth` lines written (`1` = all, `0` = none); sampled lines carry
+    `sample_rate`; refusals and errors are always written, every answer is counted in metrics"""
 
 
 class RefreshConfig(_Section):
     """Refreshing a session's access token with its refresh token (RFC 6749 §6)."""
 
     enabled: bool = True
+    """refresh a session's access token with its refresh token when due (see
+    [Refresh](sessions.md#refresh))"""
     # Refresh this long before the access token expires (keep it below the provider's
     # access-token lifetime, or every check refreshes).
     margin: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0)] = 60
+    """refresh this long before the access token expires; keep it below the provider's token
+    lifetime"""
     # While the provider is down (unreachable, timing out, 5xx), a session keeps working on
     # what it has for this long past its access token's expiry, then gets 503 until the
     # provider is back. 10 minutes rides out a provider restart or a short incident without
     # logging anyone out, while identity claims go stale by at most this much.
     outage_grace: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0)] = 600
+    """with the provider down, a session still answers 200 this long past its token's expiry,
+    then 503 (never a logout)"""
     # After a failed refresh, no replica tries again for that session before this long:
     # a down provider is not asked again on every request.
     retry_interval: Duration = 15
+    """after a failed refresh, no replica asks the provider again for that session before this"""
 
 
 class Config(_Section):

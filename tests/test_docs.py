@@ -1,10 +1,13 @@
-"""The README cannot rot: its proxy snippets are the files the tests run, and its key table
-names every config key."""
+"""The docs cannot rot: the proxy page's snippets are the files the tests run, the
+configuration reference is written from the code, every link leads somewhere, the README stays
+a front page that reaches every page, and the guides' configs start as written."""
 
 from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx2
@@ -19,23 +22,74 @@ ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 
 
+DOCS = ROOT / "docs"
+PROXIES = (DOCS / "proxies.md").read_text()
+
+
 @pytest.mark.parametrize(
     "name", ["nginx.conf", "Caddyfile", "haproxy.cfg", "haproxy-auth.lua", "traefik.yml"]
 )
-def test_readme_snippets_are_the_deploy_files(name: str) -> None:
-    """Each snippet under <!-- deploy/NAME --> is that file, byte for byte."""
-    match = re.search(rf"<!-- deploy/{re.escape(name)} -->\n```\w+\n(.*?)```", README, re.DOTALL)
-    assert match, f"README has no snippet for deploy/{name}"
+def test_the_proxy_pages_snippets_are_the_deploy_files(name: str) -> None:
+    """Each snippet under <!-- deploy/NAME --> in docs/proxies.md is that file, byte for
+    byte."""
+    match = re.search(rf"<!-- deploy/{re.escape(name)} -->\n```\w+\n(.*?)```", PROXIES, re.DOTALL)
+    assert match, f"docs/proxies.md has no snippet for deploy/{name}"
     assert match.group(1) == (ROOT / "deploy" / name).read_text()
 
 
-def test_readme_documents_every_config_key() -> None:
-    """Every key appears in the README's configuration table."""
+def test_the_configuration_reference_is_written_from_the_code() -> None:
+    """docs/configuration.md is what scripts/config-reference writes from relay/config.py,
+    and names every key with a meaning."""
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "config-reference"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    reference = (DOCS / "configuration.md").read_text()
     for section_name, field in Config.model_fields.items():
         section = field.annotation
         assert isinstance(section, type) and issubclass(section, BaseModel)
-        for key in section.model_fields:
-            assert f"`{section_name}.{key}" in README, f"{section_name}.{key}"
+        for key, spec in section.model_fields.items():
+            assert f"| `{section_name}.{key}` |" in reference, f"{section_name}.{key}"
+            assert spec.description, f"{section_name}.{key} has no docstring"
+
+
+def test_the_readme_is_short_and_reaches_every_page() -> None:
+    """The README stays a front page (under 300 lines), and links every page in docs/."""
+    assert len(README.splitlines()) <= 300
+    linked = set(re.findall(r"\]\(docs/([\w-]+\.md)", README))
+    assert linked == {page.name for page in DOCS.glob("*.md")}
+
+
+def _anchors(text: str) -> set[str]:
+    found, code = set(), False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            code = not code
+        heading = re.match(r"^#{1,4} (.*)", line)
+        if heading and not code:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower().replace("`", ""))
+            found.add(slug.replace(" ", "-"))
+    return found
+
+
+@pytest.mark.parametrize(
+    "page", ["README.md", *sorted(f"docs/{p.name}" for p in DOCS.glob("*.md"))]
+)
+def test_every_link_in_the_docs_leads_somewhere(page: str) -> None:
+    """Relative links name files that exist, and anchors headings that exist there."""
+    source = ROOT / page
+    text = source.read_text()
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"^[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (source.parent / path).resolve() if path else source
+        assert resolved.exists(), f"{page}: {target}"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in _anchors(resolved.read_text()), f"{page}: {target}"
 
 
 def test_the_oauth2_proxy_guides_config_starts_as_written(tmp_path: Path) -> None:
