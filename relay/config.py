@@ -275,10 +275,12 @@ class DatabaseConfig(_Section):
     # need none; logins and cache misses share these.
     pool_size: int = Field(default=10, ge=1, le=1000)
     """connections per relay process (PostgreSQL): up to `pool_size` for the uncached checks,
-    and `pool_size` + `max_overflow` for the rest ([operations](operations.md), *The connection budget*)"""
+    and `pool_size` + `max_overflow` for the rest ([operations](operations.md), *The
+    connection budget*)"""
     max_overflow: int = Field(default=0, ge=0, le=1000)
     """connections per relay process (PostgreSQL): up to `pool_size` for the uncached checks,
-    and `pool_size` + `max_overflow` for the rest ([operations](operations.md), *The connection budget*)"""
+    and `pool_size` + `max_overflow` for the rest ([operations](operations.md), *The
+    connection budget*)"""
     # `url` goes through a transaction pooler (PgBouncer): no startup options and no
     # server-side prepared statements, which such a pooler refuses or loses.
     pooled: bool = False
@@ -440,10 +442,10 @@ class LimitsConfig(_Section):
     # count on IPv6 would be one bucket per address they care to use.
     ipv4_prefix: int = Field(default=32, ge=8, le=32)
     """what one IPv4 client address is for the three limits above: its network of this many
-    bits (8–32)"""
+    bits (8 to 32)"""
     ipv6_prefix: int = Field(default=64, ge=16, le=128)
     """what one IPv6 client address is for the limits: its network of this many bits
-    (16–128); one IPv6 subscriber picks addresses at will from a /64 or more"""
+    (16 to 128); one IPv6 subscriber picks addresses at will from a /64 or more"""
 
     @field_validator("login_rate")
     @classmethod
