@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 from typing import Any
 
 import structlog
@@ -183,3 +184,20 @@ def test_an_issuer_mismatch_shows_both_issuers(
     assert line["reason"] == "discovery.issuer_mismatch"
     assert "'https://impostor.test'" in line["detail"] and "'https://idp.test'" in line["detail"]
     assert line["url"] == "https://idp.test/.well-known/openid-configuration"
+
+
+def test_a_provider_that_calls_itself_otherwise_is_an_error_at_startup(
+    log_stream: io.StringIO, make_relay: Any, provider: TestProvider
+) -> None:
+    """The first failed discovery at startup is said once, plainly (provider.unusable, with
+    a hint naming provider.issuer); an issuer mismatch, which no retry fixes, at error
+    level."""
+    provider.behaviour.discovery_overrides["issuer"] = "https://impostor.test"
+    with make_relay():
+        deadline = time.monotonic() + 5
+        while not any(e["event"] == "provider.unusable" for e in log_lines(log_stream)):
+            assert time.monotonic() < deadline, "no provider.unusable line"
+            time.sleep(0.01)
+    [line] = [e for e in log_lines(log_stream) if e["event"] == "provider.unusable"]
+    assert (line["level"], line["reason"]) == ("error", "discovery.issuer_mismatch")
+    assert "'https://impostor.test'" in line["detail"] and "provider.issuer" in line["hint"]

@@ -131,18 +131,6 @@ class Discovery:
         self._failures += 1
         backoff = min(2.0 ** (self._failures - 1), self.MAX_BACKOFF)
         self._next_attempt = self._clock() + backoff
-        if self._metadata is None and self._failures == 1:
-            # The first attempt, at startup: a relay that cannot reach its provider (or
-            # reaches one that calls itself otherwise) must not look healthy.
-            log.error(
-                "provider.unusable",
-                reason=exc.reason,
-                detail=exc.detail or None,
-                url=self.url,
-                hint="nobody can sign in until this is fixed (check provider.issuer, and "
-                "that this machine reaches it); people signed in already keep passing, and "
-                "the relay keeps trying",
-            )
         log.warning(
             "provider.unavailable",
             reason=exc.reason,
@@ -155,11 +143,31 @@ class Discovery:
         return self._clock() - self._fetched_at >= self._ttl
 
     async def warm_up(self) -> None:
-        """Fetch until the first success, waiting out the backoff between attempts."""
+        """Fetch until the first success, waiting out the backoff between attempts. The
+        first failure (at startup) is also said once, plainly: a relay that cannot use its
+        provider must not look healthy for its first lines."""
         while self._metadata is None:
             try:
                 await self.get()
-            except ProviderError:
+            except ProviderError as exc:
                 stop_if_cancelling()
+                if self._failures == 1:
+                    _unusable(exc, self.url)
                 await asyncio.sleep(max(self.seconds_until_retry(), 0.5))
         log.info("provider.ready", issuer=self._issuer)
+
+
+def _unusable(exc: ProviderError, url: str) -> None:
+    cause = exc.__cause__ if isinstance(exc.__cause__, ProviderError) else exc
+    # A provider that calls itself by another issuer is a config mistake that no retry
+    # fixes: an error. One that does not answer may be starting too: a warning.
+    mismatch = cause.reason == "discovery.issuer_mismatch"
+    (log.error if mismatch else log.warning)(
+        "provider.unusable",
+        reason=cause.reason,
+        detail=cause.detail or None,
+        url=url,
+        hint="nobody can sign in until this is fixed (check provider.issuer, and that this "
+        "machine reaches it); people signed in already keep passing, and the relay keeps "
+        "trying",
+    )
