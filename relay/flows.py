@@ -20,6 +20,7 @@ import structlog
 from relay.access import Access
 from relay.config import Config
 from relay.crypto import SealError, hash_id, looks_like_id, new_id, short_hash
+from relay.devices import Browser, recorded
 from relay.errors import (
     AccessDenied,
     BadRequest,
@@ -37,10 +38,9 @@ from relay.oidc.tokens import (
     validate_id_token,
     validate_logout_token,
 )
-from relay.ratelimit import client_bucket
 from relay.redirects import return_url
 from relay.store.pending import PendingLogin, PendingLogins
-from relay.store.records import SignIn, Tokens
+from relay.store.records import Tokens
 from relay.store.sessions import Sessions
 
 log = structlog.get_logger("relay.flows")
@@ -60,14 +60,6 @@ _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 class LoginStarted:
     provider_url: str
     login_id: str  # the browser's new login cookie
-
-
-@dataclass(frozen=True)
-class Browser:
-    """The browser finishing a login, as the callback saw it."""
-
-    user_agent: str | None = None
-    address: str | None = None  # through trusted proxies (forwarded.client_address)
 
 
 @dataclass(frozen=True)
@@ -164,10 +156,10 @@ class Flows:
         return LoginStarted(provider_url=url, login_id=login_id)
 
     async def finish_login(
-        self, params: Mapping[str, str], login_id: str | None, browser: Browser = Browser()
+        self, params: Mapping[str, str], login_id: str | None, browser: Browser | None = None
     ) -> LoginFinished:
         try:
-            done = await self._finish_login(params, login_id, browser)
+            done = await self._finish_login(params, login_id, browser or Browser())
         except RelayError as exc:
             forbidden = isinstance(exc, AccessDenied)
             self._metrics.logins.labels(result="forbidden" if forbidden else "failed").inc()
@@ -235,7 +227,7 @@ class Flows:
             Tokens(tokens.id_token, tokens.access_token, tokens.refresh_token, tokens.expires_in),
             self.now(),
             sid=sid if isinstance(sid, str) and len(sid) <= 255 else None,
-            sign_in=self._sign_in(claims, metadata.issuer, browser),
+            sign_in=recorded(browser, claims, metadata.issuer, self.config.session.record_address),
         )
         log.info("login.succeeded", session=short_hash(session.id_hash), subject=session.subject)
         return LoginFinished(
@@ -244,28 +236,6 @@ class Flows:
             # The cookie lives as long as the session can; idleness is judged by the server,
             # so an active user is not logged out when a first idle window would have ended.
             max_age=self.config.session.absolute_lifetime,
-        )
-
-    def _sign_in(self, claims: Mapping[str, Any], issuer: str, browser: Browser) -> SignIn:
-        """What the session records of its sign-in: the browser, its address as
-        [session] record_address allows, and what the provider said of the authentication
-        (OIDC Core 2: acr a string, amr an array of strings, auth_time a number), where it
-        said it in the expected form."""
-        address, keep = browser.address, self.config.session.record_address
-        if address is not None and keep != "full":
-            address = None if keep == "none" else client_bucket(address, 24, 48)
-        acr, amr, auth_time = claims.get("acr"), claims.get("amr"), claims.get("auth_time")
-        return SignIn(
-            user_agent=browser.user_agent,
-            client_address=address,
-            provider=issuer,
-            acr=acr if isinstance(acr, str) else None,
-            amr=tuple(m for m in amr if isinstance(m, str)) if isinstance(amr, list) else (),
-            auth_time=(
-                int(auth_time)
-                if isinstance(auth_time, int | float) and not isinstance(auth_time, bool)
-                else None
-            ),
         )
 
     async def _replaced(self, state: str) -> BadRequest | None:

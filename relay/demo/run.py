@@ -35,14 +35,7 @@ def run_demo(relay_port: int, provider_port: int, app_port: int, database_url: s
     relay_url = f"http://{HOST}:{relay_port}"
     issuer = f"http://{HOST}:{provider_port}"
     app_url = f"http://{HOST}:{app_port}/"
-    client_secret = secrets.token_urlsafe(32)
-    provider = DevProvider(
-        issuer,
-        CLIENT_ID,
-        client_secret,
-        redirect_uris=[relay_url + "/callback"],
-        post_logout_redirect_uris=[relay_url + "/"],  # the relay's "You are signed out"
-    )
+    provider, client_secret = _provider(issuer, relay_url)
     config = config_from_mapping(
         {
             # No proxy in front: the browser talks to the relay itself, from loopback, which
@@ -108,14 +101,7 @@ def run_provider(provider_port: int, public_url: str) -> int:
         return 1
     public_url = public_url.rstrip("/")
     issuer = f"http://{HOST}:{provider_port}"
-    client_secret = secrets.token_urlsafe(32)
-    provider = DevProvider(
-        issuer,
-        CLIENT_ID,
-        client_secret,
-        redirect_uris=[public_url + "/callback"],
-        post_logout_redirect_uris=[public_url + "/"],
-    )
+    provider, client_secret = _provider(issuer, public_url)
     configure_logging("info", "console")
     account = next(iter(ACCOUNTS.values()))
     print(
@@ -142,6 +128,20 @@ def run_provider(provider_port: int, public_url: str) -> int:
     )
     asyncio.run(_serve_all({"provider": server}))
     return 0
+
+
+def _provider(issuer: str, relay_url: str) -> tuple[DevProvider, str]:
+    """The development provider, with a new secret for the one client: the relay at
+    ``relay_url``, which comes back to its own "You are signed out" page after a logout."""
+    client_secret = secrets.token_urlsafe(32)
+    provider = DevProvider(
+        issuer,
+        CLIENT_ID,
+        client_secret,
+        redirect_uris=[relay_url + "/callback"],
+        post_logout_redirect_uris=[relay_url + "/"],
+    )
+    return provider, client_secret
 
 
 async def _serve_all(servers: dict[str, uvicorn.Server]) -> None:

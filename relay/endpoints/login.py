@@ -6,9 +6,9 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from relay.devices import Browser
 from relay.endpoints import Context, context
 from relay.errors import BadRequest, TooManyRequests, Unauthorized
-from relay.flows import Browser
 from relay.forwarded import client_address, from_trusted_proxy, is_navigation, original_url
 from relay.pages import redirect_page
 from relay.ratelimit import client_bucket
