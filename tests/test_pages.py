@@ -7,8 +7,12 @@ from __future__ import annotations
 import html
 import re
 
+import pytest
 from starlette.testclient import TestClient
 
+from relay import pages
+from relay.store.listing import SessionRow
+from relay.store.records import SignIn
 from tests.conftest import ISSUER, PUBLIC_URL, sign_in
 from tests.provider import TestProvider
 
@@ -45,3 +49,14 @@ def test_the_forbidden_page_offers_sign_out_and_the_persons_sessions(
     assert (asked.status_code, asked.json()["error"]) == (403, "access.forbidden_page")
     relay.cookies.clear()
     assert relay.get("/forbidden", headers=NAVIGATE).status_code == 403
+
+
+def test_a_device_name_is_escaped_whatever_the_parser_makes_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The device text comes from the browser's User-Agent through ua-parser, whose rules
+    change with its releases: the row escapes whatever it returns."""
+    monkeypatch.setattr(pages, "describe", lambda agent: "<img src=x onerror=alert(1)>")
+    row = SessionRow("ab" * 32, "alice", None, "active", 0, 0, 10, SignIn(user_agent="x"))
+    html_text = pages.session_items([row], 5, lambda _: pages.Button("/end", "End"))
+    assert "<img" not in html_text and "&lt;img src=x onerror=alert(1)&gt;" in html_text
