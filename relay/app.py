@@ -34,7 +34,7 @@ from relay.pages import error_response
 from relay.pruner import run_pruner
 from relay.ratelimit import LoginLimiter
 from relay.refresh import Refresher
-from relay.routes import InternalPort, routes
+from relay.routes import InternalPort, RelayApp, routes
 from relay.sampler import run_sampler
 from relay.store.cache import SessionCache
 from relay.store.database import Database, ensure_schema, make_engine
@@ -177,7 +177,8 @@ def create_app(
             await db.dispose()
             log.info("relay.stopped")
 
-    return Starlette(
+    return RelayApp(
+        config.server.path_prefix,
         routes=routes(config.server.path_prefix),
         middleware=middleware(config, metrics, lifecycle),
         # Anything else is caught by RequestContext, inside the request's log context.

@@ -13,7 +13,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import structlog
 from starlette.requests import Request
@@ -39,6 +39,18 @@ SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
 }
 _SECURITY = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+# Scope key: the response's headers already hold the security headers (the forward-auth
+# shortcut adds them once per memoised answer, not per request): only the request id is added.
+SECURED = "relay.secured"
+
+
+def secured(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+    """``headers`` with every security header they do not set themselves."""
+    headers = tuple(headers)
+    present = {name.lower() for name, _ in headers}
+    return headers + tuple(h for h in _SECURITY if h[0] not in present)
+
+
 _SUCCESSFUL_CHECKS = frozenset({"auth", "auth_redirect"})
 
 
@@ -95,10 +107,11 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                headers = list(message.get("headers", ()))
-                present = {name.lower() for name, _ in headers}
-                headers.extend(h for h in _SECURITY if h[0] not in present)
-                headers.append((b"x-request-id", rid))
+                if SECURED in scope:
+                    headers = [*message["headers"], (b"x-request-id", rid)]
+                else:
+                    headers = list(secured(message.get("headers", ())))
+                    headers.append((b"x-request-id", rid))
                 if self.lifecycle.shutting_down:
                     # Draining: the proxy should not reuse this connection, so that none is
                     # idle, and caught in mid-request, when the listener closes.

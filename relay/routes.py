@@ -1,7 +1,11 @@
-"""The route table, relative to [server].public_url's path."""
+"""The route table, relative to [server].public_url's path, and the app that serves it."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+from starlette.applications import Starlette
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -88,3 +92,24 @@ class InternalPort:
                 return
             scope[INTERNAL] = internal
         await self.app(scope, receive, send)
+
+
+class RelayApp(Starlette):
+    """Starlette, except that a forward-auth check (the hot path, endpoints/shortcut.py)
+    enters the middleware stack past Starlette's outermost ServerErrorMiddleware, whose
+    wrapping of every message buys nothing there: RequestContext, the next layer, already
+    answers any crash with the relay's error page and an access line."""
+
+    def __init__(self, prefix: str, **options: Any) -> None:
+        super().__init__(**options)
+        self._checks = frozenset({prefix + "/auth", prefix + "/auth/redirect"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self._checks:
+            scope["app"] = self
+            if self.middleware_stack is None:
+                self.middleware_stack = self.build_middleware_stack()
+            errors = cast(ServerErrorMiddleware, self.middleware_stack)
+            await errors.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

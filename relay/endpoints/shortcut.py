@@ -24,6 +24,7 @@ from relay.cookies import cookie_id
 from relay.crypto import hash_id
 from relay.endpoints import ABSENT, SESSION, Context, session
 from relay.errors import RelayError
+from relay.middleware import SECURED, secured
 from relay.pages import error_response
 from relay.store.records import ActiveSession
 
@@ -58,6 +59,7 @@ class AuthShortcut:
             response = await error_response(request or Request(scope, receive, send), exc)
             headers = None
         if headers is not None:
+            scope[SECURED] = True
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
@@ -83,7 +85,9 @@ class AuthShortcut:
         memo = active.memo
         headers = memo.get(_HEADERS)
         if headers is None:
-            headers = memo[_HEADERS] = tuple(ctx.identity.render(active))
+            # With the security headers every relay response carries (relay/middleware.py),
+            # added here once per version of the session rather than on every check.
+            headers = memo[_HEADERS] = secured(ctx.identity.render(active))
         if host is not None and (scope.get("client") or ("",))[0] not in ctx.proxies:
             host = None  # only a trusted proxy names the app
         key = (scope["query_string"], host)
