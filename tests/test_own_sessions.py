@@ -264,3 +264,29 @@ def test_after_sign_out_the_browser_lands_on_you_are_signed_out(
     assert "Sign in again" in page.text
     sign_in(relay, provider)
     assert "Signed in" in relay.get("/", params={"state": "signed-out"}).text
+
+
+def test_a_shortened_id_naming_two_of_ones_sessions_is_a_400(
+    relay: TestClient, provider: TestProvider, db: Engine
+) -> None:
+    """An id shortened so far that it names two of the person's own sessions ends neither
+    (a 400, not a crash)."""
+    laptop = browser(relay, provider, "alice", FIREFOX)
+    with db.begin() as conn:
+        row = conn.execute(text("SELECT * FROM sessions WHERE subject = 'alice'")).mappings().one()
+        for twin in ("abcdef01" + "0" * 56, "abcdef01" + "1" * 56):
+            conn.execute(
+                text(
+                    "INSERT INTO sessions (id_hash, status, subject, claims, created_at,"
+                    " last_accessed_at, expires_at, refresh_unsettled)"
+                    " VALUES (:h, 'active', 'alice', :c, :t, :t, :e, 0)"
+                ),
+                {"h": twin, "c": row["claims"], "t": row["created_at"], "e": row["expires_at"]},
+            )
+    response = as_(relay, laptop).post(
+        "/sessions/end", data={"session": "abcdef01"}, headers=SAME_ORIGIN
+    )
+    assert response.status_code == 400
+    with db.connect() as conn:
+        left = conn.execute(text("SELECT count(*) FROM sessions WHERE subject = 'alice'"))
+        assert left.scalar_one() == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
@@ -72,3 +73,18 @@ def same_origin(request: Request, origin: str) -> bool:
     if sent is not None and sent != "null":
         return sent == origin
     return request.headers.get("sec-fetch-site") in ("same-origin", "none")
+
+
+# The relay's own forms post a field or two: a larger body is not one of them.
+MAX_FORM = 1024
+
+
+async def small_form(request: Request) -> dict[str, str]:
+    """The fields of one of the relay's own small urlencoded forms (a session id, a subject),
+    read without a multipart parser; {} for a body past MAX_FORM."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            return {}
+    return dict(parse_qsl(body.decode("utf-8", "replace")))

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import html
 from itertools import groupby
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from relay.audit import sessions_ended
-from relay.endpoints import Context, context, same_origin
-from relay.endpoints.own_sessions import MAX_FORM
+from relay.endpoints import Context, context, same_origin, small_form
 from relay.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from relay.forwarded import client_address, is_navigation
 from relay.pages import Button, page, render_button, session_items, wants_json
@@ -86,7 +85,7 @@ async def end(request: Request) -> Response:
     if not same_origin(request, ctx.config.server.origin):
         raise Forbidden("console.cross_origin")
     ctx, operator = await _operator(request)
-    session, subject, back = _target(await _form(request))
+    session, subject, back = _target(await small_form(request))
     revocation = ctx.sessions.revocation
     try:
         if subject is not None:
@@ -158,15 +157,6 @@ def _query(raw: str | None) -> str | None:
     if not text or len(text) > MAX_QUERY or text_problem(text) is not None:
         return None
     return text
-
-
-async def _form(request: Request) -> dict[str, str]:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM:
-            return {}
-    return dict(parse_qsl(body.decode("utf-8", "replace")))
 
 
 def _name(operator: ActiveSession) -> str:

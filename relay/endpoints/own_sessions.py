@@ -11,25 +11,23 @@ passes the same origin check as logout. An ending reaches every replica as any o
 from __future__ import annotations
 
 import html
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from relay.crypto import short_hash
-from relay.endpoints import Context, context, same_origin
+from relay.endpoints import Context, context, same_origin, small_form
 from relay.endpoints.session import logout_targets
 from relay.errors import BadRequest, Forbidden, Unauthorized
 from relay.forwarded import is_navigation
 from relay.pages import Button, page, render_button, session_items, wants_json
-from relay.store.listing import SessionRow, hash_prefix, sessions_of
+from relay.store.listing import AmbiguousPrefix, SessionRow, hash_prefix, sessions_of
 from relay.store.records import ActiveSession
 from relay.store.revocation import Ended
 
 log = structlog.get_logger("relay.sessions")
-
-MAX_FORM = 1024
 
 
 async def sessions_page(request: Request) -> Response:
@@ -56,7 +54,7 @@ async def end_one(request: Request) -> Response:
     """Sign out one of the person's sessions (named by its short id, as the page and the
     JSON name it). Their own current one is a sign-out, as POST /logout."""
     ctx, current = await _owner(request)
-    prefix = hash_prefix(await _field(request, "session") or "")
+    prefix = hash_prefix((await small_form(request)).get("session", ""))
     if prefix is None:
         raise BadRequest(
             "sessions.bad_id", public_message="No such session.", start_again="sessions"
@@ -66,7 +64,12 @@ async def end_one(request: Request) -> Response:
         response = RedirectResponse(after, status_code=303)
         ctx.cookies.clear_session(response)
         return response
-    ended = await ctx.sessions.revocation.revoke_prefix(prefix, subject=current.subject)
+    try:
+        ended = await ctx.sessions.revocation.revoke_prefix(prefix, subject=current.subject)
+    except AmbiguousPrefix:  # a shortened id of the person's own choosing
+        raise BadRequest(
+            "sessions.ambiguous_id", public_message="No such session.", start_again="sessions"
+        ) from None
     return _ended(request, ctx, current, ended)
 
 
@@ -81,17 +84,6 @@ async def _owner(request: Request) -> tuple[Context, ActiveSession]:
     if not same_origin(request, ctx.config.server.origin):
         raise Forbidden("sessions.cross_origin")
     return ctx, await ctx.gate.session(ctx.cookies.session_id(request))
-
-
-async def _field(request: Request, name: str) -> str | None:
-    """One field of a small urlencoded form (the page's own: a session id), read without a
-    multipart parser; a body past MAX_FORM is not a form of ours."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM:
-            return None
-    return dict(parse_qsl(body.decode("utf-8", "replace"))).get(name)
 
 
 def _ended(request: Request, ctx: Context, current: ActiveSession, ended: list[Ended]) -> Response:
