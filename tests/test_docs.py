@@ -92,13 +92,20 @@ def test_every_link_in_the_docs_leads_somewhere(page: str) -> None:
             assert anchor in _anchors(resolved.read_text()), f"{page}: {target}"
 
 
-def test_the_oauth2_proxy_guides_config_starts_as_written(tmp_path: Path) -> None:
-    """docs/migrating-from-oauth2-proxy.md's relay config, with the two secrets in the
-    environment as it says, and only the provider's host and the port changed (nothing may
-    leave this machine): the relay starts and answers under the guide's prefix."""
-    guide = (ROOT / "docs" / "migrating-from-oauth2-proxy.md").read_text()
-    match = re.search(r"A relay config for it:\n\n```toml\n(.*?)```", guide, re.DOTALL)
-    assert match, "the guide's config block moved"
+CONFIGS = {
+    # The README's "ten minutes to a first deployment", step 3.
+    "README.md": r"\*\*3\. Write `relay.toml`\*\*.*?```toml\n(.*?)```",
+    "docs/migrating-from-oauth2-proxy.md": r"A relay config for it:\n\n```toml\n(.*?)```",
+}
+
+
+@pytest.mark.parametrize("page", list(CONFIGS))
+def test_the_docs_configs_start_as_written(tmp_path: Path, page: str) -> None:
+    """The README's first config and the oauth2-proxy guide's, with the two secrets in the
+    environment as they say, and only the provider's host and the port changed (nothing may
+    leave this machine): the relay starts and answers under the page's prefix."""
+    match = re.search(CONFIGS[page], (ROOT / page).read_text(), re.DOTALL)
+    assert match, f"{page}: the config block moved"
     dead = free_port()  # a provider that does not answer: the relay still starts
     config = tmp_path / "relay.toml"
     config.write_text(replace_exactly(match.group(1), "idp.example.com", f"127.0.0.1:{dead}", 1))
