@@ -24,7 +24,13 @@ from relay.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from relay.forwarded import client_address, is_navigation
 from relay.pages import Button, page, render_button, session_items, wants_json
 from relay.store.database import text_problem
-from relay.store.listing import AmbiguousPrefix, SessionRow, find_sessions, hash_prefix
+from relay.store.listing import (
+    AmbiguousPrefix,
+    SessionRow,
+    find_sessions,
+    hash_prefix,
+    sessions_of,
+)
 from relay.store.records import ActiveSession
 from relay.store.stats import count_sessions, signed_in_since
 
@@ -61,7 +67,9 @@ async def confirm(request: Request) -> Response:
     except _SignIn as first:
         return RedirectResponse(first.url, status_code=302)
     session, subject, back = _target(dict(request.query_params))
-    rows = await find_sessions(ctx.db, subject or "", ctx.now()) if subject else []
+    # The user's own sessions (by subject, indexed): the search would also count others whose
+    # email starts with the same text.
+    rows = await sessions_of(ctx.db, subject, ctx.now()) if subject else []
     prefix = html.escape(ctx.config.server.public_url)
     if subject is not None:
         many = f"all {len(rows)} sessions" if len(rows) != 1 else "the session"
