@@ -16,6 +16,7 @@ from starlette.middleware import Middleware
 
 from relay.access import Access
 from relay.background import stop_tasks
+from relay.bearer import BearerTokens
 from relay.config import Config, DatabaseConfig
 from relay.cookies import CookiePolicy
 from relay.crypto import Sealer
@@ -136,7 +137,16 @@ def create_app(
             discovery=discovery,
             db=db,
             sessions=sessions,
-            gate=Gate(sessions, access, config.server.public_url + "/logout", clock, refresher),
+            gate=Gate(
+                sessions,
+                access,
+                config.server.public_url + "/logout",
+                clock,
+                refresher=refresher,
+                bearer=BearerTokens(config, http, discovery, jwks, clock)
+                if config.bearer.enabled
+                else None,
+            ),
             identity=IdentityHeaders(config.headers, access),
             clock=clock,
             cookies=CookiePolicy.from_config(session),

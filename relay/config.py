@@ -101,6 +101,15 @@ def _https_unless_loopback(url: str) -> str:
     return url.rstrip("/")
 
 
+def _asymmetric(value: list[str]) -> list[str]:
+    bad = [alg for alg in value if alg.lower() == "none" or alg.upper().startswith("HS")]
+    if bad:
+        raise ValueError(f"{bad} not allowed: only asymmetric signatures are accepted")
+    if not value:
+        raise ValueError("must name at least one algorithm")
+    return value
+
+
 class _Section(BaseModel):
     # Each key's docstring is its line in docs/configuration.md (scripts/config-reference).
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -240,15 +249,7 @@ class ProviderConfig(_Section):
             raise ValueError('must include "openid"')
         return value
 
-    @field_validator("allowed_algorithms")
-    @classmethod
-    def _no_weak_algorithms(cls, value: list[str]) -> list[str]:
-        bad = [alg for alg in value if alg == "none" or alg.startswith("HS")]
-        if bad:
-            raise ValueError(f"{bad} not allowed: only asymmetric signatures are accepted")
-        if not value:
-            raise ValueError("must name at least one algorithm")
-        return value
+    _check_algorithms = field_validator("allowed_algorithms")(_asymmetric)
 
     @field_validator("client_secret")
     @classmethod
@@ -739,6 +740,77 @@ class RefreshConfig(_Section):
     """after a failed refresh, no replica asks the provider again for that session before this"""
 
 
+_ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+
+
+class BearerIssuer(_Section):
+    """An issuer besides the login provider whose JWT access tokens /auth accepts."""
+
+    issuer: str
+    """the issuer exactly as its tokens' `iss` says it; https except on localhost"""
+    audiences: list[str] = Field(min_length=1)
+    """a token from this issuer must name one of these in `aud`"""
+    jwks_uri: str | None = None
+    """its signing keys; unset: from its discovery document (`/.well-known/openid-configuration`)"""
+    typ: Literal["at+jwt", "any"] = "at+jwt"
+    """`at+jwt`: its tokens must say RFC 9068's `typ: at+jwt`; `any`: for issuers whose access
+    tokens are plain JWTs (Entra ID, Keycloak), which an ID token for the same audience would
+    then pass as"""
+
+    @field_validator("issuer")
+    @classmethod
+    def _exact_issuer(cls, value: str) -> str:
+        _https_unless_loopback(value)
+        return value  # compared character for character with the token's iss
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _jwks_uri(cls, value: str | None) -> str | None:
+        return None if value is None else _https_unless_loopback(value)
+
+
+class BearerConfig(_Section):
+    """API callers: `Authorization: Bearer` at /auth, judged by the token when the request
+    has no relay cookie (off by default)."""
+
+    enabled: bool = False
+    """judge a request to `/auth` that carries `Authorization: Bearer` and no relay cookie by
+    its token: a JWT against its issuer's keys, an opaque token by introspection"""
+    audiences: list[str] = Field(default_factory=list)
+    """a token from the login provider must name one of these in `aud` (the API's identifier
+    at the provider; the relay's `client_id` only if ID tokens are to pass); required when
+    enabled"""
+    typ: Literal["at+jwt", "any"] = "at+jwt"
+    """the login provider's tokens: `at+jwt` requires RFC 9068's `typ`; `any` accepts plain
+    JWTs (see `bearer.issuers`)"""
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"])
+    """signature algorithms accepted; never `none` or `HS*`"""
+    issuers: list[BearerIssuer] = Field(default_factory=list)
+    """more issuers, each `[[bearer.issuers]]` with `issuer`, `audiences`, `jwks_uri`, `typ`"""
+    introspection: bool = False
+    """a token that is not a JWT is checked at the login provider's introspection endpoint
+    (RFC 7662), the relay authenticating as its client"""
+    introspection_cache: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0, le=300)] = 30
+    """an introspection answer is reused this long at most (never past the token's `exp`): a
+    token revoked at the provider may pass this much longer"""
+    max_cached: int = Field(default=10_000, ge=0, le=1_000_000)
+    """verified tokens remembered per process, so a token seen before costs only its expiry
+    check"""
+
+    _check_algorithms = field_validator("algorithms")(_asymmetric)
+
+    @model_validator(mode="after")
+    def _audiences_when_enabled(self) -> BearerConfig:
+        if self.enabled and not self.audiences and not self.introspection and not self.issuers:
+            raise ValueError(
+                "bearer.audiences: name the audience the API's tokens carry (a token for "
+                "another audience never passes)"
+            )
+        if self.enabled and self.introspection and not self.audiences:
+            raise ValueError("bearer.audiences: introspected tokens are checked against it too")
+        return self
+
+
 class Config(_Section):
     """The whole configuration; build it with :func:`load_config`."""
 
@@ -755,6 +827,7 @@ class Config(_Section):
     headers: HeadersConfig = HeadersConfig()
     admin: AdminConfig = AdminConfig()
     refresh: RefreshConfig = RefreshConfig()
+    bearer: BearerConfig = BearerConfig()
 
     @model_validator(mode="after")
     def _across_sections(self) -> Config:
@@ -794,7 +867,8 @@ def _format_errors(error: ValidationError, section: str | None = None) -> list[s
         loc = [section, *item["loc"]] if section else list(item["loc"])
         key = ".".join(str(part) for part in loc)
         message = item["msg"].removeprefix("Value error, ")
-        if not item["loc"] and not section:  # a rule across sections names its key itself
+        named = not item["loc"] and (not section or message.startswith(f"{section}."))
+        if named:  # a rule across sections or keys names its key itself
             lines.extend(message.splitlines())
             continue
         if item["type"] == "missing":

@@ -3,8 +3,10 @@
     RelayError                    status, a fixed public message, a log reason
     ├── BadRequest          400   the browser sent something we refuse (bad state, bad code...)
     ├── Unauthorized        401   no valid session
+    │   └── InvalidBearer   401   an API caller's token failed a check (relay/bearer.py)
     ├── Forbidden           403   a cross-origin logout and the like
-    │   └── AccessDenied    403   signed in, but the [access] rules say no (relay/access.py)
+    │   ├── AccessDenied    403   signed in, but the [access] rules say no (relay/access.py)
+    │   └── TokenRefused    403   an API caller's valid token, but the rules say no
     ├── NotFound            404   a page that is switched off (the console without operators)
     ├── TooManyRequests     429   a browser or client address starting too many logins
     ├── DatabaseUnavailable 503   the database failed, refused or took too long (store/database.py)
@@ -25,6 +27,7 @@ from __future__ import annotations
 class RelayError(Exception):
     status = 500
     public_message = "Something went wrong."
+    challenge: str | None = None  # the WWW-Authenticate header (RFC 9110 §11.6.1)
 
     def __init__(self, reason: str, detail: str = "", *, public_message: str | None = None):
         super().__init__(reason)
@@ -54,6 +57,14 @@ class BadRequest(RelayError):
 class Unauthorized(RelayError):
     status = 401
     public_message = "You are not signed in."
+    challenge = "Cookie"
+
+
+class InvalidBearer(Unauthorized):
+    """RFC 6750 §3.1 invalid_token: expired, revoked, malformed, or not for us."""
+
+    public_message = "The access token is not valid here."
+    challenge = 'Bearer error="invalid_token"'
 
 
 class Forbidden(RelayError):
@@ -70,6 +81,13 @@ class AccessDenied(Forbidden):
             reason, detail, public_message=f"You are signed in, but not allowed here. {message}"
         )
         self.sign_out_url = sign_out_url
+
+
+class TokenRefused(Forbidden):
+    """RFC 6750 §3.1 insufficient_scope: a valid token whose claims the access rules refuse."""
+
+    public_message = "The access token does not allow this request."
+    challenge = 'Bearer error="insufficient_scope"'
 
 
 class NotFound(RelayError):

@@ -18,6 +18,7 @@ import httpx2
 import structlog
 
 from relay.access import Access
+from relay.claims import identity
 from relay.config import Config
 from relay.crypto import SealError, hash_id, looks_like_id, new_id, short_hash
 from relay.devices import Browser, recorded
@@ -48,11 +49,6 @@ log = structlog.get_logger("relay.flows")
 # The state a sign-out sends the provider, which hands it back to the relay's page.
 SIGNED_OUT = "signed-out"
 
-# Claims about the token rather than the user: not kept with a session. Everything else is,
-# so that a rule or header added later can use any claim without a new login.
-PROTOCOL_CLAIMS = frozenset(
-    {"iss", "aud", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "s_hash", "azp", "jti", "sid"}
-)
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
@@ -333,11 +329,6 @@ class Flows:
             query["state"] = SIGNED_OUT
         separator = "&" if "?" in metadata.end_session_endpoint else "?"
         return metadata.end_session_endpoint + separator + urlencode(query)
-
-
-def identity(claims: Mapping[str, Any]) -> dict[str, Any]:
-    """The claims kept with a session: the user's, not the token's."""
-    return {name: value for name, value in claims.items() if name not in PROTOCOL_CLAIMS}
 
 
 def _provider_error(code: str) -> BadRequest:

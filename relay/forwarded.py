@@ -145,6 +145,9 @@ def is_navigation(request: Request, proxies: AddressSet) -> bool:
         return False
     if "x-requested-with" in headers:
         return False
+    # An API caller's token (RFC 6750): a browser loading a page sends none.
+    if headers.get("authorization", "")[:7].lower() == "bearer ":
+        return False
     if headers.get("sec-fetch-mode", "navigate") != "navigate":
         return False
     return not wants_json(request)

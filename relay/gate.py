@@ -12,8 +12,9 @@ from collections.abc import Callable
 import structlog
 
 from relay.access import Access
+from relay.bearer import BearerTokens
 from relay.crypto import hash_id, short_hash
-from relay.errors import AccessDenied, Unauthorized
+from relay.errors import AccessDenied, TokenRefused, Unauthorized
 from relay.refresh import Refresher
 from relay.store.records import ActiveSession
 from relay.store.sessions import Sessions
@@ -28,9 +29,12 @@ class Gate:
         access: Access,
         sign_out_url: str,
         clock: Callable[[], float],
+        *,
         refresher: Refresher | None = None,
+        bearer: BearerTokens | None = None,
     ) -> None:
         self._sessions = sessions
+        self.bearer = bearer  # None: [bearer] is off
         self.access = access
         self._sign_out_url = sign_out_url
         self._clock = clock
@@ -78,3 +82,24 @@ class Gate:
             )
             raise AccessDenied(refused.reason, refused.message, refused.detail, self._sign_out_url)
         return session
+
+    async def admit_token(
+        self, token: str, host: str | None = None, query: str = ""
+    ) -> ActiveSession:
+        """An API caller (relay/bearer.py), if the token passes and its claims pass the same
+        rules a session's would. Else InvalidBearer (401) or TokenRefused (403), each with the
+        WWW-Authenticate of RFC 6750 §3."""
+        if self.bearer is None:
+            raise Unauthorized("session.missing")
+        caller = await self.bearer.judge(token)
+        refused = self.access.refusal(caller.claims, host, query)
+        if refused is not None:
+            log.info(
+                "access.denied",
+                reason=refused.reason,
+                detail=refused.detail or None,
+                subject=caller.subject,
+                bearer=short_hash(caller.id_hash),
+            )
+            raise TokenRefused(refused.reason, refused.detail)
+        return caller

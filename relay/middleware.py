@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.config import LoggingConfig
 from relay.crypto import short_hash
-from relay.endpoints import SESSION, Lifecycle
+from relay.endpoints import SESSION, TOKEN, Lifecycle
 from relay.metrics import Metrics
 from relay.pages import error_response
 
@@ -143,6 +143,8 @@ class RequestContext:
             fields["sample_rate"] = self.auth_sample  # this line stands for 1/sample_rate
         if SESSION in scope:  # the shortcut's answer: named here, only if a line is written
             fields["session"] = short_hash(scope[SESSION])
+        elif TOKEN in scope:
+            fields["bearer"] = short_hash(scope[TOKEN])
         # The path only: query strings carry codes and states.
         self._access.info(
             "http.request",

@@ -101,7 +101,7 @@ async def error_response(request: Request, exc: Exception) -> Response:
     if exc.detail:
         structlog.contextvars.bind_contextvars(detail=exc.detail)
     request_id = structlog.contextvars.get_contextvars().get("request_id", "")
-    headers = {"www-authenticate": "Cookie"} if exc.status == 401 else None
+    headers = {"www-authenticate": exc.challenge} if exc.challenge else None
     if wants_json(request):
         return json_error(exc.status, exc.reason, exc.public_message, headers)
     again = ""

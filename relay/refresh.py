@@ -44,6 +44,7 @@ from typing import Any
 import httpx2
 import structlog
 
+from relay.claims import identity
 from relay.config import Config
 from relay.crypto import SealError, short_hash
 from relay.errors import (
@@ -53,7 +54,6 @@ from relay.errors import (
     ProviderUnavailable,
     RelayError,
 )
-from relay.flows import identity
 from relay.metrics import Metrics
 from relay.oidc.client import InvalidGrant, Refreshed, fetch_userinfo, refresh_tokens
 from relay.oidc.discovery import Discovery, ProviderMetadata

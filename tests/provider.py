@@ -136,12 +136,19 @@ class TestProvider:
             "groups": ["admins", "staff"],
         }
         self.token_requests: list[dict[str, Any]] = []
-        self.calls: dict[str, int] = {"discovery": 0, "jwks": 0, "token": 0, "userinfo": 0}
+        self.calls: dict[str, int] = {
+            "discovery": 0, "jwks": 0, "token": 0, "userinfo": 0, "introspect": 0, "revoke": 0,
+        }  # fmt: skip
         self.userinfo_requests: list[dict[str, str]] = []
         self.issued: list[str] = []  # every token the provider handed out
         self.access_tokens: dict[str, str] = {}  # access token -> subject
         self.refresh_tokens: dict[str, RefreshGrant] = {}  # live refresh tokens
         self.refresh_requests: list[dict[str, Any]] = []  # every refresh grant asked for
+        # RFC 7662: opaque token -> the introspection answer (anything else: inactive).
+        self.introspection: dict[str, dict[str, Any]] = {}
+        self.revoked: list[dict[str, str]] = []  # every RFC 7009 request's form
+        # A second key set, published at /other-jwks: another issuer's keys.
+        self.other_key = RSAKey.generate_key(2048, parameters={"kid": "other-1", "use": "sig"})
         self.app = Starlette(
             routes=[
                 Route("/.well-known/openid-configuration", self.discovery),
@@ -150,6 +157,9 @@ class TestProvider:
                 Route("/token", self.token, methods=["POST"]),
                 Route("/end_session", self.end_session),
                 Route("/userinfo", self.userinfo),
+                Route("/introspect", self.introspect, methods=["POST"]),
+                Route("/revoke", self.revoke, methods=["POST"]),
+                Route("/other-jwks", self.other_jwks),
             ]
         )
 
@@ -164,6 +174,8 @@ class TestProvider:
             "jwks_uri": self.issuer.rstrip("/") + "/jwks",
             "end_session_endpoint": self.issuer.rstrip("/") + "/end_session",
             "userinfo_endpoint": self.issuer.rstrip("/") + "/userinfo",
+            "introspection_endpoint": self.issuer.rstrip("/") + "/introspect",
+            "revocation_endpoint": self.issuer.rstrip("/") + "/revoke",
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256", "ES256"],
@@ -277,6 +289,60 @@ class TestProvider:
         if subject is None:
             return JSONResponse({"error": "invalid_token"}, status_code=401)
         return JSONResponse({"sub": subject, **self.profile, **self.behaviour.userinfo_claims})
+
+    async def introspect(self, request: Request) -> Response:
+        """RFC 7662 §2: for an authenticated client, the answer the test set, else inactive."""
+        self.calls["introspect"] += 1
+        if not self._client_authenticated(request):
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        return JSONResponse(self.introspection.get(form.get("token", ""), {"active": False}))
+
+    async def revoke(self, request: Request) -> Response:
+        """RFC 7009 §2: the refresh token's grant ends; 200 whether or not it was live."""
+        self.calls["revoke"] += 1
+        if not self._client_authenticated(request):
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        self.revoked.append(form)
+        self.refresh_tokens.pop(form.get("token", ""), None)
+        return Response(status_code=200)
+
+    async def other_jwks(self, request: Request) -> Response:
+        return JSONResponse({"keys": [self.other_key.as_dict(private=False)]})
+
+    def access_token(
+        self,
+        *,
+        key: Key | None = None,
+        header: dict[str, Any] | None = None,
+        drop: tuple[str, ...] = (),
+        **claims: Any,
+    ) -> str:
+        """An RFC 9068 JWT access token from this provider for https://api.test, signed with
+        its RSA key: ``claims`` over the defaults, ``header`` over typ at+jwt (a value of None
+        leaves a member out), ``drop`` claims left out."""
+        now = int(self.clock())
+        payload: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": "svc-ci",
+            "aud": "https://api.test",
+            "exp": now + 300,
+            "iat": now,
+            "client_id": "ci-bot",
+            "email": "ci@example.com",
+            "email_verified": True,
+            "groups": ["ci"],
+            **claims,
+        }
+        for name in drop:
+            payload.pop(name, None)
+        signer = key or self.rsa_key
+        protected = {"alg": "RS256", "kid": signer.kid, "typ": "at+jwt", **(header or {})}
+        protected = {k: v for k, v in protected.items() if v is not None}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SecurityWarning)
+            return jwt.encode(protected, payload, signer, algorithms=[protected["alg"]])
 
     async def end_session(self, request: Request) -> Response:
         return JSONResponse({"ended": True})

@@ -17,10 +17,30 @@
 //   REFRESH_ANSWER_DELAY_MS  hold the answer to a refresh that succeeded this long after it
 //                        is done (the token rotated): a slow provider (optional; a refused
 //                        refresh is answered at once)
+//   CI_BOT_SECRET        the client secret of `ci-bot` (optional; default 'ci-bot-secret')
 //
 // Its built-in development interactions ask for a login and a password, then consent; only the
 // accounts below exist. Prints "ready <issuer>" once listening.
-import Provider from 'oidc-provider';
+//
+// For the relay's bearer-token tests, a second client `ci-bot` (client_secret_basic) may only
+// use the client-credentials grant. With `resource=<indicator>` (RFC 8707) it gets an access
+// token for one of the resource servers in RESOURCE_SERVERS below:
+//   https://api.example.test             a JWT (RFC 9068: typ at+jwt, RS256), aud
+//                                        https://api.example.test, an hour, scope api:read
+//   https://api.example.test/short-lived a JWT with the same aud, living 2 seconds
+//   https://api.example.test/opaque      an opaque token with that aud: for introspection
+//   https://other-api.example.test       a JWT for a foreign audience
+//                                        (aud https://other-api.example.test)
+// Any other indicator is refused (invalid_target). The token's scope is the resource server's
+// (api:read) whether or not the request asks for it (a scope the resource server does not
+// know is dropped). Every client-credentials token carries sub = the client's id (in a JWT
+// and in introspection), and ci-bot's also `groups: ["ci"]`. Without `resource` (the relay's
+// own login) access tokens are opaque, for userinfo, as before.
+// Introspection (/token/introspection) answers any confidential client about any token (so
+// oidc-relay may introspect ci-bot's opaque token; JWT access tokens are refused there:
+// unsupported_token_type). Revocation (/token/revocation, RFC 7009) takes a client's own tokens
+// only (another client's: invalid_request), and revoking a refresh token revokes its grant.
+import Provider, { errors } from 'oidc-provider';
 
 const {
   PORT,
@@ -32,6 +52,7 @@ const {
   ACCESS_TOKEN_TTL,
   ROTATE_REFRESH_TOKENS,
   REFRESH_ANSWER_DELAY_MS,
+  CI_BOT_SECRET = 'ci-bot-secret',
 } = process.env;
 
 const ACCOUNTS = {
@@ -66,8 +87,40 @@ if (BACKCHANNEL_URI) {
   client.backchannel_logout_session_required = true;
 }
 
+// A machine client: client credentials only, no browser, no redirects.
+const ciBot = {
+  client_id: 'ci-bot',
+  client_secret: CI_BOT_SECRET,
+  redirect_uris: [],
+  response_types: [],
+  grant_types: ['client_credentials'],
+  token_endpoint_auth_method: 'client_secret_basic',
+};
+
+// Resource indicators (RFC 8707) this provider issues access tokens for. accessTokenTTL is
+// seconds; oidc-provider's default TTL for client-credentials tokens honours it.
+const API = 'https://api.example.test';
+const RESOURCE_SERVERS = {
+  [API]: {
+    audience: API, scope: 'api:read', accessTokenFormat: 'jwt', accessTokenTTL: 60 * 60,
+  },
+  [`${API}/short-lived`]: {
+    audience: API, scope: 'api:read', accessTokenFormat: 'jwt', accessTokenTTL: 2,
+  },
+  [`${API}/opaque`]: {
+    audience: API, scope: 'api:read', accessTokenFormat: 'opaque', accessTokenTTL: 60 * 60,
+  },
+  'https://other-api.example.test': {
+    audience: 'https://other-api.example.test',
+    scope: 'api:read',
+    accessTokenFormat: 'jwt',
+    accessTokenTTL: 60 * 60,
+  },
+};
+const JWT_SIGNING = { sign: { alg: 'RS256' } };
+
 const provider = new Provider(ISSUER, {
-  clients: [client],
+  clients: [client, ciBot],
   async findAccount(ctx, id) {
     const profile = ACCOUNTS[id];
     if (!profile) return undefined;
@@ -87,6 +140,33 @@ const provider = new Provider(ISSUER, {
     devInteractions: { enabled: true },
     rpInitiatedLogout: { enabled: true },
     backchannelLogout: { enabled: true },
+    clientCredentials: { enabled: true },
+    // Any authenticated confidential client may ask about any token (a resource server's role).
+    introspection: {
+      enabled: true,
+      allowedPolicy: async (ctx, caller) => caller.clientAuthMethod !== 'none',
+    },
+    // oidc-provider's default rule: a client may revoke its own tokens only (another's:
+    // invalid_request).
+    revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      // No resource asked: none (the relay's login keeps its opaque, userinfo-only token).
+      defaultResource: async () => undefined,
+      useGrantedResource: async () => false,
+      async getResourceServerInfo(ctx, indicator) {
+        const info = RESOURCE_SERVERS[indicator];
+        if (!info) throw new errors.InvalidTarget();
+        return info.accessTokenFormat === 'jwt' ? { ...info, jwt: JWT_SIGNING } : { ...info };
+      },
+    },
+  },
+  // Added to client-credentials tokens (stored, so in a JWT's payload and in introspection):
+  // RFC 9068's sub (the client's id; oidc-provider puts it in JWTs, not in introspection), and
+  // ci-bot's groups for the relay's access rules.
+  async extraTokenClaims(ctx, token) {
+    if (token.kind !== 'ClientCredentials') return undefined;
+    return { sub: token.clientId, ...(token.clientId === 'ci-bot' ? { groups: ['ci'] } : {}) };
   },
   // oidc-provider refuses outgoing requests to special-use addresses (SSRF protection); in this
   // test stack the relay's back-channel logout endpoint is on 127.0.0.1 by design.
@@ -101,6 +181,15 @@ const provider = new Provider(ISSUER, {
   ...(ROTATE_REFRESH_TOKENS === '1' ? { rotateRefreshToken: true } : {}),
 });
 provider.proxy = false;
+// A client-credentials token for a resource server gets that server's scope when the request
+// asks for none (oidc-provider keeps only requested scopes; there is no setting for a default).
+{
+  const { save } = provider.ClientCredentials.prototype;
+  provider.ClientCredentials.prototype.save = function saveWithDefaultScope(...args) {
+    if (this.resourceServer && !this.scope) this.scope = this.resourceServer.scope || undefined;
+    return save.apply(this, args);
+  };
+}
 if (REFRESH_ANSWER_DELAY_MS) {
   // After the grant is done (and the refresh token rotated), before its answer leaves.
   provider.use(async (ctx, next) => {

@@ -23,6 +23,7 @@ from relay.store.sessions import Sessions
 
 INTERNAL = "relay.internal_port"  # scope key: the request came in on [server].internal_port
 SESSION = "relay.session"  # scope key: the id hash of the session the shortcut answered for
+TOKEN = "relay.token"  # scope key: the hash of the API caller's token the shortcut passed
 # Scope key: the id hash the shortcut looked up and the table (or the memory of misses) had
 # no session for; the endpoint it then calls does not look again.
 ABSENT = "relay.absent"

@@ -6,9 +6,10 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from relay.bearer import bearer_token
 from relay.devices import Browser
 from relay.endpoints import Context, context
-from relay.errors import BadRequest, TooManyRequests, Unauthorized
+from relay.errors import BadRequest, InvalidBearer, TooManyRequests, Unauthorized
 from relay.forwarded import client_address, from_trusted_proxy, is_navigation, original_url
 from relay.pages import redirect_page
 from relay.ratelimit import client_bucket
@@ -27,6 +28,11 @@ async def login(request: Request) -> Response:
     and a redirect would only confuse a script and leave a pending login behind."""
     ctx = context(request)
     if not is_navigation(request, ctx.proxies):
+        # nginx hands /login an API caller whose token /auth refused: it gets the 401 a
+        # bearer-token client reads (RFC 6750 §3), as Caddy's gets it from /auth itself.
+        token = bearer_token(request.headers.get("authorization"))
+        if ctx.gate.bearer is not None and token is not None:
+            raise InvalidBearer("login.bearer_refused")
         raise Unauthorized("login.not_navigation")
     if ctx.cookies.duplicated(request):
         # /auth treats the pair as no session and sends the browser here; a new login would

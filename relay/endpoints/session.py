@@ -11,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.websockets import WebSocket
 
+from relay.bearer import bearer_token
 from relay.endpoints import ABSENT, Context, context, same_origin
-from relay.errors import AccessDenied, Forbidden, RelayError, Unauthorized
+from relay.errors import AccessDenied, Forbidden, InvalidBearer, RelayError, Unauthorized
 from relay.flows import SIGNED_OUT
 from relay.forwarded import forwarded_host, is_navigation, original_url
 from relay.pages import error_response, page
@@ -34,8 +35,8 @@ async def auth_redirect(request: Request) -> Response:
     ctx = context(request)
     try:
         session = await _admit(request, ctx)
-    except Unauthorized:
-        if not is_navigation(request, ctx.proxies):
+    except Unauthorized as exc:
+        if isinstance(exc, InvalidBearer) or not is_navigation(request, ctx.proxies):
             raise
         login = ctx.config.server.public_url + "/login"
         rd = original_url(request, ctx.proxies)
@@ -68,13 +69,16 @@ def _identity_response(ctx: Context, session: ActiveSession) -> Response:
 
 async def _admit(request: Request, ctx: Context) -> ActiveSession:
     """The session behind the request's cookie, judged by the rules for the app asking: the
-    forwarded host's and the query string's (/auth?allowed_groups=admins)."""
-    return await ctx.gate.admit(
-        ctx.cookies.session_id(request),
-        forwarded_host(request, ctx.proxies),
-        request.scope["query_string"].decode("latin-1"),  # as the shortcut reads it
-        absent=request.scope.get(ABSENT),
-    )
+    forwarded host's and the query string's (/auth?allowed_groups=admins). Without the
+    relay's cookie, an API caller's bearer token, when [bearer] is on."""
+    session_id = ctx.cookies.session_id(request)
+    host = forwarded_host(request, ctx.proxies)
+    query = request.scope["query_string"].decode("latin-1")  # as the shortcut reads it
+    if session_id is None and ctx.gate.bearer is not None:
+        token = bearer_token(request.headers.get("authorization"))
+        if token is not None:
+            return await ctx.gate.admit_token(token, host, query)
+    return await ctx.gate.admit(session_id, host, query, absent=request.scope.get(ABSENT))
 
 
 async def userinfo(request: Request) -> Response:

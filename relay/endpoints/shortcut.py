@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from relay.bearer import bearer_token
 from relay.cookies import cookie_id
 from relay.crypto import hash_id
-from relay.endpoints import ABSENT, SESSION, Context, session
+from relay.endpoints import ABSENT, SESSION, TOKEN, Context, session
 from relay.errors import RelayError
 from relay.middleware import SECURED, secured
 from relay.pages import error_response
@@ -66,18 +67,32 @@ class AuthShortcut:
         await response(scope, receive, send)
 
     async def _answer(self, ctx: Context, scope: Scope) -> Sequence[tuple[bytes, bytes]] | None:
-        """The answer's headers when the session is signed in, no refresh is due and the
-        rules admit it; None: the endpoint's to answer."""
-        access = ctx.gate.access
-        cookie, host = _cookie_and_host(scope, access.has_host_rules)
-        if cookie is None:
+        """The answer's headers when the session (or an API caller's token seen before) is
+        signed in, no refresh is due and the rules admit it; None: the endpoint's to answer."""
+        access, bearer = ctx.gate.access, ctx.gate.bearer
+        cookie, host, authorization = _read_headers(
+            scope, access.has_host_rules, bearer is not None
+        )
+        session_id = None
+        if cookie is not None:
+            session_id = cookie_id(cookie.decode("latin-1"), ctx.cookies.session_name)
+        if session_id is not None:
+            active = await self._session(ctx, scope, session_id)
+            if active is None:
+                return None
+            # For the access line, if one is written (most successful checks are not
+            # logged): hashed for it there, not here on every check.
+            scope[SESSION] = active.id_hash
+        elif authorization is not None and bearer is not None:
+            # No relay cookie: a token the relay verified before passes on its times alone;
+            # any other is the endpoint's to judge (relay/bearer.py).
+            token = bearer_token(authorization.decode("latin-1"))
+            active = bearer.seen(token, ctx.now()) if token else None
+            if active is None:
+                return None
+            scope[TOKEN] = active.id_hash
+        else:
             return None
-        active = await self._session(ctx, scope, cookie)
-        if active is None:
-            return None
-        # For the access line, if one is written (most successful checks are not logged):
-        # hashed for it there, not here on every check.
-        scope[SESSION] = active.id_hash
         # The cache hands out the same ActiveSession until the session changes (a refresh, a
         # new read; a touch only moves its times): its headers and verdicts are worked out
         # once per change, not per request, and kept on it (ActiveSession.memo). As tuples of
@@ -102,14 +117,11 @@ class AuthShortcut:
         # A refusal is the routed endpoint's to give: it logs the reason and renders the page.
         return headers if allowed else None
 
-    async def _session(self, ctx: Context, scope: Scope, cookie: bytes) -> ActiveSession | None:
+    async def _session(self, ctx: Context, scope: Scope, session_id: str) -> ActiveSession | None:
         """The signed-in session with no refresh due, from the cache or, on a miss, the
         table's answer, read here (one lookup) rather than after the endpoint's request,
         cookie and response objects. What it cannot admit the endpoint judges without a
         second lookup (``ABSENT``)."""
-        session_id = cookie_id(cookie.decode("latin-1"), ctx.cookies.session_name)
-        if session_id is None:
-            return None
         id_hash, now = hash_id(session_id), ctx.now()
         sessions = ctx.sessions
         active = sessions.cached(id_hash, now)
@@ -122,15 +134,22 @@ class AuthShortcut:
         return active
 
 
-def _cookie_and_host(scope: Scope, by_host: bool) -> tuple[bytes | None, bytes | None]:
-    """The first Cookie line, and (only while rules are per host) every X-Forwarded-Host
-    line, comma-joined, as the routed endpoint reads it (forwarded_host)."""
-    cookie = host = None
+def _read_headers(
+    scope: Scope, by_host: bool, bearer: bool
+) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The first Cookie line; (only while rules are per host) every X-Forwarded-Host line,
+    comma-joined, as the routed endpoint reads it (forwarded_host); (only while [bearer] is
+    on) the first Authorization line."""
+    cookie = host = authorization = None
     for name, value in scope["headers"]:
-        if name == b"cookie" and cookie is None:
-            cookie = value
-            if not by_host:
-                break
-        elif name == b"x-forwarded-host" and by_host:
-            host = value if host is None else host + b"," + value
-    return cookie, host
+        if name == b"cookie":
+            if cookie is None:
+                cookie = value
+                if not by_host and not bearer:
+                    break
+        elif name == b"x-forwarded-host":
+            if by_host:
+                host = value if host is None else host + b"," + value
+        elif name == b"authorization" and bearer and authorization is None:
+            authorization = value
+    return cookie, host, authorization

@@ -134,6 +134,22 @@ async def _token_request(
     form: dict[str, str],
     timeouts: httpx2.Timeout | None = None,
 ) -> httpx2.Response:
+    return await authenticated_post(
+        client, metadata.token_endpoint, provider, form, "token", timeouts=timeouts
+    )
+
+
+async def authenticated_post(
+    client: httpx2.AsyncClient,
+    endpoint: str,
+    provider: ProviderConfig,
+    form: dict[str, str],
+    what: str,
+    *,
+    timeouts: httpx2.Timeout | None = None,
+) -> httpx2.Response:
+    """A form POST to one of the provider's endpoints for clients (token, introspection,
+    revocation), the relay authenticating as its client as at the token endpoint."""
     headers = {"Accept": "application/json"}
     secret = provider.client_secret.get_secret_value() if provider.client_secret else ""
     if provider.token_endpoint_auth_method == "client_secret_basic":
@@ -146,12 +162,24 @@ async def _token_request(
             form["client_secret"] = secret
     request = client.build_request(
         "POST",
-        metadata.token_endpoint,
+        endpoint,
         data=form,
         headers=headers,
         timeout=httpx2.USE_CLIENT_DEFAULT if timeouts is None else timeouts,
     )
-    return await send(client, request, "token")
+    return await send(client, request, what)
+
+
+async def revoke_refresh_token(
+    client: httpx2.AsyncClient, endpoint: str, provider: ProviderConfig, refresh_token: str
+) -> None:
+    """RFC 7009 §2.1: the provider is asked to end the grant behind a refresh token (and,
+    §2.1, the access tokens of that grant with it). §2.2: a 200 whether or not the token was
+    still valid; anything else is a failure the caller logs."""
+    form = {"token": refresh_token, "token_type_hint": "refresh_token"}
+    response = await authenticated_post(client, endpoint, provider, form, "revocation")
+    if response.status_code != 200:
+        raise ProviderBadResponse(f"revocation.status_{response.status_code}")
 
 
 def _raise_if_client_rejected(response: httpx2.Response) -> None:

@@ -29,6 +29,8 @@ class ProviderMetadata:
     end_session_endpoint: str | None = None
     userinfo_endpoint: str | None = None
     iss_parameter_supported: bool = False
+    introspection_endpoint: str | None = None  # RFC 8414 §2 (RFC 7662)
+    revocation_endpoint: str | None = None  # RFC 8414 §2 (RFC 7009)
 
 
 def parse_metadata(doc: dict[str, Any], expected_issuer: str) -> ProviderMetadata:
@@ -55,7 +57,14 @@ def parse_metadata(doc: dict[str, Any], expected_issuer: str) -> ProviderMetadat
         end_session_endpoint=_endpoint(doc, "end_session_endpoint", required=False),
         userinfo_endpoint=_endpoint(doc, "userinfo_endpoint", required=False),
         iss_parameter_supported=doc.get("authorization_response_iss_parameter_supported") is True,
+        introspection_endpoint=_endpoint(doc, "introspection_endpoint", required=False),
+        revocation_endpoint=_endpoint(doc, "revocation_endpoint", required=False),
     )
+
+
+def endpoint_url(doc: dict[str, Any], name: str) -> str:
+    """A required endpoint of a metadata document: https (http on loopback), or a 502."""
+    return str(_endpoint(doc, name, required=True))
 
 
 def _endpoint(doc: dict[str, Any], name: str, *, required: bool) -> Any:

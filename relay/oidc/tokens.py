@@ -68,7 +68,7 @@ async def validate_id_token(token: str, keys: JwksCache, expect: Expectations) -
     claims = await _verified_claims(token, keys, expect, "id_token")
     _validate_common(claims, expect, "id_token")
     # OIDC Core §2: sub is required, a string of at most 255 ASCII characters.
-    if not _is_subject(claims.get("sub")):
+    if not is_subject(claims.get("sub")):
         raise InvalidToken("id_token.bad_sub")
     # (11) nonce must equal the one we sent.
     if claims.get("nonce") != expect.nonce:
@@ -115,12 +115,13 @@ async def validate_refreshed_id_token(
 
 
 def unverified_claims(token: str) -> dict[str, Any]:
-    """The payload of a token this relay verified when it received it and kept sealed since
-    (the session's own ID token); {} if it does not parse. Never for a token from outside."""
+    """The payload of a token, unverified; {} if it does not parse. Only for a token this
+    relay verified when it received it and kept sealed since (the session's own ID token), or
+    to read which issuer a token claims before holding it to that issuer's rules."""
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, UnicodeError):
         return {}
     return claims if isinstance(claims, dict) else {}
 
@@ -137,7 +138,7 @@ async def validate_logout_token(
     # (4) sub or sid, or both.
     if sub is None and sid is None:
         raise InvalidToken("logout_token.no_sub_or_sid")
-    if (sub is not None and not _is_subject(sub)) or (sid is not None and not _is_subject(sid)):
+    if (sub is not None and not is_subject(sub)) or (sid is not None and not is_subject(sid)):
         raise InvalidToken("logout_token.bad_sub_or_sid")
     # (5) an events claim with the back-channel logout member, itself a JSON object.
     events = claims.get("events")
@@ -158,7 +159,7 @@ async def validate_logout_token(
     return LogoutToken(sub, sid, jti, iat)
 
 
-def _is_subject(value: object) -> bool:
+def is_subject(value: object) -> bool:
     # Also text the store can hold: PostgreSQL refuses NUL (a 503 blaming the database, on
     # one backend only), and a lone surrogate encodes in no driver (a 500).
     return (
@@ -172,22 +173,39 @@ def _is_subject(value: object) -> bool:
 async def _verified_claims(
     token: str, keys: JwksCache, expect: Expectations, kind: str
 ) -> dict[str, Any]:
-    header = _header(token, kind)
+    header = token_header(token, kind)
+    return await verified_claims(token, header, keys, expect.jwks_uri, expect.algorithms, kind=kind)
+
+
+async def verified_claims(
+    token: str,
+    header: Mapping[str, Any],
+    keys: JwksCache,
+    jwks_uri: str,
+    algorithms: Collection[str],
+    *,
+    kind: str,
+) -> dict[str, Any]:
+    """The payload of a JWS whose signature one of the issuer's keys verifies, with an
+    algorithm allowed here; else InvalidToken (<kind>.<rule>)."""
     alg = header.get("alg")
     # §3.1.3.7 (6)/(7): only asymmetric algorithms the provider advertises and we allow; this is
     # what stops "none" and HS256-signed-with-the-public-key confusion before any key is used.
-    if not isinstance(alg, str) or alg not in expect.algorithms:
+    if not isinstance(alg, str) or alg not in algorithms:
         raise InvalidToken(f"{kind}.alg_not_allowed", str(alg)[:32])
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise InvalidToken(f"{kind}.bad_kid")
-    candidates = await keys.candidates(expect.jwks_uri, kid)
+    # RFC 7517 §4.4: a key that names its algorithm is used with that algorithm only, so a
+    # kid cannot lend an RSA key to a token that says PS256 while the key says RS256.
+    candidates = [k for k in await keys.candidates(jwks_uri, kid) if k.get("alg") in (None, alg)]
     if not candidates:
         raise InvalidToken(f"{kind}.unknown_kid", str(kid)[:64])
     return _verify(token, candidates, alg, kind)
 
 
-def _header(token: str, kind: str) -> dict[str, Any]:
+def token_header(token: str, kind: str) -> dict[str, Any]:
+    """The protected header of a compact JWS, unverified; InvalidToken if it does not parse."""
     if not isinstance(token, str) or token.count(".") != 2:
         raise InvalidToken(f"{kind}.malformed")
     try:
