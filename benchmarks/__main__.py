@@ -15,6 +15,7 @@ peers     8. bare, the Node stack (benchmarks/node), the relay cached and uncach
 cache_bytes 9. the memory one cached session costs (tracemalloc, in this process)
 users     10. 100,000 active sessions checked uniformly, defaults: hit rate, ratio, RSS
 rolling   11. a rolling restart of two replicas with 100,000 sessions: p99 in the first minute
+bearer    12. bearer-token checks (64 JWTs, each seen before) against bare, in one run
 
 Needs wrk on PATH and py-spy in the virtualenv (for profiles when a target is missed).
 """
@@ -33,6 +34,7 @@ from typing import Any
 
 from benchmarks import (
     auth_load,
+    bearer,
     cache_bytes,
     login,
     peers,
@@ -92,6 +94,9 @@ BENCHMARKS: dict[str, Runner] = {
         sessions=10_000 if quick else 100_000,
         seconds=seconds or (5 if quick else 10),
         windows=rounds or (2 if quick else 3),
+    ),
+    "bearer": lambda quick, rounds, seconds: bearer.run(
+        seconds=seconds or (3 if quick else 10), rounds=rounds or (2 if quick else 3)
     ),
     "peers": lambda quick, rounds, seconds: peers.run(
         rows=10_000, seconds=seconds or (3 if quick else 10), rounds=rounds or (2 if quick else 3)
@@ -155,7 +160,7 @@ def table(results: dict[str, Any]) -> str:
         targets = ", ".join(
             f"{k}: {'met' if v else 'MISSED'}" for k, v in r.get("targets", {}).items()
         )
-        if name in ("auth", "uncached", "rows1m", "writes"):
+        if name in ("auth", "uncached", "rows1m", "writes", "bearer"):
             for key, unit in FIGURES:
                 ratio = r["ratio"][key]
                 lines.append(

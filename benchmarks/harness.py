@@ -83,7 +83,7 @@ function init(args)
 end
 function request()
   i = i + 1
-  return wrk.format(nil, nil, {["Cookie"] = "%(name)s=" .. cookies[(i %% n) + 1]})
+  return wrk.format(nil, nil, {["%(header)s"] = "%(prefix)s" .. cookies[(i %% n) + 1]})
 end
 function done(summary, latency, requests)
   local e = summary.errors
@@ -354,10 +354,25 @@ def workdir() -> Iterator[Path]:
 def cookie_script(
     directory: Path, cookies: list[str], name: str = "cookies", cookie_name: str = COOKIE_NAME
 ) -> Path:
-    (directory / f"{name}.txt").write_text("\n".join(cookies) + "\n")
+    return _script(directory, cookies, name, "Cookie", cookie_name + "=")
+
+
+def bearer_script(directory: Path, tokens: list[str], name: str = "tokens") -> Path:
+    """wrk sending ``Authorization: Bearer <token>``, one token of the list per request."""
+    return _script(directory, tokens, name, "Authorization", "Bearer ")
+
+
+def _script(directory: Path, values: list[str], name: str, header: str, prefix: str) -> Path:
+    (directory / f"{name}.txt").write_text("\n".join(values) + "\n")
     script = directory / f"{name}.lua"
     script.write_text(
-        WRK_LUA % {"path": directory / f"{name}.txt", "threads": WRK_THREADS, "name": cookie_name}
+        WRK_LUA
+        % {
+            "path": directory / f"{name}.txt",
+            "threads": WRK_THREADS,
+            "header": header,
+            "prefix": prefix,
+        }
     )
     return script
 

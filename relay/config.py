@@ -187,6 +187,17 @@ class ServerConfig(_Section):
         return self.public_url + "/callback"
 
 
+_PROMPTS = frozenset({"none", "login", "consent", "select_account", "create"})
+# What the relay's own authorization request sets (or must never carry from a config).
+_RELAY_PARAMS = frozenset(
+    {
+        "response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
+        "code_challenge", "code_challenge_method", "request", "request_uri", "response_mode",
+        "prompt", "max_age", "acr_values", "login_hint",
+    }
+)  # fmt: skip
+
+
 class ProviderConfig(_Section):
     issuer: str
     """exact issuer; https except on localhost"""
@@ -228,6 +239,22 @@ class ProviderConfig(_Section):
     post_logout_redirect_url: str | None = None
     """where the provider sends the browser after logout; unset: back to the relay's own
     `<public_url>/` (register that URI), which says "You are signed out\""""
+    # Authorization request parameters (OIDC Core 3.1.2.1), sent with every login.
+    prompt: str | None = None
+    """`prompt` for every login: `login`, `consent`, `select_account`, `create`, or several
+    space-separated; `none` alone"""
+    max_age: Annotated[int, BeforeValidator(_parse_duration), Field(ge=0)] | None = None
+    """`max_age`: the provider re-authenticates a person who signed in there longer ago; the
+    ID token must then carry `auth_time`, and one older than this (plus `clock_skew`) is
+    refused (OIDC Core 3.1.3.7 (13))"""
+    acr_values: list[str] = Field(default_factory=list)
+    """`acr_values` asked for (voluntary: the provider may authenticate otherwise)"""
+    extra_params: dict[str, str] = Field(default_factory=dict)
+    """more authorization request parameters, as the provider documents them
+    (`{ hd = "example.com" }`); none the relay sets itself"""
+    revoke_refresh_tokens: bool = True
+    """when a session ends (a sign-out, "sign out everywhere else", an operator's revocation),
+    revoke its refresh token at the provider's revocation endpoint (RFC 7009), if it has one"""
     # Back-channel logout tokens issued longer ago than this (plus clock_skew) are refused;
     # each accepted token's jti is remembered for as long, so a replay is refused too.
     logout_token_max_age: Duration = 300
@@ -240,6 +267,26 @@ class ProviderConfig(_Section):
         # Checked like the other URLs, but kept exactly as written: the issuer is compared
         # character for character with the provider's, and some (Authentik) end in "/".
         _https_unless_loopback(value)
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        words = value.split()
+        if not words or any(w not in _PROMPTS for w in words) or len(set(words)) != len(words):
+            raise ValueError(f"must be space-separated values of {sorted(_PROMPTS)}")
+        if "none" in words and len(words) > 1:
+            raise ValueError('"none" cannot be combined with another value (OIDC Core 3.1.2.1)')
+        return " ".join(words)
+
+    @field_validator("extra_params")
+    @classmethod
+    def _extra_params(cls, value: dict[str, str]) -> dict[str, str]:
+        taken = sorted(set(value) & _RELAY_PARAMS)
+        if taken:
+            raise ValueError(f"{taken} are set by the relay itself")
         return value
 
     @field_validator("scopes")

@@ -29,6 +29,7 @@ from relay.errors import (
     RelayError,
     TooManyRequests,
 )
+from relay.grants import Grants
 from relay.metrics import Metrics
 from relay.oidc.client import TokenResponse, authorization_url, exchange_code, fetch_userinfo
 from relay.oidc.discovery import Discovery, ProviderMetadata
@@ -88,6 +89,7 @@ class Flows:
         self.sessions = sessions
         self._metrics = metrics
         self._clock = clock
+        self.grants = Grants(http, discovery, config.provider)
 
     def now(self) -> int:
         return int(self._clock())
@@ -95,7 +97,9 @@ class Flows:
     def return_url(self, rd: str | None) -> str:
         return return_url(rd, self.config)
 
-    async def start_login(self, rd: str | None, client: str | None) -> LoginStarted:
+    async def start_login(
+        self, rd: str | None, client: str | None, login_hint: str | None = None
+    ) -> LoginStarted:
         """Write a pending login and build the provider URL. ``client`` is the client's
         address or network (``ratelimit.client_bucket``; None when a trusted proxy did not
         say): its pending logins are capped.
@@ -148,6 +152,7 @@ class Flows:
             state=state,
             nonce=nonce,
             code_verifier=verifier,
+            login_hint=login_hint,
         )
         return LoginStarted(provider_url=url, login_id=login_id)
 
@@ -306,8 +311,11 @@ class Flows:
         id_token = None
         if session_id is not None:
             id_hash = hash_id(session_id)
-            id_token = await self.sessions.revocation.delete(id_hash)
-            log.info("logout", session=short_hash(id_hash), found=id_token is not None)
+            ended = await self.sessions.revocation.delete(id_hash)
+            log.info("logout", session=short_hash(id_hash), found=ended is not None)
+            if ended is not None:
+                id_token = ended.id_token
+                await self.grants.revoke([ended])
         # Unless configured otherwise, the browser ends on the relay's own page, which says
         # "You are signed out" (endpoints/session.py home): landing on an app would only send
         # it straight to the provider's sign-in form, without a word.

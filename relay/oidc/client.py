@@ -49,9 +49,12 @@ def authorization_url(
     state: str,
     nonce: str,
     code_verifier: str,
+    login_hint: str | None = None,
 ) -> str:
     # RFC 7636 §4.2-4.3: only S256; "plain" would hand the verifier to anyone who sees the URL.
     params = {
+        # OIDC Core 3.1.2.1: the operator's extra parameters first, so the relay's own win.
+        **provider.extra_params,
         "response_type": "code",
         "client_id": provider.client_id,
         "redirect_uri": redirect_uri,
@@ -61,6 +64,14 @@ def authorization_url(
         "code_challenge": create_s256_code_challenge(code_verifier),
         "code_challenge_method": "S256",
     }
+    if provider.prompt is not None:
+        params["prompt"] = provider.prompt
+    if provider.max_age is not None:
+        params["max_age"] = str(provider.max_age)
+    if provider.acr_values:
+        params["acr_values"] = " ".join(provider.acr_values)
+    if login_hint is not None:
+        params["login_hint"] = login_hint
     separator = "&" if "?" in metadata.authorization_endpoint else "?"
     return metadata.authorization_endpoint + separator + urlencode(params, quote_via=quote)
 

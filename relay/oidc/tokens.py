@@ -38,6 +38,7 @@ class Expectations:
     now: int
     skew: int
     nonce: str | None = None  # the ID token's; a logout token must have none
+    max_age: int | None = None  # the login asked for max_age (OIDC Core 3.1.2.1)
 
 
 def expectations(
@@ -53,6 +54,7 @@ def expectations(
         now=now,
         skew=provider.clock_skew,
         nonce=nonce,
+        max_age=provider.max_age,
     )
 
 
@@ -73,6 +75,13 @@ async def validate_id_token(token: str, keys: JwksCache, expect: Expectations) -
     # (11) nonce must equal the one we sent.
     if claims.get("nonce") != expect.nonce:
         raise InvalidToken("id_token.nonce_mismatch")
+    # (13) with max_age asked, auth_time is required (3.1.2.1) and no older than max_age.
+    if expect.max_age is not None:
+        auth_time = claims.get("auth_time")
+        if not isinstance(auth_time, int | float) or isinstance(auth_time, bool):
+            raise InvalidToken("id_token.auth_time_missing")
+        if expect.now - auth_time > expect.max_age + expect.skew:
+            raise InvalidToken("id_token.auth_time_too_old")
     return claims
 
 

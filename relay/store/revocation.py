@@ -4,7 +4,7 @@ process's cache drops it after the commit."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, Delete, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -20,11 +20,16 @@ from relay.store.models import sessions
 from relay.store.records import ACTIVE
 
 
-class Ended(NamedTuple):
-    """A session an ending removed, and whose it was (for the audit line)."""
+@dataclass(frozen=True)
+class Ended:
+    """A session an ending removed, whose it was (for the audit line), and its tokens,
+    unsealed, for the provider: the refresh token to revoke there (RFC 7009), the ID token
+    as the logout's hint. Never in a repr (nor a log line)."""
 
     id_hash: str
     subject: str | None
+    refresh_token: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
 
 
 class Revocation:
@@ -33,28 +38,21 @@ class Revocation:
         self._sealer = sealer
         self._cache = cache
 
-    async def delete(self, id_hash: str) -> str | None:
-        """End a session; return its ID token (for the provider's logout hint), if any."""
-        statement = (
-            delete(sessions)
-            .where(sessions.c.id_hash == id_hash, sessions.c.status == ACTIVE)
-            .returning(sessions.c.id_token)
+    async def delete(self, id_hash: str) -> Ended | None:
+        """End a session; return it, with its tokens (for the provider), if it was live."""
+        statement = delete(sessions).where(
+            sessions.c.id_hash == id_hash, sessions.c.status == ACTIVE
         )
         try:
             async with self._db.write() as conn:
-                row = (await conn.execute(statement)).first()
-                if row is not None:
-                    await announce(conn, [id_hash])
+                ended = await self._end(conn, statement)
         except DatabaseUnavailable:
             # The user asked to leave and gets a 503: at least this replica stops admitting
             # the session from what it holds through an outage (outage_grace).
             self._cache.discard(id_hash)
             raise
         self._cache.invalidate([id_hash])
-        if row is None:
-            return None
-        # Unreadable: the session still ends, without an id_token_hint for the provider.
-        return self._sealer.open_or_absent(row.id_token)
+        return ended[0] if ended else None
 
     async def revoke_subject(self, subject: str) -> list[Ended]:
         """End every active session of this user (an operator's revocation); return their
@@ -125,7 +123,17 @@ class Revocation:
         """Run a DELETE of sessions and tell every replica, in ``conn``'s transaction. The
         caller drops them from this cache after the commit, as revoke_subject does: a
         read between an early drop and the commit would cache them again."""
-        returning = statement.returning(sessions.c.id_hash, sessions.c.subject)
-        ended = [Ended(row.id_hash, row.subject) for row in await conn.execute(returning)]
-        await announce(conn, [e.id_hash for e in ended])
+        columns = sessions.c
+        returning = statement.returning(
+            columns.id_hash, columns.subject, columns.refresh_token, columns.id_token
+        )
+        # Tokens sealed under a secret no longer configured read as absent: the session still
+        # ends, without a revocation or a logout hint at the provider.
+        opened = self._sealer.open_or_absent
+        ended = [
+            Ended(row.id_hash, row.subject, opened(row.refresh_token), opened(row.id_token))
+            for row in await conn.execute(returning)
+        ]
+        if ended:
+            await announce(conn, [e.id_hash for e in ended])
         return ended

@@ -35,6 +35,9 @@ pytestmark = pytest.mark.e2e
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ACCOUNT = "alice"
+# What the e2e provider's resource server (e2e/provider/server.mjs) puts in its tokens' aud.
+API_AUDIENCE = "https://api.example.test"
+SESSION_SECRET = "e2e-session-secret-" + "x" * 32
 # The [access] section every test runs under unless it asks for another (Stack.access_rules).
 ANYONE = 'email_domains = ["*"]'
 
@@ -101,13 +104,20 @@ trusted_proxies = ["127.0.0.1/32"]
 issuer = "{self.issuer}"
 client_id = "oidc-relay"
 client_secret = "{self.client_secret}"
+# The provider runs on this machine's clock: a token's expiry is seen within 2 s.
+clock_skew = "2s"
 
 [database]
 url = "{self.database_url}"
 
 [session]
-secret = "e2e-session-secret-{"x" * 32}"
+secret = "{SESSION_SECRET}"
 cookie_secure = true
+
+[bearer]
+enabled = true
+audiences = ["{API_AUDIENCE}"]
+introspection = true
 
 [access]
 {self.access}
