@@ -38,6 +38,7 @@ from sqlalchemy.engine import make_url
 
 from relay.exact import flaw
 from relay.hosts import parse_host
+from relay.oidc.keys import algorithm, load_private_key
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -205,13 +206,23 @@ class ProviderConfig(_Section):
     """the client id the provider issued to the relay"""
     scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
     """must include `openid`"""
-    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "none"] = (
-        "client_secret_basic"
-    )
-    """or `client_secret_post`, `none`"""
+    token_endpoint_auth_method: Literal[
+        "client_secret_basic", "client_secret_post", "private_key_jwt", "none"
+    ] = "client_secret_basic"
+    """or `client_secret_post`, `private_key_jwt` (RFC 7523: no shared secret, see
+    `private_key_file`), `none`"""
     client_secret: SecretStr | None = Field(default=None, validate_default=True)
-    """the client secret the provider issued; required unless `token_endpoint_auth_method` is
-    `"none"`. Better in the environment: `RELAY_PROVIDER__CLIENT_SECRET`"""
+    """the client secret the provider issued; required with `client_secret_basic` and
+    `client_secret_post`. Better in the environment: `RELAY_PROVIDER__CLIENT_SECRET`"""
+    private_key_file: str | None = Field(default=None, validate_default=True)
+    """with `private_key_jwt`: the PEM file of the relay's private key (RSA, EC or Ed25519),
+    read again when it changes; its public key is served at `<public_url>/jwks.json`, the
+    `jwks_uri` to register for the client"""
+    private_key_id: str | None = None
+    """the key's `kid`; unset: its RFC 7638 thumbprint"""
+    pushed_authorization: Literal["auto", "always", "never"] = "auto"
+    """Pushed Authorization Requests (RFC 9126): `auto` where the provider advertises them,
+    `always` (refuse to log in without), `never`"""
     # Signing algorithms accepted for ID tokens; the provider's advertised list is intersected.
     allowed_algorithms: list[str] = Field(
         default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"]
@@ -269,6 +280,20 @@ class ProviderConfig(_Section):
         _https_unless_loopback(value)
         return value
 
+    @field_validator("private_key_file")
+    @classmethod
+    def _private_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        method = info.data.get("token_endpoint_auth_method")
+        if method == "private_key_jwt" and value is None:
+            raise ValueError('is required with token_endpoint_auth_method = "private_key_jwt"')
+        if value is not None:
+            try:
+                with open(value, "rb") as handle:
+                    algorithm(load_private_key(handle.read()))
+            except OSError as exc:
+                raise ValueError(f"cannot be read: {exc.strerror}") from None
+        return value
+
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, value: str | None) -> str | None:
@@ -304,7 +329,7 @@ class ProviderConfig(_Section):
         cls, value: SecretStr | None, info: ValidationInfo
     ) -> SecretStr | None:
         method = info.data.get("token_endpoint_auth_method")
-        if method != "none" and value is None:
+        if method in ("client_secret_basic", "client_secret_post") and value is None:
             raise ValueError(f'is required with token_endpoint_auth_method = "{method}"')
         if value is not None:
             _not_a_placeholder(value, "set the secret your provider issued for client_id")

@@ -31,7 +31,13 @@ from relay.errors import (
 )
 from relay.grants import Grants
 from relay.metrics import Metrics
-from relay.oidc.client import TokenResponse, authorization_url, exchange_code, fetch_userinfo
+from relay.oidc.client import (
+    Asked,
+    TokenResponse,
+    authorization_url,
+    exchange_code,
+    fetch_userinfo,
+)
 from relay.oidc.discovery import Discovery, ProviderMetadata
 from relay.oidc.jwks import JwksCache
 from relay.oidc.tokens import (
@@ -145,14 +151,15 @@ class Flows:
         if added.evicted:
             log.warning("login.evicted", count=added.evicted, max_pending=limits.max_pending)
         log.info("login.started", login=short_hash(state_hash), return_to=return_to)
-        url = authorization_url(
+        url = await authorization_url(
+            self._http,
             metadata,
             provider=self.config.provider,
             redirect_uri=self.config.server.redirect_uri,
             state=state,
             nonce=nonce,
             code_verifier=verifier,
-            login_hint=login_hint,
+            asked=Asked(login_hint=login_hint),
         )
         return LoginStarted(provider_url=url, login_id=login_id)
 

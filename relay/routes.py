@@ -48,6 +48,8 @@ def routes(prefix: str) -> list[BaseRoute]:
         Route("/console/end", console.confirm, methods=["GET"]),
         Route("/console/end", console.end, methods=["POST"]),
         Route("/backchannel-logout", backchannel.backchannel_logout, methods=["POST"]),
+        # The relay's public key for private_key_jwt: the client's jwks_uri at the provider.
+        Route("/jwks.json", backchannel.jwks, methods=["GET"]),
         # oauth2-proxy's names (docs/migrating-from-oauth2-proxy.md)
         Route("/start", login.login, methods=["GET"]),
         Route("/sign_in", login.login, methods=["GET"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from urllib.parse import parse_qs, unquote, urlencode
 import httpx2
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
-from joserfc.errors import SecurityWarning
+from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import ECKey, Key, RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -68,6 +69,7 @@ class Behaviour:
     # "dropped": the endpoint does its work, and the connection drops before its answer
     network_failures: dict[str, str] = field(default_factory=dict)
     expires_in: int | None = 3600  # the access token's, in every token response; None: unsaid
+    par: bool = False  # advertise and serve Pushed Authorization Requests (RFC 9126)
     # Refresh grants (RFC 6749 §6): a new refresh token each time (the old one then answers
     # invalid_grant), an ID token with them, and its claims merged over the defaults.
     rotate_refresh_tokens: bool = True
@@ -147,6 +149,11 @@ class TestProvider:
         # RFC 7662: opaque token -> the introspection answer (anything else: inactive).
         self.introspection: dict[str, dict[str, Any]] = {}
         self.revoked: list[dict[str, str]] = []  # every RFC 7009 request's form
+        self.authorize_requests: list[dict[str, str]] = []  # every /authorize query
+        self.pushed: dict[str, dict[str, str]] = {}  # RFC 9126: request_uri -> parameters
+        # private_key_jwt: the client's registered public keys, and each assertion's claims.
+        self.client_keys: list[Key] = []
+        self.assertions: list[dict[str, Any]] = []
         # A second key set, published at /other-jwks: another issuer's keys.
         self.other_key = RSAKey.generate_key(2048, parameters={"kid": "other-1", "use": "sig"})
         self.app = Starlette(
@@ -160,6 +167,7 @@ class TestProvider:
                 Route("/introspect", self.introspect, methods=["POST"]),
                 Route("/revoke", self.revoke, methods=["POST"]),
                 Route("/other-jwks", self.other_jwks),
+                Route("/par", self.par, methods=["POST"]),
             ]
         )
 
@@ -182,6 +190,8 @@ class TestProvider:
             "code_challenge_methods_supported": ["S256"],
             "authorization_response_iss_parameter_supported": True,
         }
+        if self.behaviour.par:
+            doc["pushed_authorization_request_endpoint"] = self.issuer.rstrip("/") + "/par"
         doc.update(self.behaviour.discovery_overrides)
         return JSONResponse(doc)
 
@@ -191,7 +201,14 @@ class TestProvider:
 
     async def authorize(self, request: Request) -> Response:
         """Signs in ``self.subject`` at once and sends the browser back with a code."""
-        q = request.query_params
+        q: Any = request.query_params
+        self.authorize_requests.append(dict(q))
+        if "request_uri" in q:
+            # RFC 9126 §4: the pushed request stands in for the query, once, for its client.
+            pushed = self.pushed.pop(q["request_uri"], None)
+            if pushed is None or pushed.get("client_id") != q.get("client_id"):
+                return JSONResponse({"error": "invalid_request_uri"}, status_code=400)
+            q = pushed
         if q.get("client_id") != CLIENT_ID or q.get("response_type") != "code":
             return JSONResponse({"error": "invalid_request"}, status_code=400)
         code = secrets.token_urlsafe(24)
@@ -217,7 +234,7 @@ class TestProvider:
             return JSONResponse(
                 b.token_body or {"error": "server_error"}, status_code=b.token_status
             )
-        if not self._client_authenticated(request):
+        if not self._client_authenticated(request, form, "/token"):
             return JSONResponse({"error": "invalid_client"}, status_code=401)
         if form.get("grant_type") == "refresh_token":
             return await self._refresh(form)
@@ -293,20 +310,33 @@ class TestProvider:
     async def introspect(self, request: Request) -> Response:
         """RFC 7662 §2: for an authenticated client, the answer the test set, else inactive."""
         self.calls["introspect"] += 1
-        if not self._client_authenticated(request):
-            return JSONResponse({"error": "invalid_client"}, status_code=401)
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        if not self._client_authenticated(request, form, "/introspect"):
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
         return JSONResponse(self.introspection.get(form.get("token", ""), {"active": False}))
 
     async def revoke(self, request: Request) -> Response:
         """RFC 7009 §2: the refresh token's grant ends; 200 whether or not it was live."""
         self.calls["revoke"] += 1
-        if not self._client_authenticated(request):
-            return JSONResponse({"error": "invalid_client"}, status_code=401)
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        if not self._client_authenticated(request, form, "/revoke"):
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
         self.revoked.append(form)
         self.refresh_tokens.pop(form.get("token", ""), None)
         return Response(status_code=200)
+
+    async def par(self, request: Request) -> Response:
+        """RFC 9126 §2: an authenticated client pushes its authorization request."""
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        if not self._client_authenticated(request, form, "/par"):
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
+        if "request_uri" in form:  # §2.1: a pushed request must not itself refer to one
+            return JSONResponse({"error": "invalid_request"}, status_code=400)
+        params = {k: v for k, v in form.items() if not k.startswith("client_")}
+        params["client_id"] = CLIENT_ID
+        request_uri = "urn:ietf:params:oauth:request_uri:" + secrets.token_urlsafe(16)
+        self.pushed[request_uri] = params
+        return JSONResponse({"request_uri": request_uri, "expires_in": 60}, status_code=201)
 
     async def other_jwks(self, request: Request) -> Response:
         return JSONResponse({"keys": [self.other_key.as_dict(private=False)]})
@@ -349,12 +379,41 @@ class TestProvider:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _client_authenticated(self, request: Request) -> bool:
+    def _client_authenticated(self, request: Request, form: dict[str, str], path: str) -> bool:
+        """client_secret_basic with the client's secret, or (RFC 7523 §3) a client assertion
+        signed by one of ``client_keys`` for this endpoint, unexpired, its jti fresh."""
+        if "client_assertion" in form:
+            return self._assertion_valid(form, self.issuer.rstrip("/") + path)
         header = request.headers.get("authorization", "")
         if not header.startswith("Basic "):
             return False
         user, _, password = base64.b64decode(header[6:]).decode().partition(":")
         return (unquote(user), unquote(password)) == (CLIENT_ID, CLIENT_SECRET)
+
+    def _assertion_valid(self, form: dict[str, str], audience: str) -> bool:
+        if form.get("client_assertion_type") != (
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        ):
+            return False
+        for key in self.client_keys:
+            try:
+                token = jwt.decode(form["client_assertion"], key, algorithms=["RS256", "ES256"])
+            except JoseError:
+                continue
+            claims = dict(token.claims)
+            seen = {a["jti"] for a in self.assertions}
+            valid = (
+                claims.get("iss") == claims.get("sub") == CLIENT_ID
+                and claims.get("aud") == audience
+                and isinstance(claims.get("exp"), int)
+                and claims["exp"] > time.time()
+                and claims.get("jti") not in seen
+                and token.header.get("kid") == key.kid
+            )
+            if valid:
+                self.assertions.append(claims)
+            return valid
+        return False
 
     def id_token(
         self, nonce: str | None, subject: str, refreshed: dict[str, Any] | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +12,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from relay.config import ProviderConfig
 from relay.errors import BadRequest, Misconfigured, ProviderBadResponse, Unauthorized
+from relay.oidc.client_auth import authenticate
 from relay.oidc.discovery import ProviderMetadata
 from relay.oidc.http import json_object, send
 
@@ -41,7 +41,18 @@ class InvalidGrant(Unauthorized):
     issued to someone else. Only a new login helps."""
 
 
-def authorization_url(
+@dataclass(frozen=True)
+class Asked:
+    """What one login asks of the provider beyond the config: who is signing in, and the
+    stronger authentication a route demanded (step-up: acr_values, max_age)."""
+
+    login_hint: str | None = None
+    acr_values: tuple[str, ...] = ()
+    max_age: int | None = None
+
+
+async def authorization_url(
+    client: httpx2.AsyncClient,
     metadata: ProviderMetadata,
     *,
     provider: ProviderConfig,
@@ -49,8 +60,64 @@ def authorization_url(
     state: str,
     nonce: str,
     code_verifier: str,
-    login_hint: str | None = None,
+    asked: Asked | None = None,
 ) -> str:
+    """Where the browser goes to sign in: the authorization endpoint with the request in its
+    query (OIDC Core 3.1.2.1), or, with Pushed Authorization Requests (RFC 9126), with only
+    the request_uri the provider gave for the request pushed to it first."""
+    params = _authorization_params(
+        provider,
+        redirect_uri=redirect_uri,
+        state=state,
+        nonce=nonce,
+        code_verifier=code_verifier,
+        asked=asked or Asked(),
+    )
+    endpoint = metadata.par_endpoint
+    use_par = provider.pushed_authorization == "always" or (
+        endpoint is not None and (provider.pushed_authorization == "auto" or metadata.require_par)
+    )
+    if use_par:
+        if endpoint is None:
+            raise Misconfigured(
+                "par.not_offered",
+                'provider.pushed_authorization is "always", but the provider advertises no '
+                "pushed_authorization_request_endpoint",
+            )
+        params = {
+            "client_id": provider.client_id,
+            "request_uri": await _push(client, endpoint, provider, params),
+        }
+    separator = "&" if "?" in metadata.authorization_endpoint else "?"
+    return metadata.authorization_endpoint + separator + urlencode(params, quote_via=quote)
+
+
+async def _push(
+    client: httpx2.AsyncClient, endpoint: str, provider: ProviderConfig, params: dict[str, str]
+) -> str:
+    """RFC 9126 §2: the authorization request, pushed with the client's authentication; the
+    answer's request_uri stands for it at the authorization endpoint."""
+    response = await authenticated_post(client, endpoint, provider, dict(params), "par")
+    if response.status_code in (400, 401):
+        _raise_if_client_rejected(response)
+        raise ProviderBadResponse("par.refused", _error_code(response))
+    if response.status_code not in (200, 201):
+        raise ProviderBadResponse(f"par.status_{response.status_code}")
+    request_uri = json_object(response, "par").get("request_uri")
+    if not isinstance(request_uri, str) or not _VSCHAR.fullmatch(request_uri):
+        raise ProviderBadResponse("par.missing_request_uri")
+    return request_uri
+
+
+def _authorization_params(
+    provider: ProviderConfig,
+    *,
+    redirect_uri: str,
+    state: str,
+    nonce: str,
+    code_verifier: str,
+    asked: Asked,
+) -> dict[str, str]:
     # RFC 7636 §4.2-4.3: only S256; "plain" would hand the verifier to anyone who sees the URL.
     params = {
         # OIDC Core 3.1.2.1: the operator's extra parameters first, so the relay's own win.
@@ -66,14 +133,16 @@ def authorization_url(
     }
     if provider.prompt is not None:
         params["prompt"] = provider.prompt
-    if provider.max_age is not None:
-        params["max_age"] = str(provider.max_age)
-    if provider.acr_values:
-        params["acr_values"] = " ".join(provider.acr_values)
-    if login_hint is not None:
-        params["login_hint"] = login_hint
-    separator = "&" if "?" in metadata.authorization_endpoint else "?"
-    return metadata.authorization_endpoint + separator + urlencode(params, quote_via=quote)
+    # A route's step-up replaces the config's acr_values, and the shorter max_age wins.
+    acr_values = asked.acr_values or tuple(provider.acr_values)
+    if acr_values:
+        params["acr_values"] = " ".join(acr_values)
+    ages = [age for age in (provider.max_age, asked.max_age) if age is not None]
+    if ages:
+        params["max_age"] = str(min(ages))
+    if asked.login_hint is not None:
+        params["login_hint"] = asked.login_hint
+    return params
 
 
 async def exchange_code(
@@ -160,17 +229,9 @@ async def authenticated_post(
     timeouts: httpx2.Timeout | None = None,
 ) -> httpx2.Response:
     """A form POST to one of the provider's endpoints for clients (token, introspection,
-    revocation), the relay authenticating as its client as at the token endpoint."""
+    revocation, pushed authorization), the relay authenticating as its client."""
     headers = {"Accept": "application/json"}
-    secret = provider.client_secret.get_secret_value() if provider.client_secret else ""
-    if provider.token_endpoint_auth_method == "client_secret_basic":
-        # RFC 6749 §2.3.1: both parts are form-urlencoded before the Basic encoding.
-        pair = f"{quote(provider.client_id, safe='')}:{quote(secret, safe='')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-    else:
-        form["client_id"] = provider.client_id
-        if provider.token_endpoint_auth_method == "client_secret_post":
-            form["client_secret"] = secret
+    authenticate(provider, endpoint, form, headers)
     request = client.build_request(
         "POST",
         endpoint,
@@ -201,8 +262,9 @@ def _raise_if_client_rejected(response: httpx2.Response) -> None:
         raise Misconfigured(
             "token.client_rejected",
             f"the provider answered {response.status_code} {error}: check "
-            "provider.client_id, provider.client_secret and "
-            "provider.token_endpoint_auth_method against the client registered there",
+            "provider.client_id, provider.client_secret (or provider.private_key_file and the "
+            "jwks_uri registered) and provider.token_endpoint_auth_method against the client "
+            "registered there",
         )
 
 

@@ -31,6 +31,8 @@ class ProviderMetadata:
     iss_parameter_supported: bool = False
     introspection_endpoint: str | None = None  # RFC 8414 §2 (RFC 7662)
     revocation_endpoint: str | None = None  # RFC 8414 §2 (RFC 7009)
+    par_endpoint: str | None = None  # RFC 9126 §5 pushed_authorization_request_endpoint
+    require_par: bool = False  # RFC 9126 §5 require_pushed_authorization_requests
 
 
 def parse_metadata(doc: dict[str, Any], expected_issuer: str) -> ProviderMetadata:
@@ -59,6 +61,8 @@ def parse_metadata(doc: dict[str, Any], expected_issuer: str) -> ProviderMetadat
         iss_parameter_supported=doc.get("authorization_response_iss_parameter_supported") is True,
         introspection_endpoint=_endpoint(doc, "introspection_endpoint", required=False),
         revocation_endpoint=_endpoint(doc, "revocation_endpoint", required=False),
+        par_endpoint=_endpoint(doc, "pushed_authorization_request_endpoint", required=False),
+        require_par=doc.get("require_pushed_authorization_requests") is True,
     )
 
 
