@@ -51,9 +51,12 @@ def test_nginx_sends_anonymous_browser_to_login(stack: Stack, http: httpx2.Clien
     assert response.status_code == 302
     location = response.headers["location"]
     assert location.startswith(stack.issuer + "/auth?")
+    # The provider offers Pushed Authorization Requests (RFC 9126), so the relay pushed the
+    # request (redirect_uri, state, nonce, the S256 challenge) to it directly: the browser's
+    # URL carries only what stands for it.
     params = parse_qs(urlsplit(location).query)
-    assert params["redirect_uri"] == [stack.public_url + "/callback"]
-    assert params["code_challenge_method"] == ["S256"]
+    assert set(params) == {"client_id", "request_uri"}
+    assert params["request_uri"][0].startswith("urn:ietf:params:oauth:request_uri:")
     assert stack.sessions("pending") >= 1
     landed = scripted_login(http, location)
     assert str(landed.url) == stack.app_url + "/headers?a=1&b=2"

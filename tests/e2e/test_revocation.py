@@ -66,7 +66,7 @@ def test_a_revoked_person_is_sent_to_log_in_again(stack: Stack, context: Any) ->
     # nginx answers the app's URL with the relay's /login (its error_page, inside nginx): a
     # redirect to the provider's authorization endpoint, a new login.
     assert chain[0] == stack.app_url + "/"
-    assert chain[1].startswith(stack.issuer + "/auth?response_type=code&"), chain
+    assert chain[1].startswith(stack.issuer + "/auth?client_id=oidc-relay&request_uri="), chain
     # The provider still has alice's own session, so it may send her straight back with a new
     # relay session, or ask her to log in: either way the revoked one served nothing.
     if page.url.startswith(stack.app_url):
