@@ -143,6 +143,7 @@ def create_app(
                 config.server.public_url + "/logout",
                 clock,
                 refresher=refresher,
+                skew=config.provider.clock_skew,
                 bearer=BearerTokens(config, http, discovery, jwks, clock)
                 if config.bearer.enabled
                 else None,

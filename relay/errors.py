@@ -3,7 +3,9 @@
     RelayError                    status, a fixed public message, a log reason
     ├── BadRequest          400   the browser sent something we refuse (bad state, bad code...)
     ├── Unauthorized        401   no valid session
-    │   └── InvalidBearer   401   an API caller's token failed a check (relay/bearer.py)
+    │   ├── InvalidBearer   401   an API caller's token failed a check (relay/bearer.py)
+    │   │   └── InsufficientAuthentication 401  ...or was issued for too weak a sign-in
+    │   └── StepUpRequired  401   the route needs a stronger or fresher sign-in (step_up.py)
     ├── Forbidden           403   a cross-origin logout and the like
     │   ├── AccessDenied    403   signed in, but the [access] rules say no (relay/access.py)
     │   └── TokenRefused    403   an API caller's valid token, but the rules say no
@@ -65,6 +67,33 @@ class InvalidBearer(Unauthorized):
 
     public_message = "The access token is not valid here."
     challenge = 'Bearer error="invalid_token"'
+
+
+class StepUpRequired(Unauthorized):
+    """The session is signed in, but not strongly or recently enough for this route: a new
+    login, asking the provider for ``asked`` (relay/step_up.py), is the way on."""
+
+    public_message = "This page needs you to sign in again, more strongly or more recently."
+
+    def __init__(self, reason: str, asked: dict[str, str]) -> None:
+        super().__init__(reason)
+        self.asked = asked
+
+
+class InsufficientAuthentication(InvalidBearer):
+    """RFC 9470 §3: the token is valid, but its sign-in does not meet the route's acr or
+    max_age; the challenge says what would."""
+
+    public_message = "The access token's sign-in is not strong or recent enough here."
+
+    def __init__(self, reason: str, asked: dict[str, str]) -> None:
+        super().__init__(reason)
+        parts = ['Bearer error="insufficient_user_authentication"']
+        if "acr" in asked:
+            parts.append(f'acr_values="{asked["acr"].replace(",", " ")}"')
+        if "max_age" in asked:
+            parts.append(f'max_age="{asked["max_age"]}"')
+        self.challenge = ", ".join(parts)
 
 
 class Forbidden(RelayError):

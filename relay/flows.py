@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -104,7 +104,7 @@ class Flows:
         return return_url(rd, self.config)
 
     async def start_login(
-        self, rd: str | None, client: str | None, login_hint: str | None = None
+        self, rd: str | None, client: str | None, asked: Asked | None = None
     ) -> LoginStarted:
         """Write a pending login and build the provider URL. ``client`` is the client's
         address or network (``ratelimit.client_bucket``; None when a trusted proxy did not
@@ -125,7 +125,16 @@ class Flows:
         state, nonce = new_id(), new_id()
         verifier = secrets.token_urlsafe(48)  # RFC 7636 §4.1: 43-128 unreserved characters
         state_hash = hash_id(state)
-        login = PendingLogin(nonce, verifier, return_to, now, now + session.pending_lifetime)
+        asked = asked or Asked()
+        login = PendingLogin(
+            nonce,
+            verifier,
+            return_to,
+            now,
+            now + session.pending_lifetime,
+            asked_acr=asked.acr_values,
+            asked_max_age=asked.max_age,
+        )
         client_hash = None if client is None else hash_id(client)
         added = await self._pending.add(
             state_hash,
@@ -159,13 +168,21 @@ class Flows:
             state=state,
             nonce=nonce,
             code_verifier=verifier,
-            asked=Asked(login_hint=login_hint),
+            asked=asked,
         )
         return LoginStarted(provider_url=url, login_id=login_id)
 
     async def finish_login(
-        self, params: Mapping[str, str], login_id: str | None, browser: Browser | None = None
+        self,
+        params: Mapping[str, str],
+        login_id: str | None,
+        browser: Browser | None = None,
+        *,
+        replacing: str | None = None,
     ) -> LoginFinished:
+        """The callback: the code traded, the ID token validated, a session written. A live
+        session the browser already had (``replacing``, its cookie's id) ends: the new one
+        takes its place in the cookie, upgraded when a step-up asked for this login."""
         try:
             done = await self._finish_login(params, login_id, browser or Browser())
         except RelayError as exc:
@@ -175,6 +192,10 @@ class Flows:
             log.warning(event, reason=exc.reason, detail=exc.detail or None)
             raise
         self._metrics.logins.labels(result="succeeded").inc()
+        if replacing is not None:
+            ended = await self.sessions.revocation.delete(hash_id(replacing))
+            if ended is not None:
+                log.info("login.replaced", session=short_hash(ended.id_hash))
         return done
 
     async def _finish_login(
@@ -219,7 +240,7 @@ class Flows:
             code=code,
             code_verifier=pending.code_verifier,
         )
-        claims = await self._claims(metadata, tokens, pending.nonce)
+        claims = await self._claims(metadata, tokens, pending)
         kept = identity(claims)
         refused = self._access.refusal(kept)
         if refused is not None:
@@ -265,10 +286,13 @@ class Flows:
         )
 
     async def _claims(
-        self, metadata: ProviderMetadata, tokens: TokenResponse, nonce: str
+        self, metadata: ProviderMetadata, tokens: TokenResponse, pending: PendingLogin
     ) -> dict[str, Any]:
         """The validated ID token's claims, with userinfo's where the token is silent."""
-        expect = self._expectations(metadata, nonce=nonce)
+        expect = self._expectations(metadata, nonce=pending.nonce)
+        # A step-up asked for more than the config: the token is held to that too.
+        ages = [a for a in (expect.max_age, pending.asked_max_age) if a is not None]
+        expect = replace(expect, acr_values=pending.asked_acr, max_age=min(ages) if ages else None)
         claims = await validate_id_token(tokens.id_token, self._jwks, expect)
         if (
             self.config.provider.fetch_userinfo

@@ -11,10 +11,17 @@ from collections.abc import Callable
 
 import structlog
 
+from relay import step_up
 from relay.access import Access
 from relay.bearer import BearerTokens
 from relay.crypto import hash_id, short_hash
-from relay.errors import AccessDenied, TokenRefused, Unauthorized
+from relay.errors import (
+    AccessDenied,
+    InsufficientAuthentication,
+    StepUpRequired,
+    TokenRefused,
+    Unauthorized,
+)
 from relay.refresh import Refresher
 from relay.store.records import ActiveSession
 from relay.store.sessions import Sessions
@@ -32,7 +39,9 @@ class Gate:
         *,
         refresher: Refresher | None = None,
         bearer: BearerTokens | None = None,
+        skew: int = 60,
     ) -> None:
+        self.skew = skew  # provider.clock_skew, for a step-up's max_age
         self._sessions = sessions
         self.bearer = bearer  # None: [bearer] is off
         self.access = access
@@ -81,7 +90,23 @@ class Gate:
                 subject=session.subject,
             )
             raise AccessDenied(refused.reason, refused.message, refused.detail, self._sign_out_url)
+        wanted = step_up.demand(query)
+        problem = step_up.shortfall(wanted, session.claims, int(self._clock()), self.skew)
+        if problem is not None:
+            self._step_up_refused(problem, wanted, session.subject)
+            raise StepUpRequired(problem, wanted.query())
         return session
+
+    def _step_up_refused(self, problem: str, wanted: step_up.Demand, subject: str) -> None:
+        log.info("step_up.required", reason=problem, subject=subject, asked=wanted.query())
+        if wanted.unreadable is not None:
+            # The route's own parameter does not read: no login can satisfy it.
+            raise AccessDenied(
+                problem,
+                "This page asks for a sign-in the relay cannot read; tell its operator.",
+                wanted.unreadable,
+                self._sign_out_url,
+            )
 
     async def admit_token(
         self, token: str, host: str | None = None, query: str = ""
@@ -102,4 +127,11 @@ class Gate:
                 bearer=short_hash(caller.id_hash),
             )
             raise TokenRefused(refused.reason, refused.detail)
+        wanted = step_up.demand(query)
+        problem = step_up.shortfall(wanted, caller.claims, int(self._clock()), self.skew)
+        if problem is not None:
+            if wanted.unreadable is not None:
+                raise TokenRefused(problem, wanted.unreadable)
+            log.info("step_up.required", reason=problem, subject=caller.subject)
+            raise InsufficientAuthentication(problem, wanted.query())
         return caller

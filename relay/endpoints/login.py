@@ -6,11 +6,13 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from relay import step_up
 from relay.bearer import bearer_token
 from relay.devices import Browser
 from relay.endpoints import Context, context
 from relay.errors import BadRequest, InvalidBearer, TooManyRequests, Unauthorized
 from relay.forwarded import client_address, from_trusted_proxy, is_navigation, original_url
+from relay.oidc.client import Asked
 from relay.pages import redirect_page
 from relay.ratelimit import client_bucket
 
@@ -53,7 +55,11 @@ async def login(request: Request) -> Response:
             log.warning("login.refused", reason="rate_limited", client=address, bucket=client)
             raise TooManyRequests("login.rate_limited")
     rd = request.query_params.get("rd") or _forwarded_return_url(request, ctx)
-    started = await ctx.flows.start_login(rd, client, _login_hint(request))
+    wanted = step_up.demand(request.scope["query_string"].decode("latin-1"))
+    if wanted.unreadable is not None:
+        raise BadRequest("login.bad_step_up", wanted.unreadable)
+    asked = Asked(_login_hint(request), wanted.acr, wanted.max_age)
+    started = await ctx.flows.start_login(rd, client, asked)
     response = redirect_page(started.provider_url)
     ctx.cookies.set_login(response, started.login_id, ctx.config.session.pending_lifetime)
     return response
@@ -101,7 +107,10 @@ async def callback(request: Request) -> Response:
         raise BadRequest("callback.duplicate_cookie", public_message=_TWO_COOKIES)
     browser = Browser(request.headers.get("user-agent"), client_address(request, ctx.proxies))
     done = await ctx.flows.finish_login(
-        request.query_params, ctx.cookies.login_id(request), browser
+        request.query_params,
+        ctx.cookies.login_id(request),
+        browser,
+        replacing=ctx.cookies.session_id(request),
     )
     response = RedirectResponse(done.return_to, status_code=302)
     ctx.cookies.set_session(response, done.session_id, done.max_age)

@@ -13,7 +13,14 @@ from starlette.websockets import WebSocket
 
 from relay.bearer import bearer_token
 from relay.endpoints import ABSENT, Context, context, same_origin
-from relay.errors import AccessDenied, Forbidden, InvalidBearer, RelayError, Unauthorized
+from relay.errors import (
+    AccessDenied,
+    Forbidden,
+    InvalidBearer,
+    RelayError,
+    StepUpRequired,
+    Unauthorized,
+)
 from relay.flows import SIGNED_OUT
 from relay.forwarded import forwarded_host, is_navigation, original_url
 from relay.pages import error_response, page
@@ -38,10 +45,15 @@ async def auth_redirect(request: Request) -> Response:
     except Unauthorized as exc:
         if isinstance(exc, InvalidBearer) or not is_navigation(request, ctx.proxies):
             raise
-        login = ctx.config.server.public_url + "/login"
+        query = {}
         rd = original_url(request, ctx.proxies)
         if rd is not None:
-            login += "?" + urlencode({"rd": rd})
+            query["rd"] = rd
+        if isinstance(exc, StepUpRequired):
+            query |= exc.asked  # the login asks the provider for what the route needs
+        login = ctx.config.server.public_url + "/login"
+        if query:
+            login += "?" + urlencode(query)
         return RedirectResponse(login, status_code=302)
     return _identity_response(ctx, session)
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from relay import step_up
 from relay.bearer import bearer_token
 from relay.cookies import cookie_id
 from relay.crypto import hash_id
@@ -27,6 +28,7 @@ from relay.endpoints import ABSENT, SESSION, TOKEN, Context, session
 from relay.errors import RelayError
 from relay.middleware import SECURED, secured
 from relay.pages import error_response
+from relay.step_up import FOREVER
 from relay.store.records import ActiveSession
 
 _READS = frozenset({"GET", "HEAD"})
@@ -106,16 +108,18 @@ class AuthShortcut:
         if host is not None and (scope.get("client") or ("",))[0] not in ctx.proxies:
             host = None  # only a trusted proxy names the app
         key = (scope["query_string"], host)
-        allowed = memo.get(key)
-        if allowed is None:
+        # The verdict for this app is the last second it holds: FOREVER, or a step-up's
+        # max_age away from the sign-in, or -1 (refused).
+        until = memo.get(key)
+        if until is None:
             if len(memo) > _VERDICTS_MAX:
                 memo.clear()
                 memo[_HEADERS] = headers
             forwarded = None if host is None else host.decode("latin-1")
             query = scope["query_string"].decode("latin-1")
-            allowed = memo[key] = access.refusal(active.claims, forwarded, query) is None
+            until = memo[key] = _verdict(ctx, active, forwarded, query)
         # A refusal is the routed endpoint's to give: it logs the reason and renders the page.
-        return headers if allowed else None
+        return headers if until == FOREVER or ctx.now() <= until else None
 
     async def _session(self, ctx: Context, scope: Scope, session_id: str) -> ActiveSession | None:
         """The signed-in session with no refresh due, from the cache or, on a miss, the
@@ -132,6 +136,13 @@ class AuthShortcut:
             elif sessions.refresh_due(active, now):
                 return None
         return active
+
+
+def _verdict(ctx: Context, active: ActiveSession, host: str | None, query: str) -> int:
+    """Until when the rules and the route's step-up admit this session (or caller)."""
+    if ctx.gate.access.refusal(active.claims, host, query) is not None:
+        return -1
+    return step_up.deadline(step_up.demand(query), active.claims, ctx.gate.skew)
 
 
 def _read_headers(

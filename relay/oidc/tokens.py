@@ -39,6 +39,7 @@ class Expectations:
     skew: int
     nonce: str | None = None  # the ID token's; a logout token must have none
     max_age: int | None = None  # the login asked for max_age (OIDC Core 3.1.2.1)
+    acr_values: tuple[str, ...] = ()  # a step-up asked for one of these (3.1.2.1)
 
 
 def expectations(
@@ -75,6 +76,10 @@ async def validate_id_token(token: str, keys: JwksCache, expect: Expectations) -
     # (11) nonce must equal the one we sent.
     if claims.get("nonce") != expect.nonce:
         raise InvalidToken("id_token.nonce_mismatch")
+    # (12) acr asked for by a step-up: the provider must say it authenticated so (the
+    # config's acr_values are voluntary, as the provider takes them; these are the route's).
+    if expect.acr_values and claims.get("acr") not in expect.acr_values:
+        raise InvalidToken("id_token.acr_not_met", str(claims.get("acr"))[:64])
     # (13) with max_age asked, auth_time is required (3.1.2.1) and no older than max_age.
     if expect.max_age is not None:
         auth_time = claims.get("auth_time")

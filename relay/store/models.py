@@ -43,6 +43,9 @@ sessions = Table(
     Column("acr", String(255), nullable=True),
     Column("amr", String(255), nullable=True),  # JSON list
     Column("auth_time", BigInteger, nullable=True),
+    # A pending login's step-up (relay/step_up.py): what the ID token must then show.
+    Column("asked_acr", String(255), nullable=True),  # space-separated
+    Column("asked_max_age", BigInteger, nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("last_accessed_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False),

@@ -22,6 +22,9 @@ class PendingLogin:
     return_to: str
     created_at: int
     expires_at: int
+    # A route's step-up, asked of the provider: the ID token must show it (relay/step_up.py).
+    asked_acr: tuple[str, ...] = ()
+    asked_max_age: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class PendingLogins:
                     nonce=login.nonce,
                     code_verifier=self._sealer.seal(login.code_verifier),
                     return_to=login.return_to,
+                    asked_acr=" ".join(login.asked_acr) or None,
+                    asked_max_age=login.asked_max_age,
                     created_at=login.created_at,
                     last_accessed_at=login.created_at,
                     expires_at=login.expires_at,
@@ -180,6 +185,8 @@ class PendingLogins:
                 sessions.c.return_to,
                 sessions.c.created_at,
                 sessions.c.expires_at,
+                sessions.c.asked_acr,
+                sessions.c.asked_max_age,
             )
         )
         async with self._db.write() as conn:
@@ -195,6 +202,8 @@ class PendingLogins:
             return_to=row.return_to,
             created_at=row.created_at,
             expires_at=row.expires_at,
+            asked_acr=tuple((row.asked_acr or "").split()),
+            asked_max_age=row.asked_max_age,
         )
 
 
