@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 
 from relay.exact import flaw
 from relay.hosts import parse_host
-from relay.oidc.keys import algorithm, load_private_key
+from relay.oidc.keys import algorithm, load_key
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -220,6 +220,10 @@ class ProviderConfig(_Section):
     `jwks_uri` to register for the client"""
     private_key_id: str | None = None
     """the key's `kid`; unset: its RFC 7638 thumbprint"""
+    published_key_files: list[str] = Field(default_factory=list)
+    """more PEM keys (private or public) served at `<public_url>/jwks.json` but not signed
+    with: the next key, published before the switch (providers cache a client's key set: the
+    npm oidc-provider for 60 s), or the previous one, while replicas switch"""
     pushed_authorization: Literal["auto", "always", "never"] = "auto"
     """Pushed Authorization Requests (RFC 9126): `auto` where the provider advertises them,
     `always` (refuse to log in without), `never`"""
@@ -280,6 +284,19 @@ class ProviderConfig(_Section):
         _https_unless_loopback(value)
         return value
 
+    @field_validator("published_key_files")
+    @classmethod
+    def _published_keys(cls, value: list[str]) -> list[str]:
+        for path in value:
+            try:
+                with open(path, "rb") as handle:
+                    algorithm(load_key(handle.read(), private=False))
+            except OSError as exc:
+                raise ValueError(f"{path} cannot be read: {exc.strerror}") from None
+            except ValueError as exc:
+                raise ValueError(f"{path} {exc}") from None
+        return value
+
     @field_validator("private_key_file")
     @classmethod
     def _private_key(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -289,7 +306,7 @@ class ProviderConfig(_Section):
         if value is not None:
             try:
                 with open(value, "rb") as handle:
-                    algorithm(load_private_key(handle.read()))
+                    algorithm(load_key(handle.read()))
             except OSError as exc:
                 raise ValueError(f"cannot be read: {exc.strerror}") from None
         return value

@@ -117,6 +117,25 @@ def test_a_replaced_key_file_is_used_without_a_restart(
     assert len(provider.assertions) == 2
 
 
+def test_the_next_key_is_published_before_it_signs(
+    make_relay: Start, provider: TestProvider, rsa: tuple[Key, Path], tmp_path: Path
+) -> None:
+    """Rotation for providers that cache the client's key set: the next key, in
+    published_key_files, is served beside the signing one and signs nothing; its public
+    half is enough."""
+    key, path = rsa
+    nxt = ECKey.generate_key("P-256")
+    public = tmp_path / "next.pem"
+    public.write_bytes(nxt.as_pem(private=False))
+    provider.client_keys = [registered(key)]
+    with make_relay(provider=pkj(path, published_key_files=[str(public)])) as client:
+        kids = [k["kid"] for k in client.get("/jwks.json").json()["keys"]]
+        assert kids == [key.thumbprint(), nxt.thumbprint()]
+        assert sign_in(client, provider).status_code == 302
+    (claims,) = provider.assertions
+    assert claims["aud"] == ISSUER + "/token"
+
+
 def test_revocation_and_introspection_authenticate_with_the_key_too(
     make_relay: Start, provider: TestProvider, rsa: tuple[Key, Path]
 ) -> None:
@@ -134,6 +153,11 @@ def test_private_key_jwt_needs_a_readable_private_key(tmp_path: Path, database_u
     """One line naming provider.private_key_file: missing, unreadable, or a public key."""
     public = tmp_path / "public.pem"
     public.write_bytes(RSAKey.generate_key(2048).as_pem(private=False))
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a key")
+    with pytest.raises(ConfigError) as caught:
+        base_config(database_url, provider=pkj(public, published_key_files=[str(garbage)]))
+    assert any(line.startswith("provider.published_key_files: ") for line in caught.value.lines)
     cases = {
         "is required": {"token_endpoint_auth_method": "private_key_jwt", "client_secret": None},
         "cannot be read": pkj(tmp_path / "absent.pem"),

@@ -37,6 +37,8 @@ async def jwks(request: Request) -> Response:
     provider.token_endpoint_auth_method is private_key_jwt). Read from the key file as it
     is now: a rotated key is published as soon as it is in place."""
     keys = published_keys(context(request).config.provider)
-    if keys is None:
+    if not keys:
         raise NotFound("jwks.not_private_key_jwt")
-    return JSONResponse(keys, headers={"Cache-Control": "max-age=300"})
+    # Not cached longer than a provider would keep it anyway: a key published as the next
+    # one should reach the provider before the relay signs with it.
+    return JSONResponse({"keys": keys}, headers={"Cache-Control": "max-age=60"})

@@ -25,7 +25,7 @@ from joserfc.jwk import Key
 
 from relay.config import ProviderConfig
 from relay.errors import Misconfigured
-from relay.oidc.keys import algorithm, load_private_key
+from relay.oidc.keys import algorithm, load_key
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 60  # seconds: one request's worth (RFC 7523 §3 (4) exp)
@@ -68,36 +68,44 @@ def client_assertion(provider: ProviderConfig, audience: str, now: int) -> str:
     return jwt.encode({"alg": alg, "kid": kid, "typ": "JWT"}, claims, key, algorithms=[alg])
 
 
-def published_keys(provider: ProviderConfig) -> dict[str, Any] | None:
-    """The JWKS the provider fetches to check the relay's assertions; None without a key."""
+def published_keys(provider: ProviderConfig) -> list[dict[str, Any]]:
+    """The public keys the provider fetches to check the relay's assertions: the signing key,
+    then ``published_key_files`` (the next or the previous one); [] without private_key_jwt."""
     if provider.token_endpoint_auth_method != "private_key_jwt":
-        return None
-    key, kid, alg = signing_key(provider)
-    public = key.as_dict(private=False)
-    return {"keys": [{**public, "kid": kid, "use": "sig", "alg": alg}]}
+        return []
+    keys = [signing_key(provider)]
+    keys.extend(_read(path, None, private=False) for path in provider.published_key_files)
+    published, kids = [], set()
+    for key, kid, alg in keys:
+        if kid not in kids:  # the next key may already be the signing one
+            kids.add(kid)
+            published.append({**key.as_dict(private=False), "kid": kid, "use": "sig", "alg": alg})
+    return published
 
 
 def signing_key(provider: ProviderConfig) -> tuple[Key, str, str]:
     """The current private key, its kid and its algorithm; read again when the file's
     modification time changes."""
-    path = provider.private_key_file
+    if provider.private_key_file is None:
+        raise Misconfigured("client_auth.no_private_key", "provider.private_key_file is not set")
+    return _read(provider.private_key_file, provider.private_key_id, private=True)
+
+
+def _read(path: str, kid: str | None, *, private: bool) -> tuple[Key, str, str]:
     try:
-        if path is None:
-            raise ValueError("is not set")
-        return _load(path, os.stat(path).st_mtime_ns, provider.private_key_id)
+        return _load(path, os.stat(path).st_mtime_ns, kid, private)
     except OSError as exc:
         problem = f"cannot be read: {exc.strerror}"
     except ValueError as exc:
         problem = str(exc)
     # Checked at startup; this is a file replaced since by one that is not a key (a rotation
-    # half done): nothing can be signed until it is put right.
-    raise Misconfigured("client_auth.private_key_unusable", f"provider.private_key_file {problem}")
+    # half done): nothing can be signed or published until it is put right.
+    raise Misconfigured("client_auth.key_unusable", f"provider key file {path} {problem}")
 
 
-@functools.lru_cache(maxsize=4)
-def _load(path: str, mtime_ns: int, kid: str | None) -> tuple[Key, str, str]:
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime_ns: int, kid: str | None, private: bool) -> tuple[Key, str, str]:
     with open(path, "rb") as handle:
-        pem = handle.read()
-    key = load_private_key(pem)
+        key = load_key(handle.read(), private=private)
     # RFC 7638: the thumbprint names the key unless the operator chose a kid.
     return key, kid or key.thumbprint(), algorithm(key)

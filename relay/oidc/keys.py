@@ -10,17 +10,18 @@ from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 _EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 
 
-def load_private_key(pem: bytes) -> Key:
-    """An RSA, EC or Ed25519 private key from PEM; ValueError saying why not."""
+def load_key(pem: bytes, *, private: bool = True) -> Key:
+    """An RSA, EC or Ed25519 key from PEM, private unless ``private`` is False (a key only
+    published); ValueError saying why not."""
     for kind in (RSAKey, ECKey, OKPKey):
         try:
             key: Key = kind.import_key(pem)
         except (JoseError, ValueError, TypeError):
             continue
-        if not key.is_private:
+        if private and not key.is_private:
             raise ValueError("holds a public key: the relay signs with the private key")
         return key
-    raise ValueError("is not a PEM private key (RSA, EC P-256/384/521 or Ed25519)")
+    raise ValueError("is not a PEM key (RSA, EC P-256/384/521 or Ed25519)")
 
 
 def algorithm(key: Key) -> str:
