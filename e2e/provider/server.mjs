@@ -18,9 +18,38 @@
 //                        is done (the token rotated): a slow provider (optional; a refused
 //                        refresh is answered at once)
 //   CI_BOT_SECRET        the client secret of `ci-bot` (optional; default 'ci-bot-secret')
+//   PKJ_JWKS_URI         where the relay publishes its public keys (optional): adds a third
+//                        client `oidc-relay-pkj` that authenticates with private_key_jwt
 //
 // Its built-in development interactions ask for a login and a password, then consent; only the
 // accounts below exist. Prints "ready <issuer>" once listening.
+//
+// Step-up (acr): discovery advertises acr_values_supported ["urn:pwd", "urn:mfa"]. A login
+// records acr urn:pwd, or urn:mfa when the authorization request's acr_values include urn:mfa
+// (the dev form's password stands in for both factors: a wrapper around interactionFinished
+// sets `login.acr` from the interaction's params). A check added to the login prompt asks for
+// a new login (new auth_time) when urn:mfa is requested and the provider session's acr is not
+// urn:mfa (with prompt=none: login_required), so an old password-only session never satisfies
+// a step-up silently. A session that has urn:mfa keeps it for later requests without
+// acr_values. max_age=N re-authenticates natively (oidc-provider's own login check). The ID
+// token carries acr and auth_time: the relay's clients have require_auth_time, and `acr`
+// belongs to the openid scope's claims here (oidc-provider otherwise puts acr in the ID token
+// only when acr_values or the claims parameter ask for it).
+//
+// `oidc-relay-pkj` (with PKJ_JWKS_URI): token_endpoint_auth_method private_key_jwt, keys from
+// jwks_uri PKJ_JWKS_URI (fetched on first use, loopback allowed, see `fetch` below), the same
+// redirect, post-logout and back-channel URIs as `oidc-relay`, authorization_code +
+// refresh_token. The assertion may be RS256 or ES256 (no token_endpoint_auth_signing_alg is
+// pinned, so oidc-provider's asymmetric defaults apply: also PS256, Ed25519/EdDSA). Its `aud`
+// may be the issuer, the token endpoint URL, or the URL of the endpoint it is sent to
+// (/token, /token/introspection, /token/revocation, /request); an array needs one of them.
+// The key set is cached: oidc-provider refetches jwks_uri only when it is stale, i.e. 60 s
+// after the last fetch (longer if the response's Cache-Control max-age / Expires says so; never
+// shorter). An assertion signed with a new kid is refused (invalid_client) until then, and
+// passes on the first request after that, without a restart.
+//
+// PAR (RFC 9126) is on by default in oidc-provider 9 (pushed_authorization_request_endpoint
+// <issuer>/request, not required: require_pushed_authorization_requests false).
 //
 // For the relay's bearer-token tests, a second client `ci-bot` (client_secret_basic) may only
 // use the client-credentials grant. With `resource=<indicator>` (RFC 8707) it gets an access
@@ -40,7 +69,7 @@
 // oidc-relay may introspect ci-bot's opaque token; JWT access tokens are refused there:
 // unsupported_token_type). Revocation (/token/revocation, RFC 7009) takes a client's own tokens
 // only (another client's: invalid_request), and revoking a refresh token revokes its grant.
-import Provider, { errors } from 'oidc-provider';
+import Provider, { errors, interactionPolicy } from 'oidc-provider';
 
 const {
   PORT,
@@ -53,6 +82,7 @@ const {
   ROTATE_REFRESH_TOKENS,
   REFRESH_ANSWER_DELAY_MS,
   CI_BOT_SECRET = 'ci-bot-secret',
+  PKJ_JWKS_URI,
 } = process.env;
 
 const ACCOUNTS = {
@@ -81,11 +111,20 @@ const client = {
   grant_types: ['authorization_code', 'refresh_token'],
   token_endpoint_auth_method: 'client_secret_basic',
   id_token_signed_response_alg: 'RS256',
+  require_auth_time: true,
 };
 if (BACKCHANNEL_URI) {
   client.backchannel_logout_uri = BACKCHANNEL_URI;
   client.backchannel_logout_session_required = true;
 }
+// The same relay, authenticating with a signed JWT (private_key_jwt) instead of a secret.
+const { client_secret: _, ...relayWithoutSecret } = client;
+const pkjClient = PKJ_JWKS_URI && {
+  ...relayWithoutSecret,
+  client_id: 'oidc-relay-pkj',
+  token_endpoint_auth_method: 'private_key_jwt',
+  jwks_uri: PKJ_JWKS_URI,
+};
 
 // A machine client: client credentials only, no browser, no redirects.
 const ciBot = {
@@ -119,19 +158,33 @@ const RESOURCE_SERVERS = {
 };
 const JWT_SIGNING = { sign: { alg: 'RS256' } };
 
+// Step-up: a login recorded with acr urn:pwd does not satisfy a request for urn:mfa.
+const PWD = 'urn:pwd';
+const MFA = 'urn:mfa';
+const asksForMfa = (params) => (params.acr_values || '').split(' ').includes(MFA);
+const policy = interactionPolicy.base();
+policy.get('login').checks.add(new interactionPolicy.Check(
+  'acr_mfa',
+  'a second factor is required',
+  'login_required',
+  (ctx) => asksForMfa(ctx.oidc.params) && ctx.oidc.session.acr !== MFA,
+));
+
 const provider = new Provider(ISSUER, {
-  clients: [client, ciBot],
+  clients: [client, ciBot, ...(pkjClient ? [pkjClient] : [])],
   async findAccount(ctx, id) {
     const profile = ACCOUNTS[id];
     if (!profile) return undefined;
     return { accountId: id, claims: async () => ({ sub: id, ...profile }) };
   },
   claims: {
-    openid: ['sub'],
+    openid: ['sub', 'acr'],
     email: ['email', 'email_verified'],
     profile: ['name', 'preferred_username', 'groups'],
   },
   scopes: ['openid', 'email', 'profile', 'offline_access'],
+  acrValues: [PWD, MFA],
+  interactions: { policy },
   // PKCE for every client, and S256 is the only method oidc-provider accepts.
   pkce: { required: () => true },
   // The relay's client may always refresh: issue a refresh token with every code.
@@ -181,6 +234,17 @@ const provider = new Provider(ISSUER, {
   ...(ROTATE_REFRESH_TOKENS === '1' ? { rotateRefreshToken: true } : {}),
 });
 provider.proxy = false;
+// The dev login form checks a password only; record the login's acr as urn:mfa when the request
+// asked for it (as if a second factor had been checked), urn:pwd otherwise.
+{
+  const finished = provider.interactionFinished.bind(provider);
+  provider.interactionFinished = async (req, res, result, options) => {
+    if (!result?.login) return finished(req, res, result, options);
+    const { params } = await provider.interactionDetails(req, res);
+    const acr = asksForMfa(params) ? MFA : PWD;
+    return finished(req, res, { ...result, login: { ...result.login, acr } }, options);
+  };
+}
 // A client-credentials token for a resource server gets that server's scope when the request
 // asks for none (oidc-provider keeps only requested scopes; there is no setting for a default).
 {

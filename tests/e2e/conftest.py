@@ -82,6 +82,11 @@ class Stack:
         return self.app_url + "/oauth2"
 
     @property
+    def pkj_url(self) -> str:
+        """The public URL of the relay that authenticates with private_key_jwt."""
+        return f"http://127.0.0.1:{self.ports['relay_pkj']}/oauth2"
+
+    @property
     def signed_out_url(self) -> str:
         """Where a sign-out ends: the provider hands the relay's state back to its page."""
         return self.public_url + "/?state=signed-out"
@@ -175,7 +180,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("e2e")
     names = (
         "provider", "relay", "upstream", "nginx", "nginx_http", "caddy", "caddy_http",
-        "haproxy", "haproxy_http",
+        "haproxy", "haproxy_http", "relay_pkj",
     )  # fmt: skip
     ports = {name: free_port() for name in names}
     with postgres_database() as url:
@@ -191,7 +196,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 {
                     "ISSUER": s.issuer,
                     "CLIENT_SECRET": s.client_secret,
-                    "REDIRECT_URIS": s.public_url + "/callback",
+                    # The second: a relay that authenticates with a key (test_private_key_jwt).
+                    "REDIRECT_URIS": f"{s.public_url}/callback,{s.pkj_url}/callback",
+                    "PKJ_JWKS_URI": s.pkj_url + "/jwks.json",
                     "POST_LOGOUT_URIS": s.public_url + "/",
                     "BACKCHANNEL_URI": f"http://127.0.0.1:{ports['relay']}/oauth2/backchannel-logout",
                 },

@@ -201,7 +201,7 @@ def nginx_service(
     text = replace_exactly(text, "/etc/ssl/certs/app.example.com.pem", str(cert), 1)
     text = replace_exactly(text, "/etc/ssl/private/app.example.com.key", str(key), 1)
     text = replace_exactly(text, "server 127.0.0.1:4180;", f"server 127.0.0.1:{relay_port};", 1)
-    text = replace_exactly(text, "127.0.0.1:8080", f"127.0.0.1:{upstream_port}", 3)
+    text = replace_exactly(text, "127.0.0.1:8080", f"127.0.0.1:{upstream_port}", 4)
     (workdir / f"{name}-site.conf").write_text(text)
     temp = workdir / f"{name}-temp"
     temp.mkdir(exist_ok=True)
