@@ -29,9 +29,8 @@ from relay.gate import Gate
 from relay.headers import IdentityHeaders
 from relay.metrics import Metrics
 from relay.middleware import RequestContext
-from relay.oidc.discovery import Discovery
-from relay.oidc.jwks import JwksCache
 from relay.pages import error_response
+from relay.providers import Providers
 from relay.pruner import run_pruner
 from relay.ratelimit import LoginLimiter
 from relay.refresh import Refresher
@@ -104,13 +103,13 @@ def create_app(
                 config.headers.pass_access_token or config.headers.set_authorization_header
             ),
         )
-        discovery = Discovery(http, config.provider.issuer, config.provider.metadata_ttl, clock)
-        jwks = JwksCache(http, config.provider.jwks_refresh_cooldown, clock)
+        providers = Providers(config.login_providers, http, clock)
+        # The default provider's: what /readyz and the metrics report (docs/operations.md).
+        discovery = providers.default.discovery
         refresher = Refresher(
             config=config,
             http=http,
-            discovery=discovery,
-            jwks=jwks,
+            providers=providers,
             sessions=sessions,
             metrics=metrics,
             clock=clock,
@@ -119,8 +118,7 @@ def create_app(
         flows = Flows(
             config=config,
             http=http,
-            discovery=discovery,
-            jwks=jwks,
+            providers=providers,
             pending=PendingLogins(db, sealer),
             sessions=sessions,
             metrics=metrics,
@@ -144,7 +142,7 @@ def create_app(
                 clock,
                 refresher=refresher,
                 skew=config.provider.clock_skew,
-                bearer=BearerTokens(config, http, discovery, jwks, clock)
+                bearer=BearerTokens(config, http, providers, clock)
                 if config.bearer.enabled
                 else None,
             ),
@@ -159,7 +157,10 @@ def create_app(
             lifecycle=lifecycle,
         )
         # The relay starts whether or not the provider answers; /readyz tells which.
-        tasks = [asyncio.create_task(discovery.warm_up(), name="discovery-warm-up")]
+        tasks = [
+            asyncio.create_task(p.discovery.warm_up(), name=f"discovery-warm-up-{p.name}")
+            for p in providers.all
+        ]
         stop_sampling = asyncio.Event()
         sampler = asyncio.create_task(
             run_sampler(db, metrics, clock, stop_sampling), name="sampler"

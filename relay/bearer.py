@@ -33,6 +33,7 @@ from relay.oidc.discovery import Discovery, endpoint_url
 from relay.oidc.http import get_json
 from relay.oidc.jwks import JwksCache
 from relay.oidc.tokens import InvalidToken, token_header, unverified_claims
+from relay.providers import Providers
 from relay.store.records import ActiveSession, shared
 
 log = structlog.get_logger("relay.bearer")
@@ -77,14 +78,13 @@ class BearerTokens:
         self,
         config: Config,
         http: httpx2.AsyncClient,
-        discovery: Discovery,
-        jwks: JwksCache,
+        providers: Providers,
         clock: Callable[[], float],
     ) -> None:
         bearer, provider = config.bearer, config.provider
         self._config = config
         self._http = http
-        self._discovery = discovery
+        self._discovery = providers.default.discovery  # introspection: the default provider's
         self._clock = clock
         self._max = bearer.max_cached
         self._introspection_ttl = bearer.introspection_cache
@@ -93,11 +93,17 @@ class BearerTokens:
         self._in_flight: dict[str, asyncio.Future[_Seen]] = {}
         skew = provider.clock_skew
         algorithms = tuple(bearer.algorithms)
-        login = Audience(
-            provider.issuer, frozenset(bearer.audiences), algorithms, bearer.typ == "at+jwt", skew
+        at_jwt = bearer.typ == "at+jwt"
+        self._login = Audience(
+            provider.issuer, frozenset(bearer.audiences), algorithms, at_jwt, skew
         )
-        self._login = login
-        self._issuers = {provider.issuer: _Issuer(login, jwks, self._provider_jwks_uri)}
+        # Every login provider's issuer (each tenant's, for a multi-tenant one), with its keys.
+        self._issuers: dict[str, _Issuer] = {}
+        for login in providers.all:
+            locate = _jwks_uri_of(login.discovery)
+            for issuer in login.tenant_issuers or {login.config.issuer}:
+                expect = Audience(issuer, frozenset(bearer.audiences), algorithms, at_jwt, skew)
+                self._issuers[issuer] = _Issuer(expect, login.jwks, locate)
         for extra in bearer.issuers:
             expect = Audience(
                 extra.issuer, frozenset(extra.audiences), algorithms, extra.typ == "at+jwt", skew
@@ -208,8 +214,12 @@ class BearerTokens:
             del memory[next(iter(memory))]
         return memory
 
-    async def _provider_jwks_uri(self) -> str:
-        return (await self._discovery.get()).jwks_uri
+
+def _jwks_uri_of(discovery: Discovery) -> Callable[[], Awaitable[str]]:
+    async def locate() -> str:
+        return (await discovery.get()).jwks_uri
+
+    return locate
 
 
 class _Locator:

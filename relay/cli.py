@@ -145,18 +145,22 @@ async def _reach(config: Config) -> list[str]:
         problems.append(str(exc))
     finally:
         await engine.dispose()
-    async with httpx2.AsyncClient(timeout=config.provider.timeout) as http:
-        discovery = Discovery(http, config.provider.issuer, config.provider.metadata_ttl, time.time)
-        try:
-            await discovery.get()
-        except ProviderError as exc:
-            cause = exc.__cause__
-            detail = cause.detail if isinstance(cause, ProviderError) else exc.detail
-            reason = cause.reason if isinstance(cause, ProviderError) else exc.reason
-            problems.append(
-                f"cannot use the provider (provider.issuer = {config.provider.issuer}): "
-                f"{detail or reason}"
+    for provider in config.login_providers:
+        async with httpx2.AsyncClient(timeout=provider.timeout) as http:
+            discovery = Discovery(
+                http, provider.issuer, provider.metadata_ttl, time.time, provider.issuer_template
             )
+            try:
+                await discovery.get()
+            except ProviderError as exc:
+                cause = exc.__cause__
+                detail = cause.detail if isinstance(cause, ProviderError) else exc.detail
+                reason = cause.reason if isinstance(cause, ProviderError) else exc.reason
+                which = "" if not config.providers else f" {provider.name!r}"
+                problems.append(
+                    f"cannot use the provider{which} (provider.issuer = {provider.issuer}): "
+                    f"{detail or reason}"
+                )
     return problems
 
 

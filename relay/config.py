@@ -199,9 +199,36 @@ _RELAY_PARAMS = frozenset(
 )  # fmt: skip
 
 
+TENANT = "{tenantid}"  # the placeholder of a per-tenant issuer (Entra ID's common endpoints)
+_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+_MULTI_TENANT = re.compile(r"/(common|organizations)(/|$)")
+
+
+def tenant_template(issuer: str) -> str | None:
+    """Entra ID's multi-tenant endpoint's issuer with {tenantid} where the tenant goes, as its
+    discovery document says it: .../organizations/v2.0 -> .../{tenantid}/v2.0."""
+    if not _MULTI_TENANT.search(issuer):
+        return None
+    return _MULTI_TENANT.sub(lambda m: "/" + TENANT + m.group(2), issuer, count=1)
+
+
 class ProviderConfig(_Section):
+    """The identity provider. Several: one `[[providers]]` table each, with these keys and
+    `name`, `label`, `hosts` (see [Several providers](providers.md#several-providers))."""
+
+    name: str = Field(default="default", pattern=_NAME)
+    """how `/login?provider=`, the chooser page and the logs name it (`[[providers]]`)"""
+    label: str | None = None
+    """the chooser's text for it; unset: the name"""
+    hosts: list[str] = Field(default_factory=list)
+    """hosts (`app.example.com`, `app.example.com:8443`) whose logins go to this provider:
+    the host of the page the person is going to, else the forwarded host"""
     issuer: str
-    """exact issuer; https except on localhost"""
+    """exact issuer; https except on localhost. Entra ID's multi-tenant endpoints
+    (`.../organizations/v2.0`, `.../common/v2.0`): with `tenants`"""
+    tenants: list[str] = Field(default_factory=list)
+    """with an issuer whose path has `common` or `organizations` (Entra ID): the tenants whose
+    people may sign in; the ID token's `tid` must be one, and its `iss` that tenant's"""
     client_id: str = Field(min_length=1)
     """the client id the provider issued to the relay"""
     scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
@@ -283,6 +310,28 @@ class ProviderConfig(_Section):
         # character for character with the provider's, and some (Authentik) end in "/".
         _https_unless_loopback(value)
         return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        bad = [host for host in value if parse_host(host) is None]
+        if bad:
+            raise ValueError(f"{bad} are not host names (name or name:port)")
+        return [str(parse_host(host)) for host in value]
+
+    @model_validator(mode="after")
+    def _tenants(self) -> ProviderConfig:
+        if self.tenants and tenant_template(self.issuer) is None:
+            raise ValueError(
+                "provider.tenants: only for an issuer whose path has common or organizations "
+                "(https://login.microsoftonline.com/organizations/v2.0)"
+            )
+        return self
+
+    @property
+    def issuer_template(self) -> str | None:
+        """The issuer of a per-tenant provider, with {tenantid} for the tenant; else None."""
+        return tenant_template(self.issuer) if self.tenants else None
 
     @field_validator("published_key_files")
     @classmethod
@@ -904,7 +953,10 @@ class Config(_Section):
     """The whole configuration; build it with :func:`load_config`."""
 
     server: ServerConfig
+    # The default provider; with [[providers]], the first of them.
     provider: ProviderConfig
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    """several providers, one `[[providers]]` table each with the keys of `[provider]`"""
     database: DatabaseConfig = DatabaseConfig()
     session: SessionConfig
     cache: CacheConfig = CacheConfig()
@@ -924,6 +976,11 @@ class Config(_Section):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    @property
+    def login_providers(self) -> list[ProviderConfig]:
+        """Every provider people sign in with, the default first."""
+        return self.providers or [self.provider]
 
     @property
     def default_redirect(self) -> str:
@@ -1034,7 +1091,11 @@ def config_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Conf
     merged = _apply_environment(data, env)
     problems = [f"{name}: is not a known key" for name in merged if name not in Config.model_fields]
     sections: dict[str, Any] = {}
+    if "providers" in merged:
+        problems.extend(_several_providers(merged, sections))
     for name, field in Config.model_fields.items():
+        if name == "providers" or (name == "provider" and "providers" in merged):
+            continue
         model = cast(type[_Section], field.annotation)
         raw = merged.get(name)
         if raw is None and field.is_required() and name not in _JUDGED_WHEN_ABSENT:
@@ -1045,22 +1106,76 @@ def config_from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Conf
         except ValidationError as exc:
             problems.extend(_format_errors(exc, section=name))
     problems.extend(
-        cross_section_errors({name: section.model_dump() for name, section in sections.items()})
+        cross_section_errors(
+            {
+                name: section.model_dump()
+                for name, section in sections.items()
+                if isinstance(section, BaseModel)
+            }
+        )
     )
     if problems:
         raise ConfigError(problems)
     return Config(**sections)
 
 
+def _several_providers(merged: Mapping[str, Any], sections: dict[str, Any]) -> list[str]:
+    """[[providers]]: each entry validated as [provider] is, named uniquely, each issuer and
+    host belonging to one of them; the first is also ``provider``, the default."""
+    entries = merged["providers"]
+    if "provider" in merged:
+        return ["provider: give either [provider] or [[providers]], not both"]
+    if not isinstance(entries, list) or not entries:
+        return ["providers: one [[providers]] table per provider, at least one"]
+    problems: list[str] = []
+    parsed: list[ProviderConfig] = []
+    for index, raw in enumerate(entries):
+        try:
+            parsed.append(ProviderConfig.model_validate(raw if isinstance(raw, dict) else {}))
+        except ValidationError as exc:
+            problems.extend(_format_errors(exc, section=f"providers[{index}]"))
+    if problems:
+        return problems
+    seen: dict[str, set[str]] = {"name": set(), "issuer": set(), "host": set()}
+    for index, provider in enumerate(parsed):
+        for what, values in (
+            ("name", [provider.name]),
+            ("issuer", [provider.issuer]),
+            ("host", provider.hosts),
+        ):
+            for value in values:
+                if value in seen[what]:
+                    problems.append(f"providers[{index}].{what}: {value!r} names two providers")
+                seen[what].add(value)
+    sections["providers"] = parsed
+    sections["provider"] = parsed[0]
+    return problems
+
+
+def _copied(value: Any) -> Any:
+    """A section, or the list of [[providers]] tables, copied: the caller's data is not ours."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return [dict(item) if isinstance(item, dict) else item for item in value]
+    return value
+
+
 def _apply_environment(data: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """Overlay RELAY_<SECTION>__<KEY> variables; values that parse as JSON lists are lists."""
-    merged: dict[str, Any] = {
-        key: dict(value) if isinstance(value, dict) else value for key, value in data.items()
-    }
+    merged: dict[str, Any] = {key: _copied(value) for key, value in data.items()}
     for name, raw in env.items():
         if not name.upper().startswith(_ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(_ENV_PREFIX) :].lower().partition("__")
+        if section == "providers":
+            # RELAY_PROVIDERS__<NAME>__<KEY>: a key of the [[providers]] entry so named.
+            provider, _, key = key.partition("__")
+            entries = merged.get("providers")
+            for entry in entries if isinstance(entries, list) else []:
+                if isinstance(entry, dict) and entry.get("name") == provider and key:
+                    entry[key] = raw
+            continue
         value: Any = raw
         if raw.lstrip().startswith("["):
             try:

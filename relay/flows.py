@@ -29,7 +29,6 @@ from relay.errors import (
     RelayError,
     TooManyRequests,
 )
-from relay.grants import Grants
 from relay.metrics import Metrics
 from relay.oidc.client import (
     Asked,
@@ -38,14 +37,14 @@ from relay.oidc.client import (
     exchange_code,
     fetch_userinfo,
 )
-from relay.oidc.discovery import Discovery, ProviderMetadata
-from relay.oidc.jwks import JwksCache
+from relay.oidc.discovery import ProviderMetadata
 from relay.oidc.tokens import (
-    Expectations,
     expectations,
+    unverified_claims,
     validate_id_token,
     validate_logout_token,
 )
+from relay.providers import Provider, Providers
 from relay.redirects import return_url
 from relay.store.pending import PendingLogin, PendingLogins
 from relay.store.records import Tokens
@@ -78,8 +77,7 @@ class Flows:
         *,
         config: Config,
         http: httpx2.AsyncClient,
-        discovery: Discovery,
-        jwks: JwksCache,
+        providers: Providers,
         pending: PendingLogins,
         sessions: Sessions,
         metrics: Metrics,
@@ -89,13 +87,11 @@ class Flows:
         self.config = config
         self._access = access
         self._http = http
-        self.discovery = discovery
-        self._jwks = jwks
+        self.providers = providers
         self._pending = pending
         self.sessions = sessions
         self._metrics = metrics
         self._clock = clock
-        self.grants = Grants(http, discovery, config.provider)
 
     def now(self) -> int:
         return int(self._clock())
@@ -104,7 +100,11 @@ class Flows:
         return return_url(rd, self.config)
 
     async def start_login(
-        self, rd: str | None, client: str | None, asked: Asked | None = None
+        self,
+        rd: str | None,
+        client: str | None,
+        asked: Asked | None = None,
+        provider: Provider | None = None,
     ) -> LoginStarted:
         """Write a pending login and build the provider URL. ``client`` is the client's
         address or network (``ratelimit.client_bucket``; None when a trusted proxy did not
@@ -117,7 +117,8 @@ class Flows:
         browser started earlier (another tab) can no longer complete; its callback offers to
         sign in again to where that tab was going (``_replaced``)."""
         return_to = self.return_url(rd)
-        metadata = await self.discovery.get()
+        provider = provider or self.providers.default
+        metadata = await provider.discovery.get()
         now = self.now()
         login_id = new_id()
         binding_hash = hash_id(login_id)
@@ -134,6 +135,7 @@ class Flows:
             now + session.pending_lifetime,
             asked_acr=asked.acr_values,
             asked_max_age=asked.max_age,
+            provider=provider.config.issuer,
         )
         client_hash = None if client is None else hash_id(client)
         added = await self._pending.add(
@@ -159,11 +161,16 @@ class Flows:
             raise TooManyRequests("login.too_many_pending")
         if added.evicted:
             log.warning("login.evicted", count=added.evicted, max_pending=limits.max_pending)
-        log.info("login.started", login=short_hash(state_hash), return_to=return_to)
+        log.info(
+            "login.started",
+            login=short_hash(state_hash),
+            return_to=return_to,
+            provider=provider.name if self.providers.several else None,
+        )
         url = await authorization_url(
             self._http,
             metadata,
-            provider=self.config.provider,
+            provider=provider.config,
             redirect_uri=self.config.server.redirect_uri,
             state=state,
             nonce=nonce,
@@ -221,13 +228,17 @@ class Flows:
             raise BadRequest("callback.missing_login_cookie")
         if pending is None:
             raise await self._replaced(state) or BadRequest("callback.unknown_state")
-        metadata = await self.discovery.get()
+        # The provider the login went to, whatever the response claims (a mix-up defence).
+        provider = self.providers.for_issuer(pending.provider)
+        if provider is None:
+            raise BadRequest("callback.provider_gone", "the login's provider left the config")
+        metadata = await provider.discovery.get()
         # RFC 9207 §2.4: an iss parameter, when present, must be our issuer exactly; when the
         # provider says it always sends one, a response without it is refused.
         if "iss" in params:
-            if params["iss"] != metadata.issuer:
+            if params["iss"] != metadata.issuer and not provider.issues(params["iss"]):
                 raise BadRequest("callback.iss_mismatch")
-        elif metadata.iss_parameter_supported and self.config.provider.require_iss_parameter:
+        elif metadata.iss_parameter_supported and provider.config.require_iss_parameter:
             raise BadRequest("callback.iss_missing")
         code = params.get("code")
         if not code:
@@ -235,12 +246,12 @@ class Flows:
         tokens = await exchange_code(
             self._http,
             metadata=metadata,
-            provider=self.config.provider,
+            provider=provider.config,
             redirect_uri=self.config.server.redirect_uri,
             code=code,
             code_verifier=pending.code_verifier,
         )
-        claims = await self._claims(metadata, tokens, pending)
+        claims = await self._claims(provider, metadata, tokens, pending)
         kept = identity(claims)
         refused = self._access.refusal(kept)
         if refused is not None:
@@ -256,7 +267,8 @@ class Flows:
             Tokens(tokens.id_token, tokens.access_token, tokens.refresh_token, tokens.expires_in),
             self.now(),
             sid=sid if isinstance(sid, str) and len(sid) <= 255 else None,
-            sign_in=recorded(browser, claims, metadata.issuer, self.config.session.record_address),
+            # The token's own issuer: a multi-tenant provider's names the tenant.
+            sign_in=recorded(browser, claims, claims["iss"], self.config.session.record_address),
         )
         log.info("login.succeeded", session=short_hash(session.id_hash), subject=session.subject)
         return LoginFinished(
@@ -286,19 +298,19 @@ class Flows:
         )
 
     async def _claims(
-        self, metadata: ProviderMetadata, tokens: TokenResponse, pending: PendingLogin
+        self,
+        provider: Provider,
+        metadata: ProviderMetadata,
+        tokens: TokenResponse,
+        pending: PendingLogin,
     ) -> dict[str, Any]:
         """The validated ID token's claims, with userinfo's where the token is silent."""
-        expect = self._expectations(metadata, nonce=pending.nonce)
+        expect = expectations(metadata, provider.config, self.now(), pending.nonce)
         # A step-up asked for more than the config: the token is held to that too.
         ages = [a for a in (expect.max_age, pending.asked_max_age) if a is not None]
         expect = replace(expect, acr_values=pending.asked_acr, max_age=min(ages) if ages else None)
-        claims = await validate_id_token(tokens.id_token, self._jwks, expect)
-        if (
-            self.config.provider.fetch_userinfo
-            and metadata.userinfo_endpoint
-            and tokens.access_token
-        ):
+        claims = await validate_id_token(tokens.id_token, provider.jwks, expect)
+        if provider.config.fetch_userinfo and metadata.userinfo_endpoint and tokens.access_token:
             info = await fetch_userinfo(self._http, metadata.userinfo_endpoint, tokens.access_token)
             # OIDC Core §5.3.2: a userinfo sub that differs from the ID token's is not used;
             # the login it belongs to is not trusted either.
@@ -307,20 +319,22 @@ class Flows:
             claims = info | claims  # the signed ID token wins where both speak
         return claims
 
-    def _expectations(self, metadata: ProviderMetadata, nonce: str | None) -> Expectations:
-        return expectations(metadata, self.config.provider, self.now(), nonce)
-
     async def backchannel_logout(self, logout_token: str | None) -> int:
         """Back-Channel Logout 1.0: the provider says a session ended; end ours. Returns how
         many relay sessions ended. Each token is accepted once, on whichever replica."""
-        provider = self.config.provider
         try:
             if not logout_token:
                 raise BadRequest("logout_token.missing")
-            metadata = await self.discovery.get()
-            expect = self._expectations(metadata, nonce=None)
+            # Routed by the issuer it claims; validated against that provider's keys and
+            # client only (a token claiming another issuer fails its iss check there).
+            found = self.providers.for_issuer(unverified_claims(logout_token).get("iss") or "")
+            if found is None:
+                raise BadRequest("logout_token.unknown_issuer")
+            provider = found.config
+            metadata = await found.discovery.get()
+            expect = expectations(metadata, provider, self.now(), None)
             token = await validate_logout_token(
-                logout_token, self._jwks, expect, max_age=provider.logout_token_max_age
+                logout_token, found.jwks, expect, max_age=provider.logout_token_max_age
             )
             # Kept while the token could still pass the age check, with the clock skew.
             keep_until = token.iat + provider.logout_token_max_age + provider.clock_skew + 1
@@ -340,27 +354,29 @@ class Flows:
     async def logout(self, session_id: str | None) -> str:
         """End the session, if any; return where to send the browser next."""
         id_token = None
+        provider = self.providers.default
         if session_id is not None:
             id_hash = hash_id(session_id)
             ended = await self.sessions.revocation.delete(id_hash)
             log.info("logout", session=short_hash(id_hash), found=ended is not None)
             if ended is not None:
                 id_token = ended.id_token
-                await self.grants.revoke([ended])
+                provider = self.providers.of_id_token(id_token) or provider
+                await self.providers.revoke_grants([ended])
         # Unless configured otherwise, the browser ends on the relay's own page, which says
         # "You are signed out" (endpoints/session.py home): landing on an app would only send
         # it straight to the provider's sign-in form, without a word.
-        after = self.config.provider.post_logout_redirect_url
+        after = provider.config.post_logout_redirect_url
         signed_out = self.config.server.public_url + "/"
         try:
-            metadata = await self.discovery.get()
+            metadata = await provider.discovery.get()
         except RelayError:
             # The local session is gone; the provider's can wait.
             return after or f"{signed_out}?state={SIGNED_OUT}"
         if metadata.end_session_endpoint is None:
             return after or f"{signed_out}?state={SIGNED_OUT}"
         # RP-Initiated Logout 1.0 §2; the provider hands state back to the page (§3).
-        query: dict[str, str] = {"client_id": self.config.provider.client_id}
+        query: dict[str, str] = {"client_id": provider.config.client_id}
         if id_token:
             query["id_token_hint"] = id_token
         query["post_logout_redirect_uri"] = after or signed_out

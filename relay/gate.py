@@ -8,6 +8,8 @@ The store knows sessions, relay/access.py knows rules; this module knows what a 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -79,59 +81,66 @@ class Gate:
     ) -> ActiveSession:
         """The live session, if its claims pass the rules (the config's, the forwarded host's,
         the query string's) now: rules changed since login apply at once. Else AccessDenied
-        (a 403: the user is known, so a proxy shows "not allowed", not a login loop)."""
+        (a 403: the user is known, so a proxy shows "not allowed", not a login loop), or
+        StepUpRequired (a 401: a new, stronger login is the way on)."""
         session = await self.session(session_id, absent=absent)
-        refused = self.access.refusal(session.claims, host, query)
-        if refused is not None:
-            log.info(
-                "access.denied",
-                reason=refused.reason,
-                detail=refused.detail or None,
-                subject=session.subject,
-            )
-            raise AccessDenied(refused.reason, refused.message, refused.detail, self._sign_out_url)
-        wanted = step_up.demand(query)
-        problem = step_up.shortfall(wanted, session.claims, int(self._clock()), self.skew)
-        if problem is not None:
-            self._step_up_refused(problem, wanted, session.subject)
-            raise StepUpRequired(problem, wanted.query())
-        return session
-
-    def _step_up_refused(self, problem: str, wanted: step_up.Demand, subject: str) -> None:
-        log.info("step_up.required", reason=problem, subject=subject, asked=wanted.query())
-        if wanted.unreadable is not None:
-            # The route's own parameter does not read: no login can satisfy it.
-            raise AccessDenied(
-                problem,
-                "This page asks for a sign-in the relay cannot read; tell its operator.",
-                wanted.unreadable,
-                self._sign_out_url,
-            )
+        refused = self._judge(session.claims, session.subject, host, query)
+        if refused is None:
+            return session
+        if refused.asked is not None:
+            raise StepUpRequired(refused.reason, refused.asked)
+        raise AccessDenied(refused.reason, refused.message, refused.detail, self._sign_out_url)
 
     async def admit_token(
         self, token: str, host: str | None = None, query: str = ""
     ) -> ActiveSession:
         """An API caller (relay/bearer.py), if the token passes and its claims pass the same
-        rules a session's would. Else InvalidBearer (401) or TokenRefused (403), each with the
-        WWW-Authenticate of RFC 6750 §3."""
+        rules a session's would. Else InvalidBearer (401), TokenRefused (403) or
+        InsufficientAuthentication (401), each with the WWW-Authenticate of RFC 6750 §3 or
+        RFC 9470 §3."""
         if self.bearer is None:
             raise Unauthorized("session.missing")
         caller = await self.bearer.judge(token)
-        refused = self.access.refusal(caller.claims, host, query)
+        bearer = short_hash(caller.id_hash)
+        refused = self._judge(caller.claims, caller.subject, host, query, bearer=bearer)
+        if refused is None:
+            return caller
+        if refused.asked is not None:
+            raise InsufficientAuthentication(refused.reason, refused.asked)
+        raise TokenRefused(refused.reason, refused.detail)
+
+    def _judge(
+        self, claims: dict[str, Any], subject: str, host: str | None, query: str, **named: str
+    ) -> _Refused | None:
+        """Why these claims may not pass for this app now (its rules, then its step-up), said
+        in the log; None when they may."""
+        refused = self.access.refusal(claims, host, query)
         if refused is not None:
             log.info(
                 "access.denied",
                 reason=refused.reason,
                 detail=refused.detail or None,
-                subject=caller.subject,
-                bearer=short_hash(caller.id_hash),
+                subject=subject,
+                **named,
             )
-            raise TokenRefused(refused.reason, refused.detail)
+            return _Refused(refused.reason, refused.detail, refused.message)
         wanted = step_up.demand(query)
-        problem = step_up.shortfall(wanted, caller.claims, int(self._clock()), self.skew)
-        if problem is not None:
-            if wanted.unreadable is not None:
-                raise TokenRefused(problem, wanted.unreadable)
-            log.info("step_up.required", reason=problem, subject=caller.subject)
-            raise InsufficientAuthentication(problem, wanted.query())
-        return caller
+        problem = step_up.shortfall(wanted, claims, int(self._clock()), self.skew)
+        if problem is None:
+            return None
+        log.info("step_up.required", reason=problem, subject=subject, asked=wanted.query(), **named)
+        if wanted.unreadable is not None:
+            # The route's own parameter does not read: no login can satisfy it.
+            return _Refused(problem, wanted.unreadable, _UNREADABLE)
+        return _Refused(problem, "", asked=wanted.query())
+
+
+_UNREADABLE = "This page asks for a sign-in the relay cannot read; tell its operator."
+
+
+@dataclass(frozen=True)
+class _Refused:
+    reason: str
+    detail: str
+    message: str = ""
+    asked: dict[str, str] | None = None  # a step-up: what a new sign-in must bring

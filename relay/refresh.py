@@ -56,15 +56,15 @@ from relay.errors import (
 )
 from relay.metrics import Metrics
 from relay.oidc.client import InvalidGrant, Refreshed, fetch_userinfo, refresh_tokens
-from relay.oidc.discovery import Discovery, ProviderMetadata
+from relay.oidc.discovery import ProviderMetadata
 from relay.oidc.http import answer_lost
-from relay.oidc.jwks import JwksCache
 from relay.oidc.tokens import (
     InvalidToken,
     expectations,
     unverified_claims,
     validate_refreshed_id_token,
 )
+from relay.providers import Provider, Providers
 from relay.store.records import ActiveSession, RefreshClaim
 from relay.store.sessions import Sessions
 
@@ -85,16 +85,14 @@ class Refresher:
         *,
         config: Config,
         http: httpx2.AsyncClient,
-        discovery: Discovery,
-        jwks: JwksCache,
+        providers: Providers,
         sessions: Sessions,
         metrics: Metrics,
         clock: Callable[[], float],
     ) -> None:
         self._config = config
         self._http = http
-        self._discovery = discovery
-        self._jwks = jwks
+        self._providers = providers
         self._sessions = sessions
         self._metrics = metrics
         self._clock = clock
@@ -181,8 +179,14 @@ class Refresher:
             return await self._claimed_elsewhere(session, now)
         lost = False  # whether the provider may have acted on a grant whose answer never came
         try:
+            # The provider that signed the session in (several: by its ID token's issuer).
+            provider = self._providers.of_id_token(claim.id_token)
+            if provider is None:
+                raise ProviderUnavailable(
+                    "refresh.provider_gone", "the session's provider is no longer configured"
+                )
             async with asyncio.timeout(self._attempt_timeout):
-                metadata = await self._discovery.get()
+                metadata = await provider.discovery.get()
             # Sent, the grant may rotate the refresh token whether or not its answer comes
             # back: the answer is awaited longer, and stored before anything else can fail.
             lost = True
@@ -190,7 +194,7 @@ class Refresher:
                 tokens = await refresh_tokens(
                     self._http,
                     metadata=metadata,
-                    provider=self._config.provider,
+                    provider=provider.config,
                     refresh_token=claim.refresh_token,
                     timeouts=self._grant_http_timeout,
                 )
@@ -205,7 +209,7 @@ class Refresher:
             failure = exc
             lost = lost and answer_lost(exc)
         else:
-            return await self._received(session, claim, metadata, tokens)
+            return await self._received(session, claim, provider, metadata, tokens)
         retry_at = self.now() + self._config.refresh.retry_interval
         unsettled = claim.unsettled + int(lost)
         with contextlib.suppress(DatabaseUnavailable):  # the lease then runs out on its own
@@ -247,6 +251,7 @@ class Refresher:
         self,
         session: ActiveSession,
         claim: RefreshClaim,
+        provider: Provider,
         metadata: ProviderMetadata,
         tokens: Refreshed,
     ) -> ActiveSession | None:
@@ -256,7 +261,7 @@ class Refresher:
         rejected: RelayError | None = None
         try:
             async with asyncio.timeout(self._attempt_timeout):
-                answer = await self._answer(session, claim, metadata, tokens)
+                answer = await self._answer(session, claim, provider, metadata, tokens)
         except TimeoutError:
             rejected = ProviderTimeout("refresh.claims_timeout")
         except InvalidToken as exc:
@@ -279,11 +284,12 @@ class Refresher:
         self,
         session: ActiveSession,
         claim: RefreshClaim,
+        issuer: Provider,
         metadata: ProviderMetadata,
         tokens: Refreshed,
     ) -> _Answer:
         """The claims the answer gives the session; raises when they do not pass."""
-        provider = self._config.provider
+        provider = issuer.config
         # The session's ID token was validated when it came, and has been sealed since.
         original = unverified_claims(claim.id_token) if claim.id_token else {}
         nonce = claim.nonce or _string(original.get("nonce"))
@@ -292,7 +298,7 @@ class Refresher:
             expect = expectations(metadata, provider, self.now(), nonce)
             first = {"sub": session.subject, **{k: original.get(k) for k in ("iss", "auth_time")}}
             id_claims = await validate_refreshed_id_token(
-                tokens.id_token, self._jwks, expect, first
+                tokens.id_token, issuer.jwks, expect, first
             )
         info: dict[str, Any] | None = None
         if provider.fetch_userinfo and metadata.userinfo_endpoint:

@@ -152,6 +152,18 @@ def test_a_kid_naming_a_key_of_another_type_is_refused(
     refused(auth(api, token), "access_token.unverifiable")
 
 
+def test_a_key_that_names_its_algorithm_is_used_with_that_one_only(
+    api: TestClient, provider: TestProvider
+) -> None:
+    """RFC 7517 §4.4: a JWKS key published for RS512 does not verify an RS256 token that
+    names its kid, though the RSA signature itself would check out."""
+    key = RSAKey.generate_key(2048, parameters={"kid": "rs512", "alg": "RS512", "use": "sig"})
+    provider.published.append(key)
+    # The same key pair, signing RS256 (joserfc itself keeps a key to its alg).
+    signer = RSAKey.import_key({k: v for k, v in key.as_dict(private=True).items() if k != "alg"})
+    refused(auth(api, provider.access_token(key=signer)), "access_token.unknown_kid")
+
+
 def test_a_kid_of_one_issuer_does_not_serve_another(
     make_relay: Start, provider: TestProvider
 ) -> None:

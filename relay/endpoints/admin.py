@@ -130,7 +130,7 @@ async def revoke(request: Request) -> Response:
         if set(body) == {"sub"} and isinstance(body["sub"], str) and 0 < len(body["sub"]) <= 255:
             subject = _storable("sub", body["sub"])
             ended = await ctx.sessions.revocation.revoke_subject(subject)
-            await ctx.flows.grants.revoke(ended)
+            await ctx.flows.providers.revoke_grants(ended)
             _audit(request, ctx, ended, subject)
             return JSONResponse({"ended": len(ended)})
         if set(body) == {"id"} and isinstance(body["id"], str):
@@ -139,7 +139,7 @@ async def revoke(request: Request) -> Response:
                 reason = f"id: {MIN_PREFIX} to 64 hex characters of a session's hash"
                 raise _Refused(_error(400, "invalid_request", reason))
             ended = await ctx.sessions.revocation.revoke_prefix(prefix)
-            await ctx.flows.grants.revoke(ended)
+            await ctx.flows.providers.revoke_grants(ended)
             _audit(request, ctx, ended, prefix)
             if not ended:
                 return _error(404, "no_such_session", "no active session's id starts so")

@@ -36,7 +36,11 @@ async def jwks(request: Request) -> Response:
     """The public half of the key the relay signs its client assertions with (404 unless
     provider.token_endpoint_auth_method is private_key_jwt). Read from the key file as it
     is now: a rotated key is published as soon as it is in place."""
-    keys = published_keys(context(request).config.provider)
+    keys = [
+        key
+        for provider in context(request).config.login_providers
+        for key in published_keys(provider)
+    ]
     if not keys:
         raise NotFound("jwks.not_private_key_jwt")
     # Not cached longer than a provider would keep it anyway: a key published as the next

@@ -102,7 +102,7 @@ async def end(request: Request) -> Response:
             ended = await revocation.revoke_prefix(session or "")
     except AmbiguousPrefix:
         raise BadRequest("console.ambiguous_id", start_again="console") from None
-    await ctx.flows.grants.revoke(ended)
+    await ctx.flows.providers.revoke_grants(ended)
     sessions_ended(
         ended,
         via="console",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+from urllib.parse import urlencode, urlsplit
+
 import structlog
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -11,9 +14,16 @@ from relay.bearer import bearer_token
 from relay.devices import Browser
 from relay.endpoints import Context, context
 from relay.errors import BadRequest, InvalidBearer, TooManyRequests, Unauthorized
-from relay.forwarded import client_address, from_trusted_proxy, is_navigation, original_url
+from relay.forwarded import (
+    client_address,
+    forwarded_host,
+    from_trusted_proxy,
+    is_navigation,
+    original_url,
+)
 from relay.oidc.client import Asked
-from relay.pages import redirect_page
+from relay.pages import page, redirect_page
+from relay.providers import Provider
 from relay.ratelimit import client_bucket
 
 log = structlog.get_logger("relay.login")
@@ -40,6 +50,10 @@ async def login(request: Request) -> Response:
         # /auth treats the pair as no session and sends the browser here; a new login would
         # not remove the cookie someone else set, and the browser would come straight back.
         raise BadRequest("login.duplicate_cookie", public_message=_TWO_COOKIES)
+    rd = request.query_params.get("rd") or _forwarded_return_url(request, ctx)
+    provider = _provider(request, ctx, rd)
+    if provider is None:
+        return _chooser(request, ctx, rd)
     address = client_address(request, ctx.proxies)
     client = None
     if address is None:
@@ -54,15 +68,49 @@ async def login(request: Request) -> Response:
         if not await ctx.login_limiter.allow(client):
             log.warning("login.refused", reason="rate_limited", client=address, bucket=client)
             raise TooManyRequests("login.rate_limited")
-    rd = request.query_params.get("rd") or _forwarded_return_url(request, ctx)
     wanted = step_up.demand(request.scope["query_string"].decode("latin-1"))
     if wanted.unreadable is not None:
         raise BadRequest("login.bad_step_up", wanted.unreadable)
     asked = Asked(_login_hint(request), wanted.acr, wanted.max_age)
-    started = await ctx.flows.start_login(rd, client, asked)
+    started = await ctx.flows.start_login(rd, client, asked, provider)
     response = redirect_page(started.provider_url)
     ctx.cookies.set_login(response, started.login_id, ctx.config.session.pending_lifetime)
     return response
+
+
+def _provider(request: Request, ctx: Context, rd: str | None) -> Provider | None:
+    """The provider this login goes to: the one ?provider= names, else the one configured for
+    the host of the page the person is going to, else for the forwarded host; None: several,
+    and nothing says which (the person chooses)."""
+    providers = ctx.flows.providers
+    name = request.query_params.get("provider")
+    if name is not None:
+        found = providers.named(name)
+        if found is None:
+            raise BadRequest(
+                "login.unknown_provider", name[:32], public_message="No such way to sign in."
+            )
+        return found
+    going_to = urlsplit(rd).netloc if rd and "://" in rd else None
+    return providers.for_hosts([going_to, forwarded_host(request, ctx.proxies)])
+
+
+def _chooser(request: Request, ctx: Context, rd: str | None) -> Response:
+    """A page with one link per provider, each a /login naming it, with what this one was
+    asked (the return URL, a step-up, a login hint) carried along."""
+    kept = {k: v for k, v in request.query_params.items() if k in _CARRIED}
+    if rd:
+        kept["rd"] = rd
+    login = ctx.config.server.public_url + "/login?"
+    items = "".join(
+        f'<li><a href="{html.escape(login + urlencode(kept | {"provider": p.name}))}">'
+        f"{html.escape(p.label)}</a></li>"
+        for p in ctx.flows.providers.all
+    )
+    return page("Sign in", f"<p>Sign in with:</p><ul>{items}</ul>")
+
+
+_CARRIED = ("login_hint", step_up.QUERY_ACR, step_up.QUERY_MAX_AGE)
 
 
 def _login_hint(request: Request) -> str | None:

@@ -70,14 +70,14 @@ async def end_one(request: Request) -> Response:
         raise BadRequest(
             "sessions.ambiguous_id", public_message="No such session.", start_again="sessions"
         ) from None
-    await ctx.flows.grants.revoke(ended)
+    await ctx.flows.providers.revoke_grants(ended)
     return _ended(request, ctx, current, ended)
 
 
 async def end_others(request: Request) -> Response:
     ctx, current = await _owner(request)
     ended = await ctx.sessions.revocation.end_others(current.subject, current.id_hash)
-    await ctx.flows.grants.revoke(ended)
+    await ctx.flows.providers.revoke_grants(ended)
     return _ended(request, ctx, current, ended)
 
 

@@ -165,19 +165,22 @@ def _sign_out_rd(request: Request, ctx: Context) -> str | None:
 
 
 async def logout_targets(ctx: Context) -> list[str]:
-    # CSP form-action also governs the redirects after the POST: allow the provider's logout.
-    try:
-        metadata = await ctx.discovery.get()
-    except RelayError:
-        return []
-    if metadata.end_session_endpoint is None:
-        return []
-    parts = urlsplit(metadata.end_session_endpoint)
-    targets = [f"{parts.scheme}://{parts.netloc}"]
-    after = ctx.config.provider.post_logout_redirect_url
-    if after:
-        parts = urlsplit(after)
-        targets.append(f"{parts.scheme}://{parts.netloc}")
+    # CSP form-action also governs the redirects after the POST: allow the providers' logout
+    # (the session may be any provider's).
+    targets: list[str] = []
+    for provider in ctx.flows.providers.all:
+        try:
+            metadata = await provider.discovery.get()
+        except RelayError:
+            continue
+        if metadata.end_session_endpoint is None:
+            continue
+        for url in (metadata.end_session_endpoint, provider.config.post_logout_redirect_url):
+            if url:
+                parts = urlsplit(url)
+                origin = f"{parts.scheme}://{parts.netloc}"
+                if origin not in targets:
+                    targets.append(origin)
     return targets
 
 

@@ -35,8 +35,14 @@ class ProviderMetadata:
     require_par: bool = False  # RFC 9126 §5 require_pushed_authorization_requests
 
 
-def parse_metadata(doc: dict[str, Any], expected_issuer: str) -> ProviderMetadata:
-    # Discovery §4.3: the issuer in the document MUST be identical to the one we asked.
+def parse_metadata(
+    doc: dict[str, Any], expected_issuer: str, template: str | None = None
+) -> ProviderMetadata:
+    """``template``: a per-tenant provider's issuer with {tenantid} (config.tenant_template):
+    what its multi-tenant document calls itself, and then the metadata's issuer."""
+    # Discovery §4.3: the issuer in the document MUST be identical to the one we asked (a
+    # multi-tenant endpoint's says {tenantid} in its place, and each token its tenant's).
+    expected_issuer = template or expected_issuer
     if doc.get("issuer") != expected_issuer:
         advertised = str(doc.get("issuer"))[:200]
         raise ProviderBadResponse(
@@ -98,10 +104,16 @@ class Discovery:
     MAX_BACKOFF = 60.0
 
     def __init__(
-        self, client: httpx2.AsyncClient, issuer: str, ttl: int, clock: Callable[[], float]
+        self,
+        client: httpx2.AsyncClient,
+        issuer: str,
+        ttl: int,
+        clock: Callable[[], float],
+        template: str | None = None,
     ) -> None:
         self._client = client
         self._issuer = issuer
+        self._template = template
         self._ttl = ttl
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -129,7 +141,7 @@ class Discovery:
                 raise ProviderUnavailable("discovery.backoff", self.last_error or "")
             try:
                 doc = await get_json(self._client, self.url, "discovery")
-                self._metadata = parse_metadata(doc, self._issuer)
+                self._metadata = parse_metadata(doc, self._issuer, self._template)
             except ProviderError as exc:
                 self._failed(exc)
                 if self._metadata is None:

@@ -22,7 +22,7 @@ from joserfc.errors import (
 from joserfc.jwk import Key
 from joserfc.jws import JWSRegistry
 
-from relay.config import ProviderConfig
+from relay.config import TENANT, ProviderConfig
 from relay.errors import BadRequest
 from relay.oidc.discovery import ProviderMetadata
 from relay.oidc.jwks import JwksCache
@@ -38,6 +38,7 @@ class Expectations:
     now: int
     skew: int
     nonce: str | None = None  # the ID token's; a logout token must have none
+    tenants: Collection[str] = ()  # with a {tenantid} issuer: whose tokens are accepted
     max_age: int | None = None  # the login asked for max_age (OIDC Core 3.1.2.1)
     acr_values: tuple[str, ...] = ()  # a step-up asked for one of these (3.1.2.1)
 
@@ -56,6 +57,7 @@ def expectations(
         skew=provider.clock_skew,
         nonce=nonce,
         max_age=provider.max_age,
+        tenants=provider.tenants,
     )
 
 
@@ -251,8 +253,15 @@ def _verify(token: str, candidates: list[Key], alg: str, kind: str) -> dict[str,
 def _validate_common(
     claims: dict[str, Any], expect: Expectations, kind: str, *, exp_required: bool = True
 ) -> None:
-    # (2) iss must match exactly.
-    if claims.get("iss") != expect.issuer:
+    # (2) iss must match exactly: for a multi-tenant provider (issuer with {tenantid}), the
+    # issuer of the token's own tid, which must be one of the tenants allowed.
+    issuer = expect.issuer
+    if TENANT in issuer:
+        tenant = claims.get("tid")
+        if not isinstance(tenant, str) or tenant not in expect.tenants:
+            raise InvalidToken(f"{kind}.tenant_not_allowed", str(tenant)[:64])
+        issuer = issuer.replace(TENANT, tenant)
+    if claims.get("iss") != issuer:
         raise InvalidToken(f"{kind}.iss_mismatch")
     # (3) aud must contain our client_id and no audience we do not trust.
     aud = claims.get("aud")

@@ -25,6 +25,7 @@ class PendingLogin:
     # A route's step-up, asked of the provider: the ID token must show it (relay/step_up.py).
     asked_acr: tuple[str, ...] = ()
     asked_max_age: int | None = None
+    provider: str | None = None  # the issuer (as configured) the login went to
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class PendingLogins:
                     return_to=login.return_to,
                     asked_acr=" ".join(login.asked_acr) or None,
                     asked_max_age=login.asked_max_age,
+                    provider=login.provider,
                     created_at=login.created_at,
                     last_accessed_at=login.created_at,
                     expires_at=login.expires_at,
@@ -187,6 +189,7 @@ class PendingLogins:
                 sessions.c.expires_at,
                 sessions.c.asked_acr,
                 sessions.c.asked_max_age,
+                sessions.c.provider,
             )
         )
         async with self._db.write() as conn:
@@ -204,6 +207,7 @@ class PendingLogins:
             expires_at=row.expires_at,
             asked_acr=tuple((row.asked_acr or "").split()),
             asked_max_age=row.asked_max_age,
+            provider=row.provider,
         )
 
 
