@@ -277,11 +277,25 @@ def _validate_common(
     if "azp" in claims and claims["azp"] != expect.client_id:
         raise InvalidToken(f"{kind}.azp_mismatch")
     # (9) exp in the future, (10) iat not in the future; both within the allowed skew.
+    validate_times(claims, expect.now, expect.skew, kind, exp_required=exp_required)
+
+
+def validate_times(
+    claims: dict[str, Any],
+    now: int,
+    skew: int,
+    kind: str,
+    *,
+    exp_required: bool = True,
+    iat_required: bool = True,
+) -> None:
+    """RFC 7519 §4.1.4-4.1.6: exp not past, nbf and iat not ahead, each within ``skew``;
+    InvalidToken (<kind>.expired, <kind>.bad_<claim>) otherwise."""
     registry = jwt.JWTClaimsRegistry(
-        now=expect.now,
-        leeway=expect.skew,
+        now=now,
+        leeway=skew,
         exp={"essential": exp_required},
-        iat={"essential": True},
+        iat={"essential": iat_required},
     )
     try:
         registry.validate(claims)
