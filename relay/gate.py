@@ -109,6 +109,15 @@ class Gate:
             raise InsufficientAuthentication(refused.reason, refused.asked)
         raise TokenRefused(refused.reason, refused.detail)
 
+    def admits_until(self, claims: dict[str, Any], host: str | None, query: str) -> int:
+        """The last second these claims pass for this app (its rules and its step-up, as
+        ``_judge`` decides): step_up.FOREVER, or a max_age away from the sign-in, or -1. What
+        the forward-auth shortcut keeps per session and app; a refusal it leaves to admit,
+        which says why."""
+        if self.access.refusal(claims, host, query) is not None:
+            return -1
+        return step_up.deadline(step_up.demand(query), claims, self.skew)
+
     def _judge(
         self, claims: dict[str, Any], subject: str, host: str | None, query: str, **named: str
     ) -> _Refused | None:

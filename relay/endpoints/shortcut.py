@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from relay import step_up
 from relay.bearer import bearer_token
 from relay.cookies import cookie_id
 from relay.crypto import hash_id
@@ -117,7 +116,7 @@ class AuthShortcut:
                 memo[_HEADERS] = headers
             forwarded = None if host is None else host.decode("latin-1")
             query = scope["query_string"].decode("latin-1")
-            until = memo[key] = _verdict(ctx, active, forwarded, query)
+            until = memo[key] = ctx.gate.admits_until(active.claims, forwarded, query)
         # A refusal is the routed endpoint's to give: it logs the reason and renders the page.
         return headers if until == FOREVER or ctx.now() <= until else None
 
@@ -136,13 +135,6 @@ class AuthShortcut:
             elif sessions.refresh_due(active, now):
                 return None
         return active
-
-
-def _verdict(ctx: Context, active: ActiveSession, host: str | None, query: str) -> int:
-    """Until when the rules and the route's step-up admit this session (or caller)."""
-    if ctx.gate.access.refusal(active.claims, host, query) is not None:
-        return -1
-    return step_up.deadline(step_up.demand(query), active.claims, ctx.gate.skew)
 
 
 def _read_headers(
