@@ -59,18 +59,13 @@ class _Seen:
     until: int  # the last second it passes (its exp with the clock skew)
 
 
+@dataclass(frozen=True)
 class _Issuer:
     """One issuer whose tokens pass: what they must say, and where its keys are."""
 
-    def __init__(
-        self,
-        expect: Audience,
-        keys: JwksCache,
-        jwks_uri: Callable[[], Awaitable[str]],
-    ) -> None:
-        self.expect = expect
-        self.keys = keys
-        self.jwks_uri = jwks_uri
+    expect: Audience
+    keys: JwksCache
+    jwks_uri: Callable[[], Awaitable[str]]
 
 
 class BearerTokens:
@@ -124,21 +119,21 @@ class BearerTokens:
         or introspection cannot be reached: a 502-504, never a 401)."""
         if not token:
             raise InvalidBearer(f"{KIND}.malformed")
-        now = int(self._clock())
-        structlog.contextvars.bind_contextvars(bearer=short_hash(hash_id(token)))
+        now, id_hash = int(self._clock()), hash_id(token)
+        structlog.contextvars.bind_contextvars(bearer=short_hash(id_hash))
         caller = self.seen(token, now)
         if caller is not None:
             return caller
         if token.count(".") == 2:
-            entry = await self._jwt(token, now)
+            entry = await self._jwt(token, id_hash, now)
         elif self._config.bearer.introspection:
-            entry = await self._introspected(token, now)
+            entry = await self._introspected(token, id_hash, now)
         else:
             raise InvalidBearer(f"{KIND}.not_a_jwt", "bearer.introspection is off")
         self._remember(token, entry)
         return entry.caller
 
-    async def _jwt(self, token: str, now: int) -> _Seen:
+    async def _jwt(self, token: str, id_hash: str, now: int) -> _Seen:
         try:
             header = token_header(token, KIND)
         except InvalidToken as exc:
@@ -151,9 +146,9 @@ class BearerTokens:
         skew = issuer.expect.skew
         nbf = claims.get("nbf")
         not_before = int(nbf) - skew if isinstance(nbf, int | float) else 0
-        return _Seen(self._caller(token, claims, now), not_before, int(claims["exp"]) + skew)
+        return _Seen(_caller(id_hash, claims, now), not_before, int(claims["exp"]) + skew)
 
-    async def _introspected(self, token: str, now: int) -> _Seen:
+    async def _introspected(self, token: str, id_hash: str, now: int) -> _Seen:
         """One call to the provider per token at a time, its answer shared by every request
         that asked meanwhile."""
         refused_until = self._inactive.get(token)
@@ -165,7 +160,7 @@ class BearerTokens:
         future: asyncio.Future[_Seen] = asyncio.get_running_loop().create_future()
         self._in_flight[token] = future
         try:
-            entry = await self._ask(token, now)
+            entry = await self._ask(token, id_hash, now)
         except BaseException as exc:
             if isinstance(exc, InvalidBearer) and self._introspection_ttl and self._max:
                 self._bounded(self._inactive)[token] = now + self._introspection_ttl
@@ -177,7 +172,7 @@ class BearerTokens:
         future.set_result(entry)
         return entry
 
-    async def _ask(self, token: str, now: int) -> _Seen:
+    async def _ask(self, token: str, id_hash: str, now: int) -> _Seen:
         metadata = await self._discovery.get()
         if metadata.introspection_endpoint is None:
             raise ProviderUnavailable(
@@ -192,17 +187,7 @@ class BearerTokens:
         exp = answer.get("exp")
         if isinstance(exp, int | float):
             until = min(until, int(exp) + self._login.skew)
-        return _Seen(self._caller(token, answer, now), 0, until)
-
-    def _caller(self, token: str, claims: dict[str, Any], now: int) -> ActiveSession:
-        return ActiveSession(
-            id_hash=hash_id(token),
-            subject=claims["sub"],
-            claims=shared(identity(claims)),
-            created_at=now,
-            last_accessed_at=now,
-            expires_at=now,
-        )
+        return _Seen(_caller(id_hash, answer, now), 0, until)
 
     def _remember(self, token: str, entry: _Seen) -> None:
         if self._max:
@@ -213,6 +198,18 @@ class BearerTokens:
         while memory and len(memory) >= self._max:
             del memory[next(iter(memory))]
         return memory
+
+
+def _caller(id_hash: str, claims: dict[str, Any], now: int) -> ActiveSession:
+    """The caller as the rules and the headers read a session: no row, no tokens kept."""
+    return ActiveSession(
+        id_hash=id_hash,
+        subject=claims["sub"],
+        claims=shared(identity(claims)),
+        created_at=now,
+        last_accessed_at=now,
+        expires_at=now,
+    )
 
 
 def _jwks_uri_of(discovery: Discovery) -> Callable[[], Awaitable[str]]:
