@@ -36,15 +36,14 @@ def authenticate(
 ) -> None:
     """Add the client's authentication to a request to ``endpoint``."""
     method = provider.token_endpoint_auth_method
+    secret = provider.client_secret.get_secret_value() if provider.client_secret else ""
     if method == "client_secret_basic":
-        secret = provider.client_secret.get_secret_value() if provider.client_secret else ""
         # RFC 6749 §2.3.1: both parts are form-urlencoded before the Basic encoding.
         pair = f"{quote(provider.client_id, safe='')}:{quote(secret, safe='')}"
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
         return
     form["client_id"] = provider.client_id
     if method == "client_secret_post":
-        secret = provider.client_secret.get_secret_value() if provider.client_secret else ""
         form["client_secret"] = secret
     elif method == "private_key_jwt":
         form["client_assertion_type"] = ASSERTION_TYPE

@@ -229,6 +229,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             s.db.dispose()
 
 
+def introspect(issuer: str, secret: str, token: str, **form: str) -> dict[str, Any]:
+    """What the provider's introspection (RFC 7662) says of a token, asked as the relay's
+    client ``oidc-relay`` with ``secret``."""
+    response = httpx2.post(
+        issuer + "/token/introspection",
+        data={"token": token, **form},
+        auth=("oidc-relay", secret),
+        timeout=15,
+    )
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
 def form(page: str) -> tuple[str, dict[str, str]]:
     """The first form on a page: its action and its named inputs' values."""
     match = re.search(r'<form[^>]*action="([^"]+)"', page)

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from relay.crypto import Sealer, hash_id
-from tests.e2e.conftest import SESSION_SECRET, Stack, scripted_login
+from tests.e2e.conftest import SESSION_SECRET, Stack, introspect, scripted_login
 from tests.e2e.stack import caddy_root_certificate, provider_service
 from tests.process import free_port
 
@@ -177,15 +177,9 @@ def test_a_sign_out_revokes_the_refresh_token_at_the_provider(
     assert refresh_token
 
     def introspected() -> dict[str, object]:
-        response = httpx2.post(
-            stack.issuer + "/token/introspection",
-            data={"token": refresh_token, "token_type_hint": "refresh_token"},
-            auth=("oidc-relay", stack.client_secret),
-            timeout=15,
+        return introspect(
+            stack.issuer, stack.client_secret, refresh_token, token_type_hint="refresh_token"
         )
-        assert response.status_code == 200, response.text
-        answer: dict[str, object] = response.json()
-        return answer
 
     assert introspected()["active"] is True
     signed_out = http.post(

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from relay.crypto import Sealer, hash_id
-from tests.e2e.conftest import ACCOUNT, SESSION_SECRET, Stack, scripted_login
+from tests.e2e.conftest import ACCOUNT, SESSION_SECRET, Stack, introspect, scripted_login
 from tests.e2e.stack import Service, provider_service
 from tests.process import RelayProcess, free_port
 
@@ -100,15 +100,7 @@ margin = "1h"
 
 
 def active_at(issuer: str, secret: str, token: str) -> bool:
-    response = httpx2.post(
-        issuer + "/token/introspection",
-        data={"token": token},
-        auth=("oidc-relay", secret),
-        timeout=15,
-    )
-    assert response.status_code == 200, response.text
-    active: bool = response.json()["active"]
-    return active
+    return introspect(issuer, secret, token)["active"] is True
 
 
 def stored_access_token(stack: Stack, cookie: str) -> str:
